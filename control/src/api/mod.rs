@@ -1,0 +1,108 @@
+//! The local admin API: HTTP/1.1 with JSON bodies on a unix socket (mode
+//! 0600) and, if configured, on a loopback TCP address. It is the CLI's only
+//! way into the daemon. Resources live under `/v1/`.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+use vxmesh_dataplane::overlay::stats::{GlobalStatsSnapshot, NetStatsSnapshot};
+
+/// Default path of the admin socket.
+pub const DEFAULT_SOCKET: &str = "/run/vxmesh/vxmeshd.sock";
+
+/// `GET /v1/status`: the daemon at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node: String,
+    pub address: String,
+    pub version: String,
+    pub uptime_s: f64,
+    pub config: String,
+    pub vxlan_port: u16,
+    /// Outer UDP source ports the node spreads its flows over.
+    pub source_ports: Vec<u16>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_error: Option<String>,
+    pub networks: Vec<NetworkStatus>,
+    pub global: GlobalStatsSnapshot,
+    pub workers: Vec<WorkerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: String,
+    pub tap: String,
+    pub tap_mac: String,
+    pub mtu: u16,
+    pub learning: bool,
+    /// Underlay addresses of the other member nodes.
+    pub peers: Vec<String>,
+    pub endpoints: usize,
+    pub fdb_static: usize,
+    pub fdb_learned: usize,
+    pub stats: NetStatsSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub idle_ms: u64,
+    pub running: bool,
+}
+
+/// One row of `GET /v1/fdb`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FdbEntry {
+    pub network: String,
+    pub mac: String,
+    /// Underlay address of the node behind the MAC.
+    pub vtep: String,
+    /// `static` (from the store) or `learned`.
+    pub kind: String,
+    /// Seconds since last seen (learned entries only).
+    pub age_s: Option<f64>,
+}
+
+/// One row of `GET /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub address: String,
+    /// This daemon's own node.
+    pub local: bool,
+    /// Networks the node is a member of.
+    pub networks: Vec<String>,
+}
+
+/// One row of `GET /v1/networks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: String,
+    pub mtu: u16,
+    pub learning: bool,
+    /// Member nodes.
+    pub nodes: Vec<String>,
+    pub endpoints: Vec<EndpointInfo>,
+    /// True when this node is a member (and so has the TAP).
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointInfo {
+    pub ip: String,
+    pub mac: String,
+    pub node: String,
+    pub name: Option<String>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,209 @@
+//! The admin API server (axum), serving the daemon's [`State`].
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::{TcpListener, UnixListener};
+
+use super::{ApiError, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status, WorkerInfo};
+use crate::daemon::State;
+
+type Shared = Arc<State>;
+
+/// The routes, over the daemon state.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/networks", get(networks))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/fdb", get(fdb))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ApiError {
+            error: "no such resource; see /v1/status, /v1/networks, /v1/nodes, /v1/fdb".into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Binds the unix socket (replacing a stale one left by a crash), mode 0600.
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves the API on a unix listener until the future resolves.
+pub async fn serve_unix(
+    l: UnixListener,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(l, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves the API on a loopback TCP listener until the future resolves.
+pub async fn serve_tcp(
+    l: TcpListener,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(l, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn status(AxState(st): AxState<Shared>) -> Json<Status> {
+    Json(build_status(&st))
+}
+
+/// The status document (also used for the systemd STATUS line).
+pub fn build_status(st: &State) -> Status {
+    let inner = st.inner.lock().expect("state lock poisoned");
+    let tables = inner.dataplane.tables();
+    let cluster = &inner.cluster;
+    let networks = tables
+        .networks
+        .iter()
+        .map(|n| {
+            let subnet = cluster
+                .network(&n.name)
+                .map(|c| c.subnet.to_string())
+                .unwrap_or_default();
+            NetworkStatus {
+                name: n.name.clone(),
+                vni: n.vni,
+                subnet,
+                tap: format!("vxm-{}", n.name),
+                tap_mac: n.tap_mac.to_string(),
+                mtu: n.mtu,
+                learning: n.learning,
+                peers: n.peers.iter().map(|p| p.to_string()).collect(),
+                endpoints: n.arp.len(),
+                fdb_static: n.fdb.len(),
+                fdb_learned: n.learned.len(),
+                stats: n.stats.snapshot(),
+            }
+        })
+        .collect();
+    Status {
+        node: st.node.clone(),
+        address: tables.local.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_s: st.started.elapsed().as_secs_f64(),
+        config: st.config_path.display().to_string(),
+        vxlan_port: inner.dataplane.underlay().port(),
+        source_ports: inner.dataplane.underlay().source_ports(),
+        reloads_ok: inner.reloads_ok,
+        reloads_failed: inner.reloads_failed,
+        last_reload_error: inner.last_reload_error.clone(),
+        networks,
+        global: tables.global.snapshot(),
+        workers: inner
+            .dataplane
+            .workers()
+            .into_iter()
+            .map(|w| WorkerInfo {
+                name: w.name,
+                idle_ms: w.idle_ms,
+                running: w.running,
+            })
+            .collect(),
+    }
+}
+
+async fn networks(AxState(st): AxState<Shared>) -> Json<Vec<NetworkInfo>> {
+    let inner = st.inner.lock().expect("state lock poisoned");
+    let c = &inner.cluster;
+    Json(
+        c.networks
+            .iter()
+            .map(|n| {
+                let members = c.members(n);
+                NetworkInfo {
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    subnet: n.subnet.to_string(),
+                    mtu: n.mtu,
+                    learning: n.learning,
+                    local: members.iter().any(|m| m.name == st.node),
+                    nodes: members.iter().map(|m| m.name.clone()).collect(),
+                    endpoints: c
+                        .endpoints_of(&n.name)
+                        .map(|e| EndpointInfo {
+                            ip: e.ip.to_string(),
+                            mac: e.mac.to_string(),
+                            node: e.node.clone(),
+                            name: e.name.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    )
+}
+
+async fn nodes(AxState(st): AxState<Shared>) -> Json<Vec<NodeInfo>> {
+    let inner = st.inner.lock().expect("state lock poisoned");
+    let c = &inner.cluster;
+    Json(
+        c.nodes
+            .iter()
+            .map(|n| NodeInfo {
+                name: n.name.clone(),
+                address: n.address.to_string(),
+                local: n.name == st.node,
+                networks: c.networks_of(&n.name).map(|x| x.name.clone()).collect(),
+            })
+            .collect(),
+    )
+}
+
+async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
+    let tables = st.inner.lock().expect("state lock poisoned").dataplane.tables();
+    let now = Instant::now();
+    let mut rows = Vec::new();
+    for n in &tables.networks {
+        let mut stat: Vec<_> = n.fdb.iter().collect();
+        stat.sort();
+        rows.extend(stat.into_iter().map(|(mac, vtep)| FdbEntry {
+            network: n.name.clone(),
+            mac: mac.to_string(),
+            vtep: vtep.to_string(),
+            kind: "static".into(),
+            age_s: None,
+        }));
+        let mut learned = n.learned.entries(now);
+        learned.sort_by_key(|e| e.0);
+        rows.extend(learned.into_iter().map(|(mac, vtep, age)| FdbEntry {
+            network: n.name.clone(),
+            mac: mac.to_string(),
+            vtep: vtep.to_string(),
+            kind: "learned".into(),
+            age_s: Some(age.as_secs_f64()),
+        }));
+    }
+    Json(rows)
+}

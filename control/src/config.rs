@@ -1,0 +1,334 @@
+//! The cluster file: one TOML document, the same on every host, that lists
+//! nodes, networks and endpoints. Parsing keeps byte spans so every error
+//! names the file, the line and the reason; validation collects every error
+//! instead of stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+use vxmesh_dataplane::wire::MacAddr;
+
+use crate::model::{Cluster, Endpoint, Network, Node, Settings};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error is not tied to a place in the file.
+    pub line: usize,
+    pub column: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.reason
+            )
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    settings: RawSettings,
+    #[serde(default)]
+    nodes: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    networks: Vec<Spanned<RawNetwork>>,
+    #[serde(default)]
+    endpoints: Vec<Spanned<RawEndpoint>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    vxlan_port: Option<u16>,
+    underlay_mtu: Option<Spanned<u16>>,
+    source_ports: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    address: Spanned<Ipv4Addr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: Spanned<String>,
+    vni: Spanned<u32>,
+    subnet: Spanned<Ipv4Net>,
+    mtu: Option<Spanned<u16>>,
+    /// Extra member nodes that have no endpoint in the network.
+    #[serde(default)]
+    nodes: Vec<Spanned<String>>,
+    #[serde(default)]
+    learning: bool,
+    fdb_cap: Option<usize>,
+    ageing_s: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    network: Spanned<String>,
+    node: Spanned<String>,
+    ip: Spanned<Ipv4Addr>,
+    mac: Option<Spanned<String>>,
+    name: Option<String>,
+}
+
+/// Bytes of VXLAN over IPv4 around an inner frame: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14).
+pub const OVERHEAD: u16 = 50;
+/// Longest network name: the TAP is `vxm-<name>` and interface names stop
+/// at 15 bytes.
+pub const MAX_NETWORK_NAME: usize = 11;
+
+struct Lines<'a> {
+    file: &'a Path,
+    starts: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(file: &'a Path, text: &str) -> Lines<'a> {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines { file, starts }
+    }
+
+    fn error(&self, span: Option<Range<usize>>, reason: impl Into<String>) -> ConfigError {
+        let (line, column) = match span {
+            Some(s) => {
+                let line = self.starts.partition_point(|&st| st <= s.start);
+                (line, s.start - self.starts[line - 1] + 1)
+            }
+            None => (0, 0),
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads and validates a cluster file.
+pub fn load(path: &Path) -> Result<Cluster, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            reason: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates a cluster document; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
+    let lines = Lines::new(path, text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![lines.error(e.span(), e.message().trim().to_string())])
+    })?;
+    let mut errs = Vec::new();
+    let mut err = |span: Range<usize>, reason: String| errs.push(lines.error(Some(span), reason));
+
+    let mut settings = Settings::default();
+    if let Some(p) = raw.settings.vxlan_port {
+        settings.vxlan_port = p;
+    }
+    if let Some(m) = &raw.settings.underlay_mtu {
+        if *m.get_ref() < 576 + OVERHEAD {
+            err(m.span(), format!("underlay_mtu {} is too small (at least {})", m.get_ref(), 576 + OVERHEAD));
+        }
+        settings.underlay_mtu = *m.get_ref();
+    }
+    if let Some(n) = &raw.settings.source_ports {
+        if !(1..=1024).contains(n.get_ref()) {
+            err(n.span(), format!("source_ports must be 1 to 1024, not {}", n.get_ref()));
+        }
+        settings.source_ports = *n.get_ref();
+    }
+
+    let mut nodes = Vec::new();
+    let mut node_names = HashSet::new();
+    let mut node_addrs = HashSet::new();
+    for n in &raw.nodes {
+        let n = n.get_ref();
+        if !valid_name(n.name.get_ref(), 64) {
+            err(n.name.span(), format!("node name `{}` must be 1-64 of [a-zA-Z0-9_.-]", n.name.get_ref()));
+        }
+        if !node_names.insert(n.name.get_ref().clone()) {
+            err(n.name.span(), format!("node `{}` is defined twice", n.name.get_ref()));
+        }
+        let a = *n.address.get_ref();
+        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
+            err(n.address.span(), format!("node address {a} is not a unicast address"));
+        }
+        if !node_addrs.insert(a) {
+            err(n.address.span(), format!("address {a} is used by two nodes"));
+        }
+        nodes.push(Node {
+            name: n.name.get_ref().clone(),
+            address: a,
+        });
+    }
+
+    let mut networks = Vec::new();
+    let mut net_by_name: HashMap<String, Ipv4Net> = HashMap::new();
+    let mut vnis = HashSet::new();
+    for n in &raw.networks {
+        let n = n.get_ref();
+        let name = n.name.get_ref();
+        if !valid_name(name, MAX_NETWORK_NAME) {
+            err(n.name.span(), format!("network name `{name}` must be 1-{MAX_NETWORK_NAME} of [a-zA-Z0-9_.-] (the TAP is vxm-<name>)"));
+        }
+        if net_by_name.contains_key(name) {
+            err(n.name.span(), format!("network `{name}` is defined twice"));
+        }
+        let vni = *n.vni.get_ref();
+        if !(1..=vxmesh_dataplane::wire::vxlan::MAX_VNI).contains(&vni) {
+            err(n.vni.span(), format!("vni {vni} is outside 1..=16777215 (24 bits)"));
+        } else if !vnis.insert(vni) {
+            err(n.vni.span(), format!("vni {vni} is used by two networks"));
+        }
+        let subnet = *n.subnet.get_ref();
+        if subnet.prefix_len() > 30 {
+            err(n.subnet.span(), format!("subnet {subnet} is too small for endpoints (at most /30)"));
+        }
+        if subnet.network() != subnet.addr() {
+            err(n.subnet.span(), format!("subnet {subnet} has host bits set (did you mean {}?)", subnet.trunc()));
+        }
+        let max_mtu = settings.underlay_mtu - OVERHEAD;
+        let mtu = match &n.mtu {
+            Some(m) if *m.get_ref() > max_mtu || *m.get_ref() < 576 => {
+                err(m.span(), format!("mtu {} must be 576 to {max_mtu} (underlay MTU {} minus {OVERHEAD})", m.get_ref(), settings.underlay_mtu));
+                max_mtu
+            }
+            Some(m) => *m.get_ref(),
+            None => max_mtu,
+        };
+        for member in &n.nodes {
+            if !node_names.contains(member.get_ref()) {
+                err(member.span(), format!("node `{}` is not defined in [[nodes]]", member.get_ref()));
+            }
+        }
+        net_by_name.insert(name.clone(), subnet);
+        networks.push(Network {
+            name: name.clone(),
+            vni,
+            subnet,
+            mtu,
+            extra_nodes: n.nodes.iter().map(|s| s.get_ref().clone()).collect(),
+            learning: n.learning,
+            fdb_cap: n.fdb_cap.unwrap_or(Network::DEFAULT_FDB_CAP),
+            ageing_s: n.ageing_s.unwrap_or(Network::DEFAULT_AGEING_S),
+        });
+    }
+
+    let mut endpoints = Vec::new();
+    let mut ips = HashSet::new();
+    let mut macs = HashSet::new();
+    for e in &raw.endpoints {
+        let e = e.get_ref();
+        let net = e.network.get_ref();
+        let ip = *e.ip.get_ref();
+        match net_by_name.get(net) {
+            None => err(e.network.span(), format!("network `{net}` is not defined in [[networks]]")),
+            Some(subnet) => {
+                if !subnet.contains(&ip) {
+                    err(e.ip.span(), format!("{ip} is outside network `{net}`'s subnet {subnet}"));
+                } else if ip == subnet.network() || ip == subnet.broadcast() {
+                    err(e.ip.span(), format!("{ip} is the network or broadcast address of {subnet}"));
+                }
+            }
+        }
+        if !node_names.contains(e.node.get_ref()) {
+            err(e.node.span(), format!("node `{}` is not defined in [[nodes]]", e.node.get_ref()));
+        }
+        if !ips.insert((net.clone(), ip)) {
+            err(e.ip.span(), format!("{ip} is given to two endpoints of network `{net}`"));
+        }
+        let mac = match &e.mac {
+            None => MacAddr::from_ipv4(ip),
+            Some(m) => match m.get_ref().parse::<MacAddr>() {
+                Ok(mac) if mac.is_multicast() => {
+                    err(m.span(), format!("{mac} is a multicast MAC address"));
+                    mac
+                }
+                Ok(mac) => mac,
+                Err(reason) => {
+                    err(m.span(), reason);
+                    MacAddr::default()
+                }
+            },
+        };
+        if !macs.insert((net.clone(), mac)) {
+            err(e.ip.span(), format!("MAC {mac} is used twice in network `{net}`"));
+        }
+        endpoints.push(Endpoint {
+            network: net.clone(),
+            node: e.node.get_ref().clone(),
+            ip,
+            mac,
+            name: e.name.clone(),
+        });
+    }
+    if errs.is_empty() {
+        Ok(Cluster {
+            settings,
+            nodes,
+            networks,
+            endpoints,
+        })
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}

@@ -1,0 +1,223 @@
+//! The daemon: start-up, systemd notification and watchdog, SIGHUP reload,
+//! SIGTERM/SIGINT stop.
+//!
+//! Start-up order: read and validate the config (a bad file stops here with
+//! file:line:reason), bind the underlay socket, create every TAP, start the
+//! workers, bind the admin socket, and only then send `READY=1`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use vxmesh_dataplane::io::{Dataplane, Underlay, UnderlayConfig};
+use vxmesh_dataplane::overlay::Core;
+
+use crate::api;
+use crate::config;
+use crate::model::Cluster;
+use crate::reconcile::{Change, Reconciler};
+
+/// How the daemon was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub node: String,
+    pub socket: PathBuf,
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// Everything the admin API and the signal handlers share.
+pub struct State {
+    pub node: String,
+    pub config_path: PathBuf,
+    pub started: Instant,
+    pub inner: Mutex<Inner>,
+}
+
+pub struct Inner {
+    pub cluster: Cluster,
+    pub dataplane: Dataplane,
+    pub reconciler: Reconciler,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_error: Option<String>,
+}
+
+/// Sends a state line to systemd; a no-op outside systemd.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// A one-line summary for systemd's STATUS=.
+fn summary(st: &State) -> String {
+    let s = api::server::build_status(st);
+    let peers: std::collections::BTreeSet<&String> =
+        s.networks.iter().flat_map(|n| n.peers.iter()).collect();
+    format!(
+        "node {} ({}): {} networks, {} peers",
+        s.node,
+        s.address,
+        s.networks.len(),
+        peers.len()
+    )
+}
+
+impl State {
+    /// Re-reads the config file and applies it as a diff. On any error the
+    /// running config stays in place and the error is counted and returned.
+    pub fn reload(&self) -> Result<Vec<Change>, String> {
+        let mut inner = self.inner.lock().expect("state lock poisoned");
+        let result = (|| {
+            let next = config::load(&self.config_path).map_err(|e| e.to_string())?;
+            let node = next
+                .node(&self.node)
+                .ok_or_else(|| format!("node `{}` is no longer in {}", self.node, self.config_path.display()))?;
+            let cur = inner.cluster.node(&self.node).expect("running node exists");
+            if node.address != cur.address
+                || next.settings.vxlan_port != inner.cluster.settings.vxlan_port
+                || next.settings.source_ports != inner.cluster.settings.source_ports
+            {
+                return Err("the node address, vxlan_port and source_ports change only with a restart".to_string());
+            }
+            let (tables, taps, changes) = inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
+            inner
+                .dataplane
+                .apply(tables, taps)
+                .map_err(|e| format!("starting workers: {e}"))?;
+            inner.cluster = next;
+            Ok(changes)
+        })();
+        match &result {
+            Ok(_) => {
+                inner.reloads_ok += 1;
+                inner.last_reload_error = None;
+            }
+            Err(e) => {
+                inner.reloads_failed += 1;
+                inner.last_reload_error = Some(e.clone());
+            }
+        }
+        result
+    }
+}
+
+/// Builds the dataplane for `opts` from an already validated cluster.
+pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
+    let mut reconciler = Reconciler::new(opts.node.clone());
+    let local = reconciler.local_address(&cluster)?;
+    let mut ucfg = UnderlayConfig::new(local);
+    ucfg.port = cluster.settings.vxlan_port;
+    ucfg.source_ports = cluster.settings.source_ports;
+    let underlay = Underlay::bind(&ucfg).context("binding the underlay socket")?;
+    let (tables, taps, changes) = reconciler.plan(&cluster)?;
+    for c in &changes {
+        info!(change = ?c, "applied");
+    }
+    let dataplane = Dataplane::start(underlay, Core, tables, taps).context("starting workers")?;
+    Ok(Arc::new(State {
+        node: opts.node.clone(),
+        config_path: opts.config.clone(),
+        started: Instant::now(),
+        inner: Mutex::new(Inner {
+            cluster,
+            dataplane,
+            reconciler,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            last_reload_error: None,
+        }),
+    }))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let cluster = config::load(&opts.config)?;
+    if cluster.node(&opts.node).is_none() {
+        anyhow::bail!(
+            "{}: node `{}` is not among [[nodes]] ({})",
+            opts.config.display(),
+            opts.node,
+            cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let state = start(&opts, cluster)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix = api::server::bind_unix(&opts.socket)
+        .with_context(|| format!("binding the admin socket {}", opts.socket.display()))?;
+    let mut servers = vec![tokio::spawn(api::server::serve_unix(
+        unix,
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ))];
+    if let Some(addr) = opts.admin_addr {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("the admin API listens on loopback only, not {addr}");
+        }
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin address {addr}"))?;
+        servers.push(tokio::spawn(api::server::serve_tcp(
+            l,
+            state.clone(),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let line = summary(&state);
+    info!(status = %line, "ready");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&line),
+    ]);
+    let mut wd_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec);
+    let wd_every = Duration::from_micros(wd_usec.max(2_000_000) / 2);
+    let mut wd_tick = tokio::time::interval(wd_every);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match state.reload() {
+                    Ok(changes) => info!(?changes, "reload applied"),
+                    Err(e) => error!(error = %e, "reload rejected; the running config stays in place"),
+                }
+                let line = summary(&state);
+                notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = wd_tick.tick(), if watchdog => {
+                let healthy = state.inner.lock().expect("state lock poisoned").dataplane.healthy(wd_every);
+                if healthy {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    warn!("a dataplane worker is stuck; withholding the watchdog ping");
+                }
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    // Stop the workers; the TAPs close with them.
+    let mut inner = state.inner.lock().expect("state lock poisoned");
+    inner.reconciler.clear();
+    inner.dataplane.stop();
+    info!("stopped");
+    Ok(())
+}

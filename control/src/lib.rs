@@ -1,0 +1,18 @@
+//! # vxmesh control plane
+//!
+//! Where the desired state comes from and how it reaches the dataplane:
+//! - [`model`]: nodes, networks, endpoints (the desired state);
+//! - [`config`]: the cluster file (TOML), parsed with file:line:reason errors;
+//! - [`reconcile`]: desired state -> table snapshots and TAP devices, as a diff;
+//! - [`api`]: the local admin API (HTTP on a unix socket) and its client;
+//! - [`daemon`]: start-up, systemd notify, SIGHUP reload, SIGTERM stop;
+//! - [`lab`]: the namespace lab behind `vxmesh lab`.
+//!
+//! The control plane never touches a packet.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod lab;
+pub mod model;
+pub mod reconcile;

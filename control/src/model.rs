@@ -1,0 +1,127 @@
+//! The desired state: nodes, networks and endpoints, as read from a store.
+//! Validated on the way in (see [`crate::config`]); everything here may
+//! assume names resolve and addresses are unique.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use vxmesh_dataplane::wire::MacAddr;
+
+/// Cluster-wide settings (`[settings]` in the file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// VXLAN UDP port, listened on and sent to. Default 4789 (IANA).
+    pub vxlan_port: u16,
+    /// MTU of the underlay links; networks default to this minus 50.
+    pub underlay_mtu: u16,
+    /// Number of outer UDP source ports a node spreads its flows over.
+    pub source_ports: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            vxlan_port: 4789,
+            underlay_mtu: 1500,
+            source_ports: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub name: String,
+    /// Data-path (underlay) address: bound by the VXLAN socket and always
+    /// the outer source address.
+    pub address: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// Overlay MTU (the TAP's).
+    pub mtu: u16,
+    /// Member nodes beyond those that own an endpoint.
+    pub extra_nodes: Vec<String>,
+    /// Learn remote MACs from received traffic (off by default: the
+    /// forwarding table comes from the endpoints, like Docker's peerdb).
+    pub learning: bool,
+    /// Most learned entries kept for this network.
+    pub fdb_cap: usize,
+    /// Learned entries expire after this many seconds without traffic.
+    pub ageing_s: u64,
+}
+
+impl Network {
+    pub const DEFAULT_FDB_CAP: usize = 4096;
+    pub const DEFAULT_AGEING_S: u64 = 300;
+
+    /// Name of the network's TAP device.
+    pub fn tap_name(&self) -> String {
+        format!("vxm-{}", self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub network: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub name: Option<String>,
+}
+
+/// The whole desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Cluster {
+    pub settings: Settings,
+    pub nodes: Vec<Node>,
+    pub networks: Vec<Network>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Cluster {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// Endpoints of one network, in file order.
+    pub fn endpoints_of<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints.iter().filter(move |e| e.network == network)
+    }
+
+    /// Names of the nodes that take part in a network: owners of its
+    /// endpoints and the nodes listed for it.
+    pub fn members(&self, net: &Network) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                net.extra_nodes.contains(&n.name)
+                    || self.endpoints_of(&net.name).any(|e| e.node == n.name)
+            })
+            .collect()
+    }
+
+    /// The networks `node` is a member of.
+    pub fn networks_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Network> + 'a {
+        self.networks
+            .iter()
+            .filter(move |net| self.members(net).iter().any(|m| m.name == node))
+    }
+
+    /// The address this node puts on its TAP in `net`: its first endpoint
+    /// there, in file order. Further endpoints of the node are workloads
+    /// behind the TAP (for example on a bridge with it).
+    pub fn tap_address(&self, net: &Network, node: &str) -> Option<Ipv4Addr> {
+        self.endpoints_of(&net.name)
+            .find(|e| e.node == node)
+            .map(|e| e.ip)
+    }
+}

@@ -1,0 +1,114 @@
+//! TAP devices, through `tun-rs` (multi-queue and virtio-net offload
+//! capable; see the README's design section for why not `tun-tap`).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+
+use crate::wire::MacAddr;
+
+/// How to create one network's TAP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapConfig {
+    /// Interface name, at most 15 bytes (`vxm-<network>`).
+    pub name: String,
+    pub mac: MacAddr,
+    /// Overlay MTU (underlay MTU minus the 50 bytes of VXLAN over IPv4).
+    pub mtu: u16,
+    /// This node's own address in the network, with its prefix length.
+    pub address: Option<(Ipv4Addr, u8)>,
+}
+
+/// One TAP device (one queue for now; the device is created multi-queue so
+/// more queues can be attached later).
+pub struct Tap {
+    dev: SyncDevice,
+    name: String,
+}
+
+/// Longest interface name Linux accepts.
+pub const IFNAMSIZ_MAX: usize = 15;
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap").field("name", &self.name).finish()
+    }
+}
+
+impl Tap {
+    /// Creates (or, after a crash, re-creates) the device, sets its MAC,
+    /// MTU and address and brings it up. Non-persistent: the kernel removes
+    /// it when the last descriptor closes, so a killed daemon leaves nothing
+    /// behind.
+    pub fn open(cfg: &TapConfig) -> io::Result<Tap> {
+        if cfg.name.is_empty() || cfg.name.len() > IFNAMSIZ_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TAP name `{}` must be 1 to 15 bytes", cfg.name),
+            ));
+        }
+        let mut b = DeviceBuilder::new()
+            .name(cfg.name.clone())
+            .layer(Layer::L2)
+            .mac_addr(cfg.mac.0)
+            .mtu(cfg.mtu)
+            .with(|b| {
+                b.multi_queue(true).offload(false).tx_queue_len(1000);
+            });
+        if let Some((ip, prefix)) = cfg.address {
+            b = b.ipv4(ip, prefix, None);
+        }
+        let dev = b.build_sync().map_err(|e| {
+            io::Error::new(e.kind(), format!("creating TAP {}: {e}", cfg.name))
+        })?;
+        dev.set_nonblocking(true)?;
+        Ok(Tap {
+            dev,
+            name: cfg.name.clone(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame; `WouldBlock` when none is waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.dev.recv(buf)
+    }
+
+    /// Writes one frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.dev.send(frame)
+    }
+
+    /// Applies a changed configuration to the live device (MTU, MAC,
+    /// address) without closing it, so workloads keep their link.
+    pub fn reconfigure(&self, old: &TapConfig, new: &TapConfig) -> io::Result<()> {
+        if old.address != new.address {
+            // tun-rs changes addresses only with its netlink feature; a
+            // node's own overlay address changes rarely enough to ask for a
+            // restart instead of pulling that in.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "changing {}'s address from {:?} to {:?} needs a restart",
+                    self.name, old.address, new.address
+                ),
+            ));
+        }
+        if old.mtu != new.mtu {
+            self.dev.set_mtu(new.mtu)?;
+        }
+        if old.mac != new.mac {
+            self.dev.set_mac_address(new.mac.0)?;
+        }
+        Ok(())
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.dev.as_fd()
+    }
+}

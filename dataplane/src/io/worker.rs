@@ -1,0 +1,320 @@
+//! The worker threads and the [`Dataplane`] handle that owns them.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::tap::Tap;
+use super::udp::Underlay;
+use crate::overlay::stats::bump;
+use crate::overlay::{Core, DropReason, Tables, Verdict};
+use crate::wire::{arp, vxlan};
+
+/// Most packets a worker handles per wake-up before it polls again.
+pub const BATCH: usize = 64;
+/// How long a worker sleeps in `poll` before it checks for a stop request
+/// and beats its heartbeat.
+const TICK: Duration = Duration::from_millis(100);
+/// Room for the VXLAN header in front of a frame read from a TAP.
+const HEADROOM: usize = vxlan::HEADER_LEN;
+/// Largest datagram or frame a buffer holds.
+const BUF_LEN: usize = 65536;
+
+/// TAP devices by VNI, swapped together with the tables.
+pub type TapSet = HashMap<u32, Arc<Tap>>;
+
+struct Shared {
+    tables: ArcSwap<Tables>,
+    taps: ArcSwap<TapSet>,
+    core: Core,
+    underlay: Underlay,
+    epoch: Instant,
+}
+
+struct Worker {
+    name: String,
+    stop: Arc<AtomicBool>,
+    /// Milliseconds since `Shared::epoch` of the last loop turn.
+    heartbeat: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn(
+        name: String,
+        shared: &Arc<Shared>,
+        body: impl FnOnce(Arc<Shared>, &AtomicBool, &AtomicU64) + Send + 'static,
+    ) -> io::Result<Worker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        let (s, h, sh) = (stop.clone(), heartbeat.clone(), shared.clone());
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || body(sh, &s, &h))?;
+        Ok(Worker {
+            name,
+            stop,
+            heartbeat,
+            handle: Some(handle),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Health of one worker thread, for the watchdog and the admin API.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    /// Time since the worker last went round its loop.
+    pub idle_ms: u64,
+    pub running: bool,
+}
+
+/// The running packet path of one node.
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    udp: Worker,
+    taps: HashMap<u32, Worker>,
+}
+
+impl Dataplane {
+    /// Starts the underlay worker and one worker per TAP.
+    pub fn start(
+        underlay: Underlay,
+        core: Core,
+        tables: Tables,
+        taps: TapSet,
+    ) -> io::Result<Dataplane> {
+        let shared = Arc::new(Shared {
+            tables: ArcSwap::from_pointee(tables),
+            taps: ArcSwap::from_pointee(TapSet::new()),
+            core,
+            underlay,
+            epoch: Instant::now(),
+        });
+        let udp = Worker::spawn("vxm-udp".into(), &shared, underlay_loop)?;
+        let mut dp = Dataplane {
+            shared,
+            udp,
+            taps: HashMap::new(),
+        };
+        dp.sync_workers(taps)?;
+        Ok(dp)
+    }
+
+    /// Publishes a new snapshot and TAP set: workers of networks that went
+    /// away stop (their TAP closes), new networks get a worker, the others
+    /// pick the new tables up at their next wake-up.
+    pub fn apply(&mut self, tables: Tables, taps: TapSet) -> io::Result<()> {
+        self.shared.tables.store(Arc::new(tables));
+        self.sync_workers(taps)
+    }
+
+    fn sync_workers(&mut self, taps: TapSet) -> io::Result<()> {
+        self.shared.taps.store(Arc::new(taps.clone()));
+        let gone: Vec<u32> = self
+            .taps
+            .keys()
+            .filter(|v| !taps.contains_key(v))
+            .copied()
+            .collect();
+        for vni in gone {
+            if let Some(mut w) = self.taps.remove(&vni) {
+                w.stop();
+            }
+        }
+        for (vni, tap) in taps {
+            if self.taps.contains_key(&vni) {
+                continue;
+            }
+            let name = format!("vxm-tap-{vni}");
+            let w = Worker::spawn(name, &self.shared, move |sh, stop, hb| {
+                tap_loop(sh, vni, tap, stop, hb)
+            })?;
+            self.taps.insert(vni, w);
+        }
+        Ok(())
+    }
+
+    /// The snapshot in use now.
+    pub fn tables(&self) -> Arc<Tables> {
+        self.shared.tables.load_full()
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    pub fn underlay(&self) -> &Underlay {
+        &self.shared.underlay
+    }
+
+    /// One entry per worker thread.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        std::iter::once(&self.udp)
+            .chain(self.taps.values())
+            .map(|w| WorkerStatus {
+                name: w.name.clone(),
+                idle_ms: now.saturating_sub(w.heartbeat.load(Ordering::Relaxed)),
+                running: w.handle.as_ref().is_some_and(|h| !h.is_finished()),
+            })
+            .collect()
+    }
+
+    /// True when every worker went round its loop within `within`: the
+    /// systemd watchdog is fed only while this holds.
+    pub fn healthy(&self, within: Duration) -> bool {
+        self.workers()
+            .iter()
+            .all(|w| w.running && w.idle_ms <= within.as_millis() as u64)
+    }
+
+    /// Stops every worker; the TAPs close when the last handle goes.
+    pub fn stop(&mut self) {
+        self.udp.stop();
+        for (_, mut w) in self.taps.drain() {
+            w.stop();
+        }
+        self.shared.taps.store(Arc::new(TapSet::new()));
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `fd` is readable or a tick passes; false on a tick.
+fn wait_readable(fd: &impl AsFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let ms = TICK.as_millis() as u16;
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
+fn beat(sh: &Shared, hb: &AtomicU64) {
+    hb.store(sh.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// TAP -> underlay for one network.
+fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &AtomicU64) {
+    let mut buf = vec![0u8; HEADROOM + BUF_LEN];
+    let mut reply = [0u8; arp::REPLY_LEN];
+    while !stop.load(Ordering::Relaxed) {
+        beat(&sh, hb);
+        if !wait_readable(&tap.fd()) {
+            continue;
+        }
+        let tables = sh.tables.load();
+        let Some(net) = tables.network_by_vni(vni) else {
+            continue;
+        };
+        let stats = &tables.networks[net].stats;
+        let now = Instant::now();
+        for _ in 0..BATCH {
+            let n = match tap.recv(&mut buf[HEADROOM..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    stats.drops.add(DropReason::TapError);
+                    break;
+                }
+            };
+            let frame = &buf[HEADROOM..HEADROOM + n];
+            let verdict = sh.core.handle_frame(&tables, net, frame, &mut reply, now);
+            let datagram_len = HEADROOM + n;
+            match verdict {
+                Verdict::Unicast { peer, vni, flow } => {
+                    vxlan::write_header(&mut buf[..HEADROOM], vni);
+                    send(&sh, stats, flow, peer, &buf[..datagram_len]);
+                }
+                Verdict::Flood { peers, vni, flow } => {
+                    vxlan::write_header(&mut buf[..HEADROOM], vni);
+                    for peer in peers {
+                        send(&sh, stats, flow, *peer, &buf[..datagram_len]);
+                    }
+                }
+                Verdict::ArpReply { len } => write_tap(&tap, stats, &reply[..len]),
+                Verdict::Deliver { .. } | Verdict::Drop(_) => {}
+            }
+        }
+    }
+}
+
+fn send(
+    sh: &Shared,
+    stats: &crate::overlay::NetStats,
+    flow: u32,
+    peer: std::net::Ipv4Addr,
+    d: &[u8],
+) {
+    match sh.underlay.send(flow, peer, d) {
+        Ok(_) => {
+            bump(&stats.vxlan_tx_packets, 1);
+            bump(&stats.vxlan_tx_bytes, d.len() as u64);
+        }
+        Err(_) => stats.drops.add(DropReason::SendError),
+    }
+}
+
+fn write_tap(tap: &Tap, stats: &crate::overlay::NetStats, frame: &[u8]) {
+    match tap.send(frame) {
+        Ok(_) => {
+            bump(&stats.tap_tx_packets, 1);
+            bump(&stats.tap_tx_bytes, frame.len() as u64);
+        }
+        Err(_) => stats.drops.add(DropReason::TapError),
+    }
+}
+
+/// Underlay -> TAPs, for every network.
+fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
+    let mut buf = vec![0u8; BUF_LEN];
+    while !stop.load(Ordering::Relaxed) {
+        beat(&sh, hb);
+        if !wait_readable(sh.underlay.rx()) {
+            continue;
+        }
+        let tables = sh.tables.load();
+        let taps = sh.taps.load();
+        let now = Instant::now();
+        for _ in 0..BATCH {
+            let (n, src) = match sh.underlay.rx().recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            };
+            let src = match src {
+                SocketAddr::V4(a) => *a.ip(),
+                SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                    Some(v4) => v4,
+                    None => continue,
+                },
+            };
+            if let Verdict::Deliver { net, offset } =
+                sh.core.handle_datagram(&tables, src, &buf[..n], now)
+            {
+                let nt = &tables.networks[net];
+                match taps.get(&nt.vni) {
+                    Some(tap) => write_tap(tap, &nt.stats, &buf[offset..n]),
+                    None => nt.stats.drops.add(DropReason::TapError),
+                }
+            }
+        }
+    }
+}

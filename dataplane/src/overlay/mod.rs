@@ -1,0 +1,13 @@
+//! The sans-io overlay: forwarding tables, learned entries, counters and the
+//! core that turns frames and datagrams into verdicts. See [`core`] for the
+//! call protocol.
+
+pub mod core;
+pub mod fdb;
+pub mod stats;
+pub mod tables;
+
+pub use self::core::{Core, Verdict};
+pub use fdb::LearnedFdb;
+pub use stats::{DropReason, GlobalStats, NetStats};
+pub use tables::{EndpointEntry, NetworkTable, Tables};

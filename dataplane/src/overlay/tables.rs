@@ -1,0 +1,142 @@
+//! The forwarding tables: an immutable snapshot built by the control plane
+//! off the hot path and published whole (`ArcSwap`). Workers load it once per
+//! batch and never lock.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use super::fdb::LearnedFdb;
+use super::stats::{GlobalStats, NetStats};
+use crate::wire::MacAddr;
+
+/// One endpoint of a network as the dataplane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// Underlay address of the node that owns the endpoint.
+    pub vtep: Ipv4Addr,
+}
+
+/// Everything the packet path needs to know about one overlay network.
+#[derive(Debug)]
+pub struct NetworkTable {
+    pub name: String,
+    pub vni: u32,
+    /// Overlay MTU: the largest inner IP packet (the TAP's MTU).
+    pub mtu: u16,
+    /// MAC address of this node's TAP in this network.
+    pub tap_mac: MacAddr,
+    /// Other member nodes of this network: the flood list and the set of
+    /// underlay sources accepted for this VNI.
+    pub peers: Vec<Ipv4Addr>,
+    /// Static forwarding entries: remote MAC -> owning node.
+    pub fdb: HashMap<MacAddr, Ipv4Addr>,
+    /// IP -> MAC of every known endpoint, for the local ARP responder.
+    pub arp: HashMap<Ipv4Addr, MacAddr>,
+    /// Learn remote MACs from received datagrams (off by default).
+    pub learning: bool,
+    /// Learned entries; kept across snapshots like `stats`.
+    pub learned: Arc<LearnedFdb>,
+    pub stats: Arc<NetStats>,
+}
+
+impl NetworkTable {
+    /// An empty table: no peers, no endpoints, learning off.
+    pub fn new(
+        name: impl Into<String>,
+        vni: u32,
+        mtu: u16,
+        tap_mac: MacAddr,
+        stats: Arc<NetStats>,
+        learned: Arc<LearnedFdb>,
+    ) -> NetworkTable {
+        NetworkTable {
+            name: name.into(),
+            vni,
+            mtu,
+            tap_mac,
+            peers: Vec::new(),
+            fdb: HashMap::new(),
+            arp: HashMap::new(),
+            learning: false,
+            learned,
+            stats,
+        }
+    }
+
+    /// Sets the flood list; `local` (this node) is never its own peer.
+    pub fn with_peers(mut self, local: Ipv4Addr, peers: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        let mut peers: Vec<Ipv4Addr> = peers.into_iter().filter(|p| *p != local).collect();
+        peers.sort();
+        peers.dedup();
+        self.peers = peers;
+        self
+    }
+
+    /// Fills the ARP and forwarding tables; entries owned by `local` are
+    /// answered by ARP but never sent to the underlay.
+    pub fn with_endpoints(mut self, local: Ipv4Addr, endpoints: &[EndpointEntry]) -> Self {
+        for e in endpoints {
+            self.arp.insert(e.ip, e.mac);
+            if e.vtep != local {
+                self.fdb.insert(e.mac, e.vtep);
+            }
+        }
+        self
+    }
+
+    pub fn with_learning(mut self, on: bool) -> Self {
+        self.learning = on;
+        self
+    }
+
+    pub fn is_peer(&self, addr: Ipv4Addr) -> bool {
+        // Flood lists are short (one entry per member node); a linear scan
+        // beats hashing at these sizes.
+        self.peers.contains(&addr)
+    }
+}
+
+/// The whole snapshot for one node.
+#[derive(Debug)]
+pub struct Tables {
+    /// This node's data-path (underlay) address.
+    pub local: Ipv4Addr,
+    pub networks: Vec<NetworkTable>,
+    by_vni: HashMap<u32, usize>,
+    members: HashSet<Ipv4Addr>,
+    pub global: Arc<GlobalStats>,
+}
+
+impl Tables {
+    pub fn new(local: Ipv4Addr, networks: Vec<NetworkTable>, global: Arc<GlobalStats>) -> Tables {
+        let by_vni = networks
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.vni, i))
+            .collect();
+        let members = networks
+            .iter()
+            .flat_map(|n| n.peers.iter().copied())
+            .collect();
+        Tables {
+            local,
+            networks,
+            by_vni,
+            members,
+            global,
+        }
+    }
+
+    /// Index of the network with this VNI.
+    pub fn network_by_vni(&self, vni: u32) -> Option<usize> {
+        self.by_vni.get(&vni).copied()
+    }
+
+    /// True when `addr` is a peer of at least one of this node's networks.
+    pub fn is_member(&self, addr: Ipv4Addr) -> bool {
+        self.members.contains(&addr)
+    }
+}

@@ -1,0 +1,350 @@
+//! The overlay in memory: several nodes built from the sans-io core, a fake
+//! underlay that carries datagrams between them, and a virtual clock. No
+//! device, no socket: every verdict of the core is checked end to end.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etherparse::PacketBuilder;
+use vxmesh_dataplane::overlay::{
+    Core, DropReason, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
+    Verdict,
+};
+use vxmesh_dataplane::wire::{arp, vxlan, MacAddr};
+
+const VNI_FRONT: u32 = 4096;
+const VNI_BACK: u32 = 4097;
+
+fn ul(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, n)
+}
+fn ov(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 9, n)
+}
+fn ov_back(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 10, n)
+}
+
+/// One simulated host.
+struct Host {
+    addr: Ipv4Addr,
+    tables: Tables,
+    /// Frames the core wrote into each network's TAP: (vni, frame).
+    tap_out: Vec<(u32, Vec<u8>)>,
+}
+
+/// The fake underlay: (from, to, datagram), delivered in order.
+struct Net {
+    hosts: Vec<Host>,
+    wire: VecDeque<(Ipv4Addr, Ipv4Addr, Vec<u8>)>,
+    now: Instant,
+    core: Core,
+}
+
+fn network(
+    name: &str,
+    vni: u32,
+    local: Ipv4Addr,
+    members: &[u8],
+    eps: &[EndpointEntry],
+    learning: bool,
+    cap: usize,
+) -> NetworkTable {
+    let tap_mac = eps
+        .iter()
+        .find(|e| e.vtep == local)
+        .map(|e| e.mac)
+        .unwrap_or(MacAddr([2, 0x43, 0, 0, 0, 1]));
+    NetworkTable::new(
+        name,
+        vni,
+        1450,
+        tap_mac,
+        Arc::new(NetStats::default()),
+        Arc::new(LearnedFdb::new(cap, Duration::from_secs(300))),
+    )
+    .with_peers(local, members.iter().map(|m| ul(*m)))
+    .with_endpoints(local, eps)
+    .with_learning(learning)
+}
+
+fn ep(ip: Ipv4Addr, host: u8) -> EndpointEntry {
+    EndpointEntry {
+        ip,
+        mac: MacAddr::from_ipv4(ip),
+        vtep: ul(host),
+    }
+}
+
+/// h1..h3 in `front` (VNI 4096); h1 and h2 also in `back` (VNI 4097).
+fn cluster(learning: bool, cap: usize) -> Net {
+    let front = [ep(ov(1), 1), ep(ov(2), 2), ep(ov(3), 3)];
+    let back = [ep(ov_back(1), 1), ep(ov_back(2), 2)];
+    let hosts = (1..=3u8)
+        .map(|h| {
+            let mut nets = vec![network("front", VNI_FRONT, ul(h), &[1, 2, 3], &front, learning, cap)];
+            if h <= 2 {
+                nets.push(network("back", VNI_BACK, ul(h), &[1, 2], &back, learning, cap));
+            }
+            Host {
+                addr: ul(h),
+                tables: Tables::new(ul(h), nets, Arc::new(GlobalStats::default())),
+                tap_out: Vec::new(),
+            }
+        })
+        .collect();
+    Net {
+        hosts,
+        wire: VecDeque::new(),
+        now: Instant::now(),
+        core: Core,
+    }
+}
+
+fn datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; vxlan::HEADER_LEN];
+    vxlan::write_header(&mut d, vni);
+    d.extend_from_slice(frame);
+    d
+}
+
+impl Net {
+    fn host(&self, addr: Ipv4Addr) -> &Host {
+        self.hosts.iter().find(|h| h.addr == addr).expect("known host")
+    }
+
+    fn stats(&self, h: usize, vni: u32) -> &NetStats {
+        let t = &self.hosts[h].tables;
+        &t.networks[t.network_by_vni(vni).expect("network exists")].stats
+    }
+
+    /// A workload on host `h` sends `frame` into network `vni`'s TAP.
+    fn tap_send(&mut self, h: usize, vni: u32, frame: &[u8]) -> Option<DropReason> {
+        let mut reply = [0u8; arp::REPLY_LEN];
+        let host = &mut self.hosts[h];
+        let net = host.tables.network_by_vni(vni).expect("network exists");
+        match self.core.handle_frame(&host.tables, net, frame, &mut reply, self.now) {
+            Verdict::Unicast { peer, vni, .. } => {
+                self.wire.push_back((host.addr, peer, datagram(vni, frame)));
+            }
+            Verdict::Flood { peers, vni, .. } => {
+                for p in peers {
+                    self.wire.push_back((host.addr, *p, datagram(vni, frame)));
+                }
+            }
+            Verdict::ArpReply { len } => host.tap_out.push((vni, reply[..len].to_vec())),
+            Verdict::Deliver { .. } => panic!("a TAP frame is never delivered to a TAP"),
+            Verdict::Drop(r) => return Some(r),
+        }
+        None
+    }
+
+    /// Carries every datagram on the wire until it is empty; returns the
+    /// drop reasons seen on the way.
+    fn run(&mut self) -> Vec<DropReason> {
+        let mut drops = Vec::new();
+        while let Some((from, to, d)) = self.wire.pop_front() {
+            let Some(host) = self.hosts.iter_mut().find(|h| h.addr == to) else {
+                continue;
+            };
+            match self.core.handle_datagram(&host.tables, from, &d, self.now) {
+                Verdict::Deliver { net, offset } => {
+                    let vni = host.tables.networks[net].vni;
+                    host.tap_out.push((vni, d[offset..].to_vec()));
+                }
+                Verdict::Drop(r) => drops.push(r),
+                v => panic!("unexpected verdict for a datagram: {v:?}"),
+            }
+        }
+        drops
+    }
+}
+
+fn udp_frame(src: Ipv4Addr, dst: Ipv4Addr, dst_mac: MacAddr, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MacAddr::from_ipv4(src).0, dst_mac.0)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(40000, 7);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&MacAddr::from_ipv4(sender).0);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&MacAddr::from_ipv4(sender).0);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+#[test]
+fn unicast_reaches_only_the_owner() {
+    let mut n = cluster(false, 16);
+    let f = udp_frame(ov(1), ov(3), MacAddr::from_ipv4(ov(3)), b"hello");
+    assert_eq!(n.tap_send(0, VNI_FRONT, &f), None);
+    assert!(n.run().is_empty());
+    assert_eq!(n.host(ul(3)).tap_out, vec![(VNI_FRONT, f.clone())]);
+    assert!(n.host(ul(2)).tap_out.is_empty());
+    assert_eq!(n.stats(0, VNI_FRONT).flood_copies.load(Relaxed), 0);
+}
+
+#[test]
+fn arp_for_a_known_endpoint_is_answered_without_flooding() {
+    let mut n = cluster(false, 16);
+    let req = arp_request(ov(1), ov(2));
+    assert_eq!(n.tap_send(0, VNI_FRONT, &req), None);
+    assert!(n.wire.is_empty(), "nothing crosses the underlay");
+    let (vni, reply) = &n.host(ul(1)).tap_out[0];
+    assert_eq!(*vni, VNI_FRONT);
+    assert_eq!(&reply[0..6], &MacAddr::from_ipv4(ov(1)).0, "to the asker");
+    assert_eq!(&reply[22..28], &MacAddr::from_ipv4(ov(2)).0, "sender hw = owner's MAC");
+    assert_eq!(&reply[28..32], &ov(2).octets());
+    assert_eq!(n.stats(0, VNI_FRONT).arp_answered.load(Relaxed), 1);
+    assert_eq!(n.stats(0, VNI_FRONT).flood_copies.load(Relaxed), 0);
+}
+
+#[test]
+fn broadcast_and_unknown_unicast_go_to_every_peer_once() {
+    let mut n = cluster(false, 16);
+    n.tap_send(0, VNI_FRONT, &arp_request(ov(1), ov(77)));
+    let unknown = udp_frame(ov(1), ov(78), MacAddr([2, 9, 9, 9, 9, 9]), b"x");
+    n.tap_send(0, VNI_FRONT, &unknown);
+    assert!(n.run().is_empty());
+    for h in [ul(2), ul(3)] {
+        assert_eq!(n.host(h).tap_out.len(), 2, "{h} got both frames once");
+    }
+    assert!(n.host(ul(1)).tap_out.is_empty(), "no copy back to the sender");
+    let s = n.stats(0, VNI_FRONT);
+    assert_eq!(s.flooded_frames.load(Relaxed), 2);
+    assert_eq!(s.flood_copies.load(Relaxed), 4);
+}
+
+#[test]
+fn ipv6_neighbour_solicitation_is_flooded() {
+    let mut n = cluster(false, 16);
+    // Solicited-node multicast 33:33:ff:00:00:02 for fd00::2.
+    let b = PacketBuilder::ethernet2(MacAddr::from_ipv4(ov(1)).0, [0x33, 0x33, 0xff, 0, 0, 2])
+        .ipv6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2], 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] });
+    let mut f = Vec::new();
+    b.write(&mut f, &[0u8; 16]).expect("writing to a Vec");
+    assert_eq!(n.tap_send(0, VNI_FRONT, &f), None);
+    n.run();
+    assert_eq!(n.host(ul(2)).tap_out, vec![(VNI_FRONT, f.clone())]);
+    assert_eq!(n.host(ul(3)).tap_out, vec![(VNI_FRONT, f)]);
+}
+
+#[test]
+fn networks_are_isolated() {
+    let mut n = cluster(false, 16);
+    // h3 is not in `back`: a datagram it sends with back's VNI is refused.
+    let f = udp_frame(ov_back(9), ov_back(1), MacAddr::from_ipv4(ov_back(1)), b"x");
+    n.wire.push_back((ul(3), ul(1), datagram(VNI_BACK, &f)));
+    assert_eq!(n.run(), vec![DropReason::UnknownPeer]);
+    assert!(n.host(ul(1)).tap_out.is_empty());
+    // A frame into `back` on h1 never reaches h3, even when flooded.
+    n.tap_send(0, VNI_BACK, &arp_request(ov_back(1), ov_back(50)));
+    n.run();
+    assert_eq!(n.host(ul(2)).tap_out.len(), 1);
+    assert!(n.host(ul(3)).tap_out.is_empty());
+}
+
+#[test]
+fn hostile_datagrams_are_dropped_and_counted_by_reason() {
+    let mut n = cluster(false, 16);
+    let good = udp_frame(ov(2), ov(1), MacAddr::from_ipv4(ov(1)), b"ok");
+    let stranger = Ipv4Addr::new(198, 18, 0, 99);
+    n.wire.push_back((stranger, ul(1), datagram(VNI_FRONT, &good)));
+    n.wire.push_back((ul(2), ul(1), datagram(999, &good)));
+    let mut no_i = datagram(VNI_FRONT, &good);
+    no_i[0] = 0;
+    n.wire.push_back((ul(2), ul(1), no_i));
+    n.wire.push_back((ul(2), ul(1), vec![0x08, 0, 0]));
+    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &[0u8; 10])));
+    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &vec![0u8; 1600])));
+    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &good)));
+    let drops = n.run();
+    assert_eq!(
+        drops,
+        vec![
+            DropReason::UnknownPeer,
+            DropReason::UnknownVni,
+            DropReason::BadFlags,
+            DropReason::Malformed,
+            DropReason::Malformed,
+            DropReason::Mtu,
+        ]
+    );
+    assert_eq!(n.host(ul(1)).tap_out, vec![(VNI_FRONT, good)], "the good one still passes");
+    let g = &n.hosts[0].tables.global;
+    assert_eq!(g.drops.get(DropReason::UnknownPeer), 1);
+    assert_eq!(g.drops.get(DropReason::UnknownVni), 1);
+    assert_eq!(g.drops.get(DropReason::BadFlags), 1);
+    assert_eq!(g.drops.get(DropReason::Malformed), 1);
+    let s = n.stats(0, VNI_FRONT);
+    assert_eq!(s.drops.get(DropReason::Malformed), 1);
+    assert_eq!(s.drops.get(DropReason::Mtu), 1);
+}
+
+#[test]
+fn frames_over_the_overlay_mtu_are_dropped_at_the_tap() {
+    let mut n = cluster(false, 16);
+    let fits = udp_frame(ov(1), ov(2), MacAddr::from_ipv4(ov(2)), &[0u8; 1450 - 28]);
+    let too_big = udp_frame(ov(1), ov(2), MacAddr::from_ipv4(ov(2)), &[0u8; 1450 - 27]);
+    assert_eq!(n.tap_send(0, VNI_FRONT, &fits), None);
+    assert_eq!(n.tap_send(0, VNI_FRONT, &too_big), Some(DropReason::Mtu));
+    assert_eq!(n.tap_send(0, VNI_FRONT, &[0u8; 5]), Some(DropReason::Malformed));
+    assert_eq!(n.stats(0, VNI_FRONT).drops.get(DropReason::Mtu), 1);
+}
+
+#[test]
+fn learning_fills_the_table_up_to_its_cap_and_no_further() {
+    let mut n = cluster(true, 4);
+    // Workloads behind h2 with MACs no config knows.
+    for i in 0..10u8 {
+        let src = MacAddr([2, 0xaa, 0, 0, 0, i]);
+        let b = PacketBuilder::ethernet2(src.0, MacAddr::from_ipv4(ov(1)).0)
+            .ipv4([10, 0, 9, 100 + i], ov(1).octets(), 64)
+            .udp(1, 2);
+        let mut f = Vec::new();
+        b.write(&mut f, b"x").expect("writing to a Vec");
+        n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &f)));
+    }
+    n.run();
+    let t = &n.hosts[0].tables;
+    let front = &t.networks[t.network_by_vni(VNI_FRONT).expect("front")];
+    assert_eq!(front.learned.len(), 4);
+    assert_eq!(front.stats.learned.load(Relaxed), 4);
+    assert_eq!(front.stats.fdb_full.load(Relaxed), 6);
+    // A learned MAC is now sent unicast, not flooded.
+    let to_learned = udp_frame(ov(1), ov(100), MacAddr([2, 0xaa, 0, 0, 0, 0]), b"y");
+    n.tap_send(0, VNI_FRONT, &to_learned);
+    assert_eq!(n.wire.len(), 1);
+    assert_eq!(n.wire[0].1, ul(2));
+    // An unknown one is still flooded.
+    n.wire.clear();
+    let to_unknown = udp_frame(ov(1), ov(109), MacAddr([2, 0xaa, 0, 0, 0, 9]), b"z");
+    n.tap_send(0, VNI_FRONT, &to_unknown);
+    assert_eq!(n.wire.len(), 2);
+}
+
+#[test]
+fn learning_is_off_by_default() {
+    let mut n = cluster(false, 4);
+    let b = PacketBuilder::ethernet2([2, 0xaa, 0, 0, 0, 1], MacAddr::from_ipv4(ov(1)).0)
+        .ipv4([10, 0, 9, 100], ov(1).octets(), 64)
+        .udp(1, 2);
+    let mut f = Vec::new();
+    b.write(&mut f, b"x").expect("writing to a Vec");
+    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &f)));
+    n.run();
+    let t = &n.hosts[0].tables;
+    assert_eq!(t.networks[0].learned.len(), 0);
+}

@@ -1,0 +1,159 @@
+//! Shared set-up for the end-to-end tests: a cluster file, a vxmeshd per
+//! host (ready when it says READY=1 on its notify socket), and the admin
+//! API read through the `vxmesh` CLI, so every test also exercises the CLI.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use vxmesh_testbed::{workspace_bin, Proc, Testbed};
+
+pub const FRONT_ONLY: &str = r#"
+[[nodes]]
+name = "h1"
+address = "198.18.0.1"
+[[nodes]]
+name = "h2"
+address = "198.18.0.2"
+[[nodes]]
+name = "h3"
+address = "198.18.0.3"
+
+[[networks]]
+name = "front"
+vni = 4096
+subnet = "10.0.9.0/24"
+
+[[endpoints]]
+network = "front"
+node = "h1"
+ip = "10.0.9.1"
+[[endpoints]]
+network = "front"
+node = "h2"
+ip = "10.0.9.2"
+[[endpoints]]
+network = "front"
+node = "h3"
+ip = "10.0.9.3"
+"#;
+
+/// A testbed with hosts h1..hN on the underlay bridge and a cluster file.
+pub struct Lab {
+    pub tb: Testbed,
+    pub config: PathBuf,
+    pub daemons: Vec<(String, Proc)>,
+}
+
+impl Lab {
+    /// Hosts `h1..=hn` at 198.18.0.<i>/24, MTU 1500, and the cluster file.
+    pub fn new(tag: &str, hosts: u8, config: &str) -> Lab {
+        let mut tb = Testbed::new(tag).expect("testbed");
+        for i in 1..=hosts {
+            tb.add_host(&format!("h{i}"), &format!("198.18.0.{i}/24"), 1500)
+                .expect("host");
+        }
+        let path = tb.dir().join("vxmesh.toml");
+        std::fs::write(&path, config).expect("write config");
+        Lab {
+            tb,
+            config: path,
+            daemons: Vec::new(),
+        }
+    }
+
+    pub fn socket(&self, host: &str) -> PathBuf {
+        self.tb.dir().join(format!("{host}.sock"))
+    }
+
+    /// Starts vxmeshd for `host` and waits for READY=1.
+    pub fn start(&mut self, host: &str) {
+        let bin = workspace_bin("vxmeshd");
+        let sock = self.socket(host);
+        let ns = self.tb.ns(host);
+        let p = self
+            .tb
+            .spawn_notify(
+                &ns,
+                &[
+                    bin.to_str().unwrap(),
+                    "--config",
+                    self.config.to_str().unwrap(),
+                    "--node",
+                    host,
+                    "--socket",
+                    sock.to_str().unwrap(),
+                ],
+                &[("RUST_LOG", "info")],
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("vxmeshd on {host} did not become ready: {e}"));
+        self.daemons.push((host.to_string(), p));
+    }
+
+    /// Runs the CLI against `host`'s daemon and parses its JSON output.
+    pub fn cli_json(&self, host: &str, args: &[&str]) -> Value {
+        let out = self.cli(host, args);
+        assert!(
+            out.status.success(),
+            "vxmesh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("vxmesh --json prints JSON")
+    }
+
+    pub fn cli(&self, host: &str, args: &[&str]) -> std::process::Output {
+        let sock = self.socket(host);
+        std::process::Command::new(workspace_bin("vxmesh"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run vxmesh")
+    }
+
+    /// `/v1/status` of `host`.
+    pub fn status(&self, host: &str) -> Value {
+        self.cli_json(host, &["status"])
+    }
+
+    /// A counter of network `net` on `host` (`stats.<key>`).
+    pub fn counter(&self, host: &str, net: &str, key: &str) -> u64 {
+        let s = self.status(host);
+        let n = s["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == net)
+            .unwrap_or_else(|| panic!("{host} has no network {net}: {s}"));
+        n["stats"][key].as_u64().unwrap_or_else(|| panic!("no counter {key}"))
+    }
+
+    /// A drop counter of network `net` on `host`.
+    pub fn net_drops(&self, host: &str, net: &str, reason: &str) -> u64 {
+        let s = self.status(host);
+        let n = s["networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == net)
+            .unwrap();
+        n["stats"]["drops"][reason].as_u64().unwrap()
+    }
+
+    /// A drop counter not tied to a network.
+    pub fn global_drops(&self, host: &str, reason: &str) -> u64 {
+        self.status(host)["global"]["drops"][reason].as_u64().unwrap()
+    }
+
+    /// Turns IPv6 off on a host before its TAP exists, so the kernel sends
+    /// no router or neighbour solicitations that would be (rightly) flooded.
+    pub fn no_ipv6(&self, host: &str) {
+        for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+            self.tb.exec(&self.tb.ns(host), &["sysctl", "-qw", key]).expect("sysctl");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! End to end: vxmeshd on hosts made of network namespaces.
+
+mod common;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::Duration;
+
+use common::{Lab, FRONT_ONLY};
+use vxmesh_testbed::{icmp_ping, iperf3_tcp, require_root};
+
+fn ov(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 9, n)
+}
+
+fn ping_ok(lab: &Lab, from: &str, dst: Ipv4Addr) {
+    let p = icmp_ping(&lab.tb, &lab.tb.ns(from), dst, 5, Duration::from_millis(20), Duration::from_secs(5))
+        .expect("ping runs");
+    assert_eq!(p.received, p.sent, "{from} -> {dst}: {} of {} replies", p.received, p.sent);
+}
+
+#[test]
+fn three_hosts_reach_each_other_and_arp_never_floods() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("ovl3", 3, FRONT_ONLY);
+    for h in ["h1", "h2", "h3"] {
+        lab.no_ipv6(h);
+        lab.start(h);
+    }
+    let before: u64 = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| lab.counter(h, "front", "flood_copies"))
+        .sum();
+    let hosts = [("h1", 1u8), ("h2", 2), ("h3", 3)];
+    for (from, _) in hosts {
+        for (to, n) in hosts {
+            if from != to {
+                ping_ok(&lab, from, ov(n));
+            }
+        }
+    }
+    let arp: u64 = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| lab.counter(h, "front", "arp_answered"))
+        .sum();
+    let after: u64 = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| lab.counter(h, "front", "flood_copies"))
+        .sum();
+    assert!(arp >= 3, "every host resolved its peers through the local responder (answered {arp})");
+    assert_eq!(after, before, "ARP was answered locally: no flood copies");
+    // Bulk TCP over the overlay between every pair, both ways.
+    let mut port = 5300;
+    for (from, _) in hosts {
+        for (to, n) in hosts {
+            if from == to {
+                continue;
+            }
+            port += 1;
+            let (srv, cli) = (lab.tb.ns(to), lab.tb.ns(from));
+            let gbit = iperf3_tcp(&mut lab.tb, &srv, &cli, ov(n), port, 2, 1).expect("iperf3");
+            assert!(gbit > 0.01, "{from} -> {to}: {gbit} Gbit/s");
+        }
+    }
+    // The outer source address is always the data-path address, and the
+    // sockets are bound to it, never to 0.0.0.0.
+    let ss = lab
+        .tb
+        .exec(&lab.tb.ns("h1"), &["ss", "-Hlun"])
+        .expect("ss");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(ss.contains("198.18.0.1:4789"), "bound to the data-path address: {ss}");
+    assert!(!ss.contains("0.0.0.0:4789") && !ss.contains("*:4789"), "{ss}");
+}
+
+const TWO_NETWORKS: &str = r#"
+[[nodes]]
+name = "h1"
+address = "198.18.0.1"
+[[nodes]]
+name = "h2"
+address = "198.18.0.2"
+
+[[networks]]
+name = "front"
+vni = 4096
+subnet = "10.0.9.0/24"
+[[networks]]
+name = "back"
+vni = 4097
+subnet = "10.0.10.0/24"
+
+[[endpoints]]
+network = "front"
+node = "h1"
+ip = "10.0.9.1"
+[[endpoints]]
+network = "front"
+node = "h2"
+ip = "10.0.9.2"
+[[endpoints]]
+network = "back"
+node = "h1"
+ip = "10.0.10.1"
+[[endpoints]]
+network = "back"
+node = "h2"
+ip = "10.0.10.2"
+"#;
+
+#[test]
+fn two_networks_on_the_same_hosts_stay_apart() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("ovl2n", 2, TWO_NETWORKS);
+    for h in ["h1", "h2"] {
+        lab.no_ipv6(h);
+        lab.start(h);
+    }
+    ping_ok(&lab, "h1", ov(2));
+    ping_ok(&lab, "h1", Ipv4Addr::new(10, 0, 10, 2));
+    // Send to h2's `back` MAC through `front`: the frame travels on VNI 4096
+    // and must never come out of h2's `back` TAP.
+    let h1 = lab.tb.ns("h1");
+    lab.tb
+        .exec(&h1, &["ip", "neigh", "replace", "10.0.9.2", "lladdr", "02:42:0a:00:0a:02", "dev", "vxm-front", "nud", "permanent"])
+        .expect("neigh");
+    let back_rx = lab.counter("h2", "back", "vxlan_rx_packets");
+    let p = icmp_ping(&lab.tb, &h1, ov(2), 3, Duration::from_millis(20), Duration::from_secs(2)).expect("ping runs");
+    assert_eq!(p.received, 0, "a frame addressed to another network's MAC got an answer");
+    assert_eq!(lab.counter("h2", "back", "vxlan_rx_packets"), back_rx, "nothing arrived on `back`");
+    assert!(lab.counter("h2", "front", "vxlan_rx_packets") > 0);
+}
+
+#[test]
+fn hostile_datagrams_are_counted_and_forwarding_goes_on() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("ovlbad", 2, &FRONT_ONLY.replace("198.18.0.3", "198.18.0.3"));
+    lab.tb.add_host("rogue", "198.18.0.99/24", 1500).expect("rogue host");
+    for h in ["h1", "h2"] {
+        lab.start(h);
+    }
+    ping_ok(&lab, "h2", ov(1));
+    let target = "198.18.0.1:4789";
+    let header = |vni: u32| {
+        let v = vni.to_be_bytes();
+        [0x08, 0, 0, 0, v[1], v[2], v[3], 0]
+    };
+    let mut inner = vec![0u8; 60];
+    inner[..6].copy_from_slice(&[0x02, 0x42, 10, 0, 9, 1]);
+    inner[6..12].copy_from_slice(&[0x02, 0x42, 10, 0, 9, 2]);
+    inner[12..14].copy_from_slice(&[0x08, 0x00]);
+    let with = |h: [u8; 8], body: &[u8]| {
+        let mut d = h.to_vec();
+        d.extend_from_slice(body);
+        d
+    };
+    // From a host that is not a member node.
+    let bad_peer = vec![with(header(4096), &inner)];
+    let sent = bad_peer.clone();
+    lab.tb
+        .in_ns(&lab.tb.ns("rogue"), move || {
+            let s = UdpSocket::bind("198.18.0.99:0").unwrap();
+            for d in sent {
+                s.send_to(&d, target).unwrap();
+            }
+        })
+        .unwrap();
+    // From a member (h2's data-path address), but wrong or broken.
+    let mut no_i = header(4096);
+    no_i[0] = 0;
+    let mut random = vec![0u8; 300];
+    let mut x: u32 = 0x1234_5678;
+    for b in random.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    random[0] = 0x08; // keep it past the flag check: a random inner frame
+    let datagrams = vec![
+        with(header(999), &inner),     // unknown VNI
+        with(no_i, &inner),            // I flag missing
+        vec![0x08, 0, 0],              // truncated header
+        with(header(4096), &inner[..9]), // truncated inner frame
+        random,                        // random bytes (VNI from the noise)
+        with(header(4096), &vec![0u8; 60000]), // giant
+    ];
+    lab.tb
+        .in_ns(&lab.tb.ns("h2"), move || {
+            let s = UdpSocket::bind("198.18.0.2:0").unwrap();
+            for d in datagrams {
+                s.send_to(&d, target).unwrap();
+            }
+        })
+        .unwrap();
+    // Counted by reason (the CLI reads the live counters).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let total = lab.global_drops("h1", "unknown_peer")
+            + lab.global_drops("h1", "unknown_vni")
+            + lab.global_drops("h1", "bad_flags")
+            + lab.global_drops("h1", "malformed")
+            + lab.net_drops("h1", "front", "malformed")
+            + lab.net_drops("h1", "front", "mtu");
+        if total >= 7 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert_eq!(lab.global_drops("h1", "unknown_peer"), 1);
+    assert!(lab.global_drops("h1", "unknown_vni") >= 1, "wrong VNI counted");
+    assert_eq!(lab.global_drops("h1", "bad_flags"), 1);
+    assert_eq!(lab.global_drops("h1", "malformed"), 1, "truncated header counted");
+    assert!(lab.net_drops("h1", "front", "malformed") >= 1, "truncated inner frame counted");
+    assert_eq!(lab.net_drops("h1", "front", "mtu"), 1, "giant counted");
+    // And the daemon keeps forwarding.
+    ping_ok(&lab, "h2", ov(1));
+    ping_ok(&lab, "h1", ov(2));
+}
