@@ -167,9 +167,8 @@ pub fn load(path: &Path) -> Result<Cluster, ConfigErrors> {
 /// Parses and validates a cluster document; `path` is only used in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
     let lines = Lines::new(path, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        ConfigErrors(vec![lines.error(e.span(), e.message().trim().to_string())])
-    })?;
+    let raw: RawFile = toml::from_str(text)
+        .map_err(|e| ConfigErrors(vec![lines.error(e.span(), e.message().trim().to_string())]))?;
     let mut errs = Vec::new();
     let mut err = |span: Range<usize>, reason: String| errs.push(lines.error(Some(span), reason));
 
@@ -179,13 +178,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
     }
     if let Some(m) = &raw.settings.underlay_mtu {
         if *m.get_ref() < 576 + OVERHEAD {
-            err(m.span(), format!("underlay_mtu {} is too small (at least {})", m.get_ref(), 576 + OVERHEAD));
+            err(
+                m.span(),
+                format!(
+                    "underlay_mtu {} is too small (at least {})",
+                    m.get_ref(),
+                    576 + OVERHEAD
+                ),
+            );
         }
         settings.underlay_mtu = *m.get_ref();
     }
     if let Some(n) = &raw.settings.source_ports {
         if !(1..=1024).contains(n.get_ref()) {
-            err(n.span(), format!("source_ports must be 1 to 1024, not {}", n.get_ref()));
+            err(
+                n.span(),
+                format!("source_ports must be 1 to 1024, not {}", n.get_ref()),
+            );
         }
         settings.source_ports = *n.get_ref();
     }
@@ -196,17 +205,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
     for n in &raw.nodes {
         let n = n.get_ref();
         if !valid_name(n.name.get_ref(), 64) {
-            err(n.name.span(), format!("node name `{}` must be 1-64 of [a-zA-Z0-9_.-]", n.name.get_ref()));
+            err(
+                n.name.span(),
+                format!(
+                    "node name `{}` must be 1-64 of [a-zA-Z0-9_.-]",
+                    n.name.get_ref()
+                ),
+            );
         }
         if !node_names.insert(n.name.get_ref().clone()) {
-            err(n.name.span(), format!("node `{}` is defined twice", n.name.get_ref()));
+            err(
+                n.name.span(),
+                format!("node `{}` is defined twice", n.name.get_ref()),
+            );
         }
         let a = *n.address.get_ref();
         if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-            err(n.address.span(), format!("node address {a} is not a unicast address"));
+            err(
+                n.address.span(),
+                format!("node address {a} is not a unicast address"),
+            );
         }
         if !node_addrs.insert(a) {
-            err(n.address.span(), format!("address {a} is used by two nodes"));
+            err(
+                n.address.span(),
+                format!("address {a} is used by two nodes"),
+            );
         }
         nodes.push(Node {
             name: n.name.get_ref().clone(),
@@ -228,21 +252,40 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
         }
         let vni = *n.vni.get_ref();
         if !(1..=vxmesh_dataplane::wire::vxlan::MAX_VNI).contains(&vni) {
-            err(n.vni.span(), format!("vni {vni} is outside 1..=16777215 (24 bits)"));
+            err(
+                n.vni.span(),
+                format!("vni {vni} is outside 1..=16777215 (24 bits)"),
+            );
         } else if !vnis.insert(vni) {
             err(n.vni.span(), format!("vni {vni} is used by two networks"));
         }
         let subnet = *n.subnet.get_ref();
         if subnet.prefix_len() > 30 {
-            err(n.subnet.span(), format!("subnet {subnet} is too small for endpoints (at most /30)"));
+            err(
+                n.subnet.span(),
+                format!("subnet {subnet} is too small for endpoints (at most /30)"),
+            );
         }
         if subnet.network() != subnet.addr() {
-            err(n.subnet.span(), format!("subnet {subnet} has host bits set (did you mean {}?)", subnet.trunc()));
+            err(
+                n.subnet.span(),
+                format!(
+                    "subnet {subnet} has host bits set (did you mean {}?)",
+                    subnet.trunc()
+                ),
+            );
         }
         let max_mtu = settings.underlay_mtu - OVERHEAD;
         let mtu = match &n.mtu {
             Some(m) if *m.get_ref() > max_mtu || *m.get_ref() < 576 => {
-                err(m.span(), format!("mtu {} must be 576 to {max_mtu} (underlay MTU {} minus {OVERHEAD})", m.get_ref(), settings.underlay_mtu));
+                err(
+                    m.span(),
+                    format!(
+                        "mtu {} must be 576 to {max_mtu} (underlay MTU {} minus {OVERHEAD})",
+                        m.get_ref(),
+                        settings.underlay_mtu
+                    ),
+                );
                 max_mtu
             }
             Some(m) => *m.get_ref(),
@@ -250,7 +293,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
         };
         for member in &n.nodes {
             if !node_names.contains(member.get_ref()) {
-                err(member.span(), format!("node `{}` is not defined in [[nodes]]", member.get_ref()));
+                err(
+                    member.span(),
+                    format!("node `{}` is not defined in [[nodes]]", member.get_ref()),
+                );
             }
         }
         net_by_name.insert(name.clone(), subnet);
@@ -274,20 +320,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
         let net = e.network.get_ref();
         let ip = *e.ip.get_ref();
         match net_by_name.get(net) {
-            None => err(e.network.span(), format!("network `{net}` is not defined in [[networks]]")),
+            None => err(
+                e.network.span(),
+                format!("network `{net}` is not defined in [[networks]]"),
+            ),
             Some(subnet) => {
                 if !subnet.contains(&ip) {
-                    err(e.ip.span(), format!("{ip} is outside network `{net}`'s subnet {subnet}"));
+                    err(
+                        e.ip.span(),
+                        format!("{ip} is outside network `{net}`'s subnet {subnet}"),
+                    );
                 } else if ip == subnet.network() || ip == subnet.broadcast() {
-                    err(e.ip.span(), format!("{ip} is the network or broadcast address of {subnet}"));
+                    err(
+                        e.ip.span(),
+                        format!("{ip} is the network or broadcast address of {subnet}"),
+                    );
                 }
             }
         }
         if !node_names.contains(e.node.get_ref()) {
-            err(e.node.span(), format!("node `{}` is not defined in [[nodes]]", e.node.get_ref()));
+            err(
+                e.node.span(),
+                format!("node `{}` is not defined in [[nodes]]", e.node.get_ref()),
+            );
         }
         if !ips.insert((net.clone(), ip)) {
-            err(e.ip.span(), format!("{ip} is given to two endpoints of network `{net}`"));
+            err(
+                e.ip.span(),
+                format!("{ip} is given to two endpoints of network `{net}`"),
+            );
         }
         let mac = match &e.mac {
             None => MacAddr::from_ipv4(ip),
@@ -304,7 +365,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             },
         };
         if !macs.insert((net.clone(), mac)) {
-            err(e.ip.span(), format!("MAC {mac} is used twice in network `{net}`"));
+            err(
+                e.ip.span(),
+                format!("MAC {mac} is used twice in network `{net}`"),
+            );
         }
         endpoints.push(Endpoint {
             network: net.clone(),

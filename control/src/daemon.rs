@@ -76,17 +76,25 @@ impl State {
         let mut inner = self.inner.lock().expect("state lock poisoned");
         let result = (|| {
             let next = config::load(&self.config_path).map_err(|e| e.to_string())?;
-            let node = next
-                .node(&self.node)
-                .ok_or_else(|| format!("node `{}` is no longer in {}", self.node, self.config_path.display()))?;
+            let node = next.node(&self.node).ok_or_else(|| {
+                format!(
+                    "node `{}` is no longer in {}",
+                    self.node,
+                    self.config_path.display()
+                )
+            })?;
             let cur = inner.cluster.node(&self.node).expect("running node exists");
             if node.address != cur.address
                 || next.settings.vxlan_port != inner.cluster.settings.vxlan_port
                 || next.settings.source_ports != inner.cluster.settings.source_ports
             {
-                return Err("the node address, vxlan_port and source_ports change only with a restart".to_string());
+                return Err(
+                    "the node address, vxlan_port and source_ports change only with a restart"
+                        .to_string(),
+                );
             }
-            let (tables, taps, changes) = inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
+            let (tables, taps, changes) =
+                inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
             inner
                 .dataplane
                 .apply(tables, taps)
@@ -144,7 +152,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             "{}: node `{}` is not among [[nodes]] ({})",
             opts.config.display(),
             opts.node,
-            cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let state = start(&opts, cluster)?;

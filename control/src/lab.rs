@@ -44,7 +44,10 @@ fn vxmeshd_path(args: &LabArgs) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating this binary")?;
     let p = me.with_file_name("vxmeshd");
     if !p.exists() {
-        bail!("{} not found; build it with `cargo build --release --bins`", p.display());
+        bail!(
+            "{} not found; build it with `cargo build --release --bins`",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -64,14 +67,24 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         bail!("the lab creates network namespaces: run it as root");
     }
     let (text, path) = match &args.config {
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.clone()),
-        None => (DEFAULT_CONFIG.to_string(), PathBuf::from("config/lab.toml (embedded)")),
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.clone(),
+        ),
+        None => (
+            DEFAULT_CONFIG.to_string(),
+            PathBuf::from("config/lab.toml (embedded)"),
+        ),
     };
     let cluster = config::parse(&path, &text)?;
     let underlay: ipnet::Ipv4Net = "198.18.0.0/15".parse().expect("a valid prefix");
     for n in &cluster.nodes {
         if !underlay.contains(&n.address) {
-            bail!("node {} has address {}: the lab only builds hosts in 198.18.0.0/15", n.name, n.address);
+            bail!(
+                "node {} has address {}: the lab only builds hosts in 198.18.0.0/15",
+                n.name,
+                n.address
+            );
         }
     }
     let daemon = vxmeshd_path(&args)?;
@@ -79,7 +92,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let cfg_path = tb.dir().join("vxmesh.toml");
     std::fs::write(&cfg_path, &text)?;
     let mtu = u32::from(cluster.settings.underlay_mtu);
-    println!("lab {}: {} hosts on a bridge, underlay MTU {mtu}", tb.suffix(), cluster.nodes.len());
+    println!(
+        "lab {}: {} hosts on a bridge, underlay MTU {mtu}",
+        tb.suffix(),
+        cluster.nodes.len()
+    );
     for n in &cluster.nodes {
         tb.add_host(&n.name, &format!("{}/24", n.address), mtu)?;
     }
@@ -101,7 +118,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             Duration::from_secs(10),
         )
         .with_context(|| format!("starting vxmeshd on {}", n.name))?;
-        println!("  {:<4} {:<12} vxmeshd ready (admin socket {})", n.name, n.address, sock.display());
+        println!(
+            "  {:<4} {:<12} vxmeshd ready (admin socket {})",
+            n.name,
+            n.address,
+            sock.display()
+        );
     }
     let mut rows = Vec::new();
     let mut port = 5201;
@@ -109,16 +131,35 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         let eps: Vec<_> = cluster
             .nodes
             .iter()
-            .filter_map(|n| cluster.tap_address(net, &n.name).map(|ip| (n.name.clone(), ip)))
+            .filter_map(|n| {
+                cluster
+                    .tap_address(net, &n.name)
+                    .map(|ip| (n.name.clone(), ip))
+            })
             .collect();
         for (from, _) in &eps {
             for (to, dst) in &eps {
                 if from == to {
                     continue;
                 }
-                let ping = icmp_ping(&tb, &tb.ns(from), *dst, 20, Duration::from_millis(10), Duration::from_secs(5))?;
+                let ping = icmp_ping(
+                    &tb,
+                    &tb.ns(from),
+                    *dst,
+                    20,
+                    Duration::from_millis(10),
+                    Duration::from_secs(5),
+                )?;
                 port += 1;
-                let xfer = tcp_bulk(&tb, &tb.ns(to), &tb.ns(from), *dst, port, args.bytes, Duration::from_secs(60))?;
+                let xfer = tcp_bulk(
+                    &tb,
+                    &tb.ns(to),
+                    &tb.ns(from),
+                    *dst,
+                    port,
+                    args.bytes,
+                    Duration::from_secs(60),
+                )?;
                 rows.push(Row {
                     from: from.clone(),
                     to: to.clone(),
@@ -131,27 +172,40 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("{:<6} {:<6} {:<12} {:>12} {:>6} {:>14}", "FROM", "TO", "OVERLAY IP", "RTT p50 µs", "LOST", "TCP Gbit/s");
+    println!(
+        "{:<6} {:<6} {:<12} {:>12} {:>6} {:>14}",
+        "FROM", "TO", "OVERLAY IP", "RTT p50 µs", "LOST", "TCP Gbit/s"
+    );
     for r in &rows {
         println!(
             "{:<6} {:<6} {:<12} {:>12.0} {:>6} {:>14.2}",
             r.from, r.to, r.dst, r.rtt_p50_us, r.lost, r.gbit
         );
     }
-    let bad: Vec<&Row> = rows.iter().filter(|r| r.lost > 0 || r.gbit <= 0.0).collect();
+    let bad: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.lost > 0 || r.gbit <= 0.0)
+        .collect();
     if args.keep {
         println!("\nThe lab stays up. Enter a host with:");
         for n in &cluster.nodes {
             println!("  ip netns exec {} bash", tb.ns(&n.name));
         }
-        println!("and ask a daemon with: vxmesh --socket {}/h1.sock status", tb.dir().display());
+        println!(
+            "and ask a daemon with: vxmesh --socket {}/h1.sock status",
+            tb.dir().display()
+        );
         println!("Press Enter to tear it down.");
         let mut s = String::new();
         let _ = std::io::stdin().read_line(&mut s);
     }
     drop(tb);
     if !bad.is_empty() {
-        bail!("{} of {} paths lost packets or moved no data", bad.len(), rows.len());
+        bail!(
+            "{} of {} paths lost packets or moved no data",
+            bad.len(),
+            rows.len()
+        );
     }
     println!("\noverlay OK: every pair reached each other; the lab was removed");
     Ok(())

@@ -94,7 +94,10 @@ impl Reconciler {
     /// Builds the snapshot for `cluster`, creating or adjusting TAPs as
     /// needed. On error nothing already running is changed, except TAPs
     /// created for new networks, which close again when dropped.
-    pub fn plan(&mut self, cluster: &Cluster) -> Result<(Tables, TapSet, Vec<Change>), ReconcileError> {
+    pub fn plan(
+        &mut self,
+        cluster: &Cluster,
+    ) -> Result<(Tables, TapSet, Vec<Change>), ReconcileError> {
         let local = self.local_address(cluster)?;
         let mut changes = Vec::new();
         let mut next: HashMap<String, NetState> = HashMap::new();
@@ -120,14 +123,15 @@ impl Reconciler {
                             })?;
                         changes.push(Change::TapChanged(net.name.clone()));
                     }
-                    let learned = if same_vni
-                        && old.fdb_cap == net.fdb_cap
-                        && old.ageing_s == net.ageing_s
-                    {
-                        old.learned.clone()
-                    } else {
-                        Arc::new(LearnedFdb::new(net.fdb_cap, Duration::from_secs(net.ageing_s)))
-                    };
+                    let learned =
+                        if same_vni && old.fdb_cap == net.fdb_cap && old.ageing_s == net.ageing_s {
+                            old.learned.clone()
+                        } else {
+                            Arc::new(LearnedFdb::new(
+                                net.fdb_cap,
+                                Duration::from_secs(net.ageing_s),
+                            ))
+                        };
                     NetState {
                         vni: net.vni,
                         tap_cfg,
@@ -195,7 +199,11 @@ impl Reconciler {
         }
         let taps: TapSet = next.values().map(|s| (s.vni, s.tap.clone())).collect();
         self.nets = next;
-        Ok((Tables::new(local, tables, self.global.clone()), taps, changes))
+        Ok((
+            Tables::new(local, tables, self.global.clone()),
+            taps,
+            changes,
+        ))
     }
 
     /// Forgets every network (their TAPs close once the dataplane lets go).

@@ -13,7 +13,7 @@ use vxmesh_dataplane::overlay::{
     Core, DropReason, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
     Verdict,
 };
-use vxmesh_dataplane::wire::{arp, vxlan, MacAddr};
+use vxmesh_dataplane::wire::{arp, gso, vxlan, MacAddr};
 
 const VNI_FRONT: u32 = 4096;
 const VNI_BACK: u32 = 4097;
@@ -85,9 +85,25 @@ fn cluster(learning: bool, cap: usize) -> Net {
     let back = [ep(ov_back(1), 1), ep(ov_back(2), 2)];
     let hosts = (1..=3u8)
         .map(|h| {
-            let mut nets = vec![network("front", VNI_FRONT, ul(h), &[1, 2, 3], &front, learning, cap)];
+            let mut nets = vec![network(
+                "front",
+                VNI_FRONT,
+                ul(h),
+                &[1, 2, 3],
+                &front,
+                learning,
+                cap,
+            )];
             if h <= 2 {
-                nets.push(network("back", VNI_BACK, ul(h), &[1, 2], &back, learning, cap));
+                nets.push(network(
+                    "back",
+                    VNI_BACK,
+                    ul(h),
+                    &[1, 2],
+                    &back,
+                    learning,
+                    cap,
+                ));
             }
             Host {
                 addr: ul(h),
@@ -113,7 +129,10 @@ fn datagram(vni: u32, frame: &[u8]) -> Vec<u8> {
 
 impl Net {
     fn host(&self, addr: Ipv4Addr) -> &Host {
-        self.hosts.iter().find(|h| h.addr == addr).expect("known host")
+        self.hosts
+            .iter()
+            .find(|h| h.addr == addr)
+            .expect("known host")
     }
 
     fn stats(&self, h: usize, vni: u32) -> &NetStats {
@@ -126,7 +145,10 @@ impl Net {
         let mut reply = [0u8; arp::REPLY_LEN];
         let host = &mut self.hosts[h];
         let net = host.tables.network_by_vni(vni).expect("network exists");
-        match self.core.handle_frame(&host.tables, net, frame, &mut reply, self.now) {
+        match self
+            .core
+            .handle_frame(&host.tables, net, frame, &mut reply, self.now)
+        {
             Verdict::Unicast { peer, vni, .. } => {
                 self.wire.push_back((host.addr, peer, datagram(vni, frame)));
             }
@@ -136,7 +158,9 @@ impl Net {
                 }
             }
             Verdict::ArpReply { len } => host.tap_out.push((vni, reply[..len].to_vec())),
-            Verdict::Deliver { .. } => panic!("a TAP frame is never delivered to a TAP"),
+            Verdict::Deliver { .. } | Verdict::DeliverSegmented { .. } => {
+                panic!("a TAP frame is never delivered to a TAP")
+            }
             Verdict::Drop(r) => return Some(r),
         }
         None
@@ -146,14 +170,25 @@ impl Net {
     /// drop reasons seen on the way.
     fn run(&mut self) -> Vec<DropReason> {
         let mut drops = Vec::new();
-        while let Some((from, to, d)) = self.wire.pop_front() {
+        while let Some((from, to, mut d)) = self.wire.pop_front() {
             let Some(host) = self.hosts.iter_mut().find(|h| h.addr == to) else {
                 continue;
             };
-            match self.core.handle_datagram(&host.tables, from, &d, self.now) {
+            match self
+                .core
+                .handle_datagram(&host.tables, from, &mut d, self.now)
+            {
                 Verdict::Deliver { net, offset } => {
                     let vni = host.tables.networks[net].vni;
                     host.tap_out.push((vni, d[offset..].to_vec()));
+                }
+                Verdict::DeliverSegmented { net, offset, mss } => {
+                    let vni = host.tables.networks[net].vni;
+                    let mut scratch = vec![0u8; 2048];
+                    let mut out = Vec::new();
+                    gso::segment_tcp(&d[offset..], mss, &mut scratch, |s| out.push(s.to_vec()))
+                        .expect("a super-frame the core accepted can be cut");
+                    host.tap_out.extend(out.into_iter().map(|s| (vni, s)));
                 }
                 Verdict::Drop(r) => drops.push(r),
                 v => panic!("unexpected verdict for a datagram: {v:?}"),
@@ -204,7 +239,11 @@ fn arp_for_a_known_endpoint_is_answered_without_flooding() {
     let (vni, reply) = &n.host(ul(1)).tap_out[0];
     assert_eq!(*vni, VNI_FRONT);
     assert_eq!(&reply[0..6], &MacAddr::from_ipv4(ov(1)).0, "to the asker");
-    assert_eq!(&reply[22..28], &MacAddr::from_ipv4(ov(2)).0, "sender hw = owner's MAC");
+    assert_eq!(
+        &reply[22..28],
+        &MacAddr::from_ipv4(ov(2)).0,
+        "sender hw = owner's MAC"
+    );
     assert_eq!(&reply[28..32], &ov(2).octets());
     assert_eq!(n.stats(0, VNI_FRONT).arp_answered.load(Relaxed), 1);
     assert_eq!(n.stats(0, VNI_FRONT).flood_copies.load(Relaxed), 0);
@@ -220,7 +259,10 @@ fn broadcast_and_unknown_unicast_go_to_every_peer_once() {
     for h in [ul(2), ul(3)] {
         assert_eq!(n.host(h).tap_out.len(), 2, "{h} got both frames once");
     }
-    assert!(n.host(ul(1)).tap_out.is_empty(), "no copy back to the sender");
+    assert!(
+        n.host(ul(1)).tap_out.is_empty(),
+        "no copy back to the sender"
+    );
     let s = n.stats(0, VNI_FRONT);
     assert_eq!(s.flooded_frames.load(Relaxed), 2);
     assert_eq!(s.flood_copies.load(Relaxed), 4);
@@ -231,8 +273,16 @@ fn ipv6_neighbour_solicitation_is_flooded() {
     let mut n = cluster(false, 16);
     // Solicited-node multicast 33:33:ff:00:00:02 for fd00::2.
     let b = PacketBuilder::ethernet2(MacAddr::from_ipv4(ov(1)).0, [0x33, 0x33, 0xff, 0, 0, 2])
-        .ipv6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2], 255)
-        .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] });
+        .ipv6(
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2],
+            255,
+        )
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        });
     let mut f = Vec::new();
     b.write(&mut f, &[0u8; 16]).expect("writing to a Vec");
     assert_eq!(n.tap_send(0, VNI_FRONT, &f), None);
@@ -261,14 +311,17 @@ fn hostile_datagrams_are_dropped_and_counted_by_reason() {
     let mut n = cluster(false, 16);
     let good = udp_frame(ov(2), ov(1), MacAddr::from_ipv4(ov(1)), b"ok");
     let stranger = Ipv4Addr::new(198, 18, 0, 99);
-    n.wire.push_back((stranger, ul(1), datagram(VNI_FRONT, &good)));
+    n.wire
+        .push_back((stranger, ul(1), datagram(VNI_FRONT, &good)));
     n.wire.push_back((ul(2), ul(1), datagram(999, &good)));
     let mut no_i = datagram(VNI_FRONT, &good);
     no_i[0] = 0;
     n.wire.push_back((ul(2), ul(1), no_i));
     n.wire.push_back((ul(2), ul(1), vec![0x08, 0, 0]));
-    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &[0u8; 10])));
-    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &vec![0u8; 1600])));
+    n.wire
+        .push_back((ul(2), ul(1), datagram(VNI_FRONT, &[0u8; 10])));
+    n.wire
+        .push_back((ul(2), ul(1), datagram(VNI_FRONT, &vec![0u8; 1600])));
     n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &good)));
     let drops = n.run();
     assert_eq!(
@@ -282,7 +335,11 @@ fn hostile_datagrams_are_dropped_and_counted_by_reason() {
             DropReason::Mtu,
         ]
     );
-    assert_eq!(n.host(ul(1)).tap_out, vec![(VNI_FRONT, good)], "the good one still passes");
+    assert_eq!(
+        n.host(ul(1)).tap_out,
+        vec![(VNI_FRONT, good)],
+        "the good one still passes"
+    );
     let g = &n.hosts[0].tables.global;
     assert_eq!(g.drops.get(DropReason::UnknownPeer), 1);
     assert_eq!(g.drops.get(DropReason::UnknownVni), 1);
@@ -300,7 +357,10 @@ fn frames_over_the_overlay_mtu_are_dropped_at_the_tap() {
     let too_big = udp_frame(ov(1), ov(2), MacAddr::from_ipv4(ov(2)), &[0u8; 1450 - 27]);
     assert_eq!(n.tap_send(0, VNI_FRONT, &fits), None);
     assert_eq!(n.tap_send(0, VNI_FRONT, &too_big), Some(DropReason::Mtu));
-    assert_eq!(n.tap_send(0, VNI_FRONT, &[0u8; 5]), Some(DropReason::Malformed));
+    assert_eq!(
+        n.tap_send(0, VNI_FRONT, &[0u8; 5]),
+        Some(DropReason::Malformed)
+    );
     assert_eq!(n.stats(0, VNI_FRONT).drops.get(DropReason::Mtu), 1);
 }
 
@@ -347,4 +407,24 @@ fn learning_is_off_by_default() {
     n.run();
     let t = &n.hosts[0].tables;
     assert_eq!(t.networks[0].learned.len(), 0);
+}
+
+#[test]
+fn a_tcp_super_frame_from_a_tso_sender_is_cut_to_the_mtu() {
+    let mut n = cluster(false, 16);
+    let payload = vec![0x5a; 20_000];
+    let b = PacketBuilder::ethernet2(MacAddr::from_ipv4(ov(2)).0, MacAddr::from_ipv4(ov(1)).0)
+        .ipv4(ov(2).octets(), ov(1).octets(), 64)
+        .tcp(5201, 40000, 1, 64240)
+        .ack(1);
+    let mut f = Vec::new();
+    b.write(&mut f, &payload).expect("writing to a Vec");
+    n.wire.push_back((ul(2), ul(1), datagram(VNI_FRONT, &f)));
+    assert!(n.run().is_empty());
+    let out = &n.host(ul(1)).tap_out;
+    assert_eq!(out.len(), 20_000usize.div_ceil(1410));
+    assert!(out.iter().all(|(_, s)| s.len() <= 14 + 1450));
+    let carried: usize = out.iter().map(|(_, s)| s.len() - 54).sum();
+    assert_eq!(carried, 20_000);
+    assert_eq!(n.stats(0, VNI_FRONT).gso_segmented.load(Relaxed), 1);
 }

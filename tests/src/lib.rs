@@ -11,8 +11,8 @@
 //! - [`process`]: processes started inside the namespaces ([`Proc`]), with
 //!   logs on disk, systemd-style readiness (`NOTIFY_SOCKET`), signals and
 //!   bounded waits.
-//! - [`measure`]: measurements run inside the namespaces: [`ping()`],
-//!   [`tcp_bulk()`] (pure Rust) and [`iperf3_tcp()`].
+//! - [`measure`]: measurements run inside the namespaces: [`ping()`] and
+//!   [`icmp_ping()`], [`tcp_bulk()`] (pure Rust) and [`iperf3_tcp()`].
 //!
 //! ## Call protocol
 //! Build a [`Testbed`] with [`Testbed::new`], add hosts and links, run or
@@ -32,6 +32,7 @@
 //! (`<tag>-<pid>-<counter>`), so parallel test binaries never collide.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod measure;
 pub mod process;
@@ -49,7 +50,10 @@ pub use testbed::{Testbed, SWITCH};
 /// Everything that can go wrong while building or using a testbed. Each
 /// variant names the failing step and carries its context (command line,
 /// path, process) and the OS error when there is one.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display` (multi-line log tails stay
+/// readable when a test calls `.expect()`).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A namespace, tag or interface name is empty, too long or has
@@ -167,6 +171,12 @@ pub enum Error {
         /// How many suffixes were tried.
         tries: u32,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Error {

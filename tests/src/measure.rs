@@ -5,6 +5,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,8 @@ impl PingStats {
 
     /// Mean round trip in µs; `None` without replies.
     pub fn avg(&self) -> Option<f64> {
-        (!self.rtt_us.is_empty()).then(|| self.rtt_us.iter().sum::<f64>() / self.rtt_us.len() as f64)
+        (!self.rtt_us.is_empty())
+            .then(|| self.rtt_us.iter().sum::<f64>() / self.rtt_us.len() as f64)
     }
 
     /// Median round trip in µs; `None` without replies.
@@ -68,7 +70,9 @@ impl PingStats {
             .filter_map(|l| l.split_once("time=").map(|(_, t)| t))
             .map(|t| {
                 let ms = t.trim_end_matches(" ms").trim();
-                ms.parse::<f64>().map(|ms| ms * 1000.0).map_err(|_| bad("bad time= field"))
+                ms.parse::<f64>()
+                    .map(|ms| ms * 1000.0)
+                    .map_err(|_| bad("bad time= field"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         // "5 packets transmitted, 5 received, 0% packet loss, time 4ms"
@@ -86,7 +90,11 @@ impl PingStats {
         };
         let sent = count(" packets transmitted")?;
         let received = count(" received")?;
-        Ok(PingStats { sent, received, rtt_us })
+        Ok(PingStats {
+            sent,
+            received,
+            rtt_us,
+        })
     }
 }
 
@@ -99,7 +107,14 @@ pub fn ping(
     count: u32,
     interval: Duration,
 ) -> Result<PingStats, Error> {
-    icmp_ping(tb, ns, dst, count, interval, interval * count + Duration::from_secs(10))
+    icmp_ping(
+        tb,
+        ns,
+        dst,
+        count,
+        interval,
+        interval * count + Duration::from_secs(10),
+    )
 }
 
 /// Pings `dst` from namespace `ns` (`ping -n -c count -i interval -W 1`,
@@ -117,11 +132,25 @@ pub fn icmp_ping(
     let count_s = count.to_string();
     let interval_s = format!("{}", interval.as_secs_f64());
     let dst_s = dst.to_string();
-    let args = ["ping", "-n", "-c", &count_s, "-i", &interval_s, "-W", "1", &dst_s];
+    let args = [
+        "ping",
+        "-n",
+        "-c",
+        &count_s,
+        "-i",
+        &interval_s,
+        "-W",
+        "1",
+        &dst_s,
+    ];
     // ping exits 1 when replies are missing: parse, whatever the status.
     let out = tb.exec_timeout_unchecked(ns, &args, timeout)?;
     PingStats::parse(&String::from_utf8_lossy(&out.stdout)).map_err(|e| match e {
-        Error::Parse { what, reason, output } => Error::Parse {
+        Error::Parse {
+            what,
+            reason,
+            output,
+        } => Error::Parse {
             what,
             reason: format!(
                 "{reason} ({}; stderr: {})",
@@ -175,7 +204,11 @@ pub fn tcp_bulk(
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from((server_addr, port));
     let (ready_tx, ready_rx) = mpsc::channel();
-    let server = tb.thread_in_ns(server_ns, move || receive(addr, deadline, ready_tx))?;
+    // Dropping `abort` wakes a receiver still waiting for its connection.
+    let (abort, aborted) = UnixStream::pair().map_err(|e| Error::io("tcp_bulk: socketpair", e))?;
+    let server = tb.thread_in_ns(server_ns, move || {
+        receive(addr, deadline, ready_tx, aborted)
+    })?;
     let join_server = |server: std::thread::JoinHandle<_>| match server.join() {
         Ok(result) => result?,
         Err(panic) => std::panic::resume_unwind(panic),
@@ -190,50 +223,78 @@ pub fn tcp_bulk(
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
         Err(e) => Err(e),
     };
-    let received = join_server(server);
-    // The receiver's error explains the sender's (e.g. reset) better.
-    let transfer = received?;
-    sent?;
-    Ok(transfer)
+    drop(abort);
+    // The receiver's error explains the sender's (e.g. reset) better, unless
+    // the sender never connected.
+    match (join_server(server)?, sent) {
+        (Some(transfer), Ok(_)) => Ok(transfer),
+        (_, Err(e)) => Err(e),
+        (None, Ok(_)) => Err(timeout_err(addr, "accept on", timeout)),
+    }
 }
 
 fn left(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 fn timeout_err(addr: SocketAddr, step: &str, after: Duration) -> Error {
-    Error::Timeout { cmd: format!("tcp_bulk {step} {addr}"), after, detail: String::new() }
+    Error::Timeout {
+        cmd: format!("tcp_bulk {step} {addr}"),
+        after,
+        detail: String::new(),
+    }
 }
 
 fn io_err(addr: SocketAddr, step: &str, deadline: Instant, e: std::io::Error) -> Error {
     match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut if Instant::now() >= deadline => Error::Timeout {
-            cmd: format!("tcp_bulk {step} {addr}"),
-            after: Duration::ZERO,
-            detail: " (deadline passed)".into(),
-        },
+        ErrorKind::WouldBlock | ErrorKind::TimedOut if Instant::now() >= deadline => {
+            Error::Timeout {
+                cmd: format!("tcp_bulk {step} {addr}"),
+                after: Duration::ZERO,
+                detail: " (deadline passed)".into(),
+            }
+        }
         _ => Error::io(format!("tcp_bulk {step} {addr}"), e),
     }
 }
 
 /// Receiver side: bind, signal readiness, accept, count to end of stream,
 /// acknowledge the count (8 bytes, big endian).
-fn receive(addr: SocketAddr, deadline: Instant, ready: mpsc::Sender<()>) -> Result<Transfer, Error> {
+fn receive(
+    addr: SocketAddr,
+    deadline: Instant,
+    ready: mpsc::Sender<()>,
+    aborted: UnixStream,
+) -> Result<Option<Transfer>, Error> {
     let listener = TcpListener::bind(addr).map_err(|e| io_err(addr, "bind", deadline, e))?;
     let _ = ready.send(());
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [
+        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        PollFd::new(aborted.as_fd(), PollFlags::POLLIN),
+    ];
     let ms = PollTimeout::try_from(left(deadline)).unwrap_or(PollTimeout::MAX);
     match poll(&mut fds, ms) {
         Ok(0) => return Err(timeout_err(addr, "accept on", left(deadline))),
-        Ok(_) => {}
+        Ok(_)
+            if fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN)) => {}
+        // The sender gave up before connecting: its error is the story.
+        Ok(_) => return Ok(None),
         Err(e) => return Err(Error::sys(format!("tcp_bulk poll on {addr}"), e)),
     }
-    let (mut stream, _) = listener.accept().map_err(|e| io_err(addr, "accept on", deadline, e))?;
+    let (mut stream, _) = listener
+        .accept()
+        .map_err(|e| io_err(addr, "accept on", deadline, e))?;
     let start = Instant::now();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
-        stream.set_read_timeout(Some(left(deadline))).map_err(|e| io_err(addr, "read", deadline, e))?;
+        stream
+            .set_read_timeout(Some(left(deadline)))
+            .map_err(|e| io_err(addr, "read", deadline, e))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => total += n as u64,
@@ -242,27 +303,44 @@ fn receive(addr: SocketAddr, deadline: Instant, ready: mpsc::Sender<()>) -> Resu
         }
     }
     let elapsed = start.elapsed();
-    stream.set_write_timeout(Some(left(deadline))).map_err(|e| io_err(addr, "ack", deadline, e))?;
-    stream.write_all(&total.to_be_bytes()).map_err(|e| io_err(addr, "ack to client of", deadline, e))?;
-    Ok(Transfer { bytes: total, elapsed })
+    stream
+        .set_write_timeout(Some(left(deadline)))
+        .map_err(|e| io_err(addr, "ack", deadline, e))?;
+    stream
+        .write_all(&total.to_be_bytes())
+        .map_err(|e| io_err(addr, "ack to client of", deadline, e))?;
+    Ok(Some(Transfer {
+        bytes: total,
+        elapsed,
+    }))
 }
 
 /// Sender side: connect, write `bytes` bytes, half-close, read the ack.
 fn send(addr: SocketAddr, bytes: u64, deadline: Instant) -> Result<u64, Error> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, left(deadline)).map_err(|e| io_err(addr, "connect to", deadline, e))?;
+    let mut stream = TcpStream::connect_timeout(&addr, left(deadline))
+        .map_err(|e| io_err(addr, "connect to", deadline, e))?;
     let buf = vec![0x5au8; CHUNK];
     let mut rest = bytes;
     while rest > 0 {
         let n = rest.min(CHUNK as u64) as usize;
-        stream.set_write_timeout(Some(left(deadline))).map_err(|e| io_err(addr, "write", deadline, e))?;
-        stream.write_all(&buf[..n]).map_err(|e| io_err(addr, "write to", deadline, e))?;
+        stream
+            .set_write_timeout(Some(left(deadline)))
+            .map_err(|e| io_err(addr, "write", deadline, e))?;
+        stream
+            .write_all(&buf[..n])
+            .map_err(|e| io_err(addr, "write to", deadline, e))?;
         rest -= n as u64;
     }
-    stream.shutdown(std::net::Shutdown::Write).map_err(|e| io_err(addr, "shutdown to", deadline, e))?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| io_err(addr, "shutdown to", deadline, e))?;
     let mut ack = [0u8; 8];
-    stream.set_read_timeout(Some(left(deadline))).map_err(|e| io_err(addr, "read ack", deadline, e))?;
-    stream.read_exact(&mut ack).map_err(|e| io_err(addr, "read ack from", deadline, e))?;
+    stream
+        .set_read_timeout(Some(left(deadline)))
+        .map_err(|e| io_err(addr, "read ack", deadline, e))?;
+    stream
+        .read_exact(&mut ack)
+        .map_err(|e| io_err(addr, "read ack from", deadline, e))?;
     Ok(u64::from_be_bytes(ack))
 }
 
@@ -271,7 +349,8 @@ const IPERF3_LISTEN_WAIT: Duration = Duration::from_secs(5);
 
 /// iperf3 TCP throughput in Gbit/s, as received (`end.sum_received`).
 ///
-/// Starts a one-off server (`iperf3 -s -1 -B addr -p port`) in `server_ns`,
+/// Starts a one-off server (`iperf3 -s -1 --forceflush -B addr -p port`,
+/// log in the testbed directory) in `server_ns`,
 /// waits until its socket listens (iperf3 has no readiness signal, so its
 /// `/proc/<pid>/net/tcp` is polled, bounded; a probe connection would be
 /// taken as the one test), runs `iperf3 -c addr -p port -t secs -P parallel
@@ -287,12 +366,39 @@ pub fn iperf3_tcp(
     parallel: u32,
 ) -> Result<f64, Error> {
     let (addr, port_s) = (server_addr.to_string(), port.to_string());
-    let server = tb.spawn(server_ns, &["iperf3", "-s", "-1", "-B", &addr, "-p", &port_s], &[])?;
+    let server = tb.spawn(
+        server_ns,
+        &[
+            "iperf3",
+            "-s",
+            "-1",
+            "--forceflush",
+            "-B",
+            &addr,
+            "-p",
+            &port_s,
+        ],
+        &[],
+    )?;
     let result = wait_listening(&server, port, IPERF3_LISTEN_WAIT).and_then(|()| {
         let (secs_s, par_s) = (secs.to_string(), parallel.max(1).to_string());
-        let args = ["iperf3", "-c", &addr, "-p", &port_s, "-t", &secs_s, "-P", &par_s, "-J"];
+        let args = [
+            "iperf3", "-c", &addr, "-p", &port_s, "-t", &secs_s, "-P", &par_s, "-J",
+        ];
         let bound = Duration::from_secs(u64::from(secs) + 30);
-        let out = tb.exec_timeout_unchecked(client_ns, &args, bound)?;
+        let out = tb
+            .exec_timeout_unchecked(client_ns, &args, bound)
+            .map_err(|e| match e {
+                Error::Timeout { cmd, after, detail } => Error::Timeout {
+                    cmd,
+                    after,
+                    detail: format!(
+                        "{detail}\n--- iperf3 server log ---\n{}",
+                        server.log_tail(20)
+                    ),
+                },
+                e => e,
+            })?;
         let json = String::from_utf8_lossy(&out.stdout);
         let report: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::Parse {
             what: "iperf3 -J",
@@ -341,7 +447,11 @@ fn wait_listening(p: &crate::Proc, port: u16, max: Duration) -> Result<(), Error
             }
         }
         if let Some(status) = p.exit_status() {
-            return Err(Error::NotRunning { pid: p.pid, cmd: format!("{} ({})", p.cmdline(), p.log_tail(10)), status });
+            return Err(Error::NotRunning {
+                pid: p.pid,
+                cmd: format!("{} ({})", p.cmdline(), p.log_tail(10)),
+                status,
+            });
         }
         if Instant::now() >= deadline {
             return Err(Error::Timeout {
@@ -405,7 +515,10 @@ From 198.18.0.1 icmp_seq=1 Destination Host Unreachable
 
     #[test]
     fn goodput() {
-        let t = Transfer { bytes: 1_250_000_000, elapsed: Duration::from_secs(1) };
+        let t = Transfer {
+            bytes: 1_250_000_000,
+            elapsed: Duration::from_secs(1),
+        };
         assert!((t.gbit_per_s() - 10.0).abs() < 1e-9);
     }
 }

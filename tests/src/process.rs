@@ -173,7 +173,10 @@ impl Testbed {
             .map_err(|e| Error::io(format!("bind notify socket {}", path.display()), e))?;
         let deadline = Instant::now() + timeout;
         let proc = self.spawn_inner(ns, args, envs, Some((sock, path)))?;
-        let sock = proc.notify.as_ref().expect("spawn_inner keeps the notify socket");
+        let sock = proc
+            .notify
+            .as_ref()
+            .expect("spawn_inner keeps the notify socket");
         let mut early = Vec::new();
         let failure = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -183,7 +186,11 @@ impl Testbed {
             // After an exit, one last non-blocking read: a message may have
             // been queued between the previous read and the exit check.
             let exited = proc.exit_status();
-            let wait = if exited.is_some() { Duration::ZERO } else { left.min(READY_SLICE) };
+            let wait = if exited.is_some() {
+                Duration::ZERO
+            } else {
+                left.min(READY_SLICE)
+            };
             match recv_message(sock, wait) {
                 Some(msg) if msg.lines().any(|l| l == "READY=1") => return Ok(proc),
                 Some(msg) => early.push(msg.replace('\n', " ")),
@@ -216,7 +223,11 @@ impl Testbed {
         let t = self.tracked(p)?;
         // The pid is not reaped before the testbed drops, so it is still ours.
         if let Some(status) = t.exit.get() {
-            return Err(Error::NotRunning { pid: t.pid, cmd: t.cmd.clone(), status });
+            return Err(Error::NotRunning {
+                pid: t.pid,
+                cmd: t.cmd.clone(),
+                status,
+            });
         }
         kill(Pid::from_raw(t.pid as i32), sig)
             .map_err(|e| Error::sys(format!("kill({}, {sig}) for `{}`", t.pid, t.cmd), e))
@@ -260,10 +271,19 @@ impl Testbed {
     ) -> Result<Proc, Error> {
         let full = self.resolve(ns)?;
         let line = self.cmdline(ns, args);
-        let prog = args.first().map(|a| a.rsplit('/').next().unwrap_or(a)).unwrap_or("proc");
+        let prog = args
+            .first()
+            .map(|a| a.rsplit('/').next().unwrap_or(a))
+            .unwrap_or("proc");
         let stem: String = format!("{ns}-{prog}")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let log = self.next_path(&stem, "log");
         let out = OpenOptions::new()
@@ -281,7 +301,10 @@ impl Testbed {
         if let Some((_, path)) = &notify {
             cmd.env("NOTIFY_SOCKET", path);
         }
-        let child = cmd.spawn().map_err(|source| Error::Spawn { cmd: line.clone(), source })?;
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
         let pid = child.id();
         let exit = match ExitSlot::watch(pid) {
             Ok(exit) => exit,
@@ -290,7 +313,12 @@ impl Testbed {
                 return Err(e);
             }
         };
-        self.procs.push(Tracked { pid, cmd: line.clone(), child, exit: exit.clone() });
+        self.procs.push(Tracked {
+            pid,
+            cmd: line.clone(),
+            child,
+            exit: exit.clone(),
+        });
         Ok(Proc {
             pid,
             log,
@@ -326,9 +354,11 @@ fn terminate(procs: &[Tracked]) -> bool {
     };
     let wait_all = |grace| {
         let deadline = Instant::now() + grace;
-        procs
-            .iter()
-            .all(|t| t.exit.wait(deadline.saturating_duration_since(Instant::now())).is_some())
+        procs.iter().all(|t| {
+            t.exit
+                .wait(deadline.saturating_duration_since(Instant::now()))
+                .is_some()
+        })
     };
     send(Signal::SIGTERM);
     if wait_all(TERM_GRACE) {
@@ -348,7 +378,10 @@ pub(crate) fn stop_all(procs: &mut Vec<Tracked>) {
         if t.exit.get().is_some() {
             let _ = t.child.wait();
         } else {
-            eprintln!("vxmesh-testbed: pid {} (`{}`) survived SIGKILL; left behind", t.pid, t.cmd);
+            eprintln!(
+                "vxmesh-testbed: pid {} (`{}`) survived SIGKILL; left behind",
+                t.pid, t.cmd
+            );
         }
     }
 }
@@ -356,15 +389,31 @@ pub(crate) fn stop_all(procs: &mut Vec<Tracked>) {
 /// Runs a command to completion with captured output, bounded by `timeout`.
 /// Past it, the command's process group is killed and [`Error::Timeout`]
 /// carries whatever stderr was captured.
-pub(crate) fn run_bounded(mut cmd: Command, line: &str, timeout: Duration) -> Result<Output, Error> {
+pub(crate) fn run_bounded(
+    mut cmd: Command,
+    line: &str,
+    timeout: Duration,
+) -> Result<Output, Error> {
     let deadline = Instant::now() + timeout;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn { cmd: line.into(), source })?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        cmd: line.into(),
+        source,
+    })?;
     let pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     for (i, pipe) in [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .enumerate()
@@ -387,7 +436,9 @@ pub(crate) fn run_bounded(mut cmd: Command, line: &str, timeout: Duration) -> Re
     let mut streams = [Vec::new(), Vec::new()];
     let mut got = 0;
     while status.is_some() && got < 2 {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         match rx.recv_timeout(left) {
             Ok((i, buf)) => {
                 streams[i] = buf;
@@ -399,7 +450,11 @@ pub(crate) fn run_bounded(mut cmd: Command, line: &str, timeout: Duration) -> Re
     if let (Some(status), 2) = (status, got) {
         let _ = child.wait();
         let [stdout, stderr] = streams;
-        return Ok(Output { status, stdout, stderr });
+        return Ok(Output {
+            status,
+            stdout,
+            stderr,
+        });
     }
     // Timed out (or a leftover holds the pipes): kill the whole group.
     let _ = killpg(pid, Signal::SIGKILL);
@@ -408,11 +463,19 @@ pub(crate) fn run_bounded(mut cmd: Command, line: &str, timeout: Duration) -> Re
     while let Ok((i, buf)) = rx.recv_timeout(Duration::from_millis(500)) {
         streams[i] = buf;
     }
-    let stderr = String::from_utf8_lossy(&streams[1]).trim().to_string();
+    let mut detail = String::new();
+    for (name, bytes) in [("stdout", &streams[0]), ("stderr", &streams[1])] {
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<&str> = text.trim().lines().collect();
+        if !lines.is_empty() {
+            let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+            detail += &format!("\n--- {name} (last lines) ---\n{tail}");
+        }
+    }
     Err(Error::Timeout {
         cmd: line.into(),
         after: timeout,
-        detail: if stderr.is_empty() { String::new() } else { format!("; stderr: {stderr}") },
+        detail,
     })
 }
 
@@ -436,9 +499,16 @@ mod tests {
         cmd.args(["-c", "echo started >&2; sleep 30"]);
         let t0 = Instant::now();
         let err = run_bounded(cmd, "sleepy", Duration::from_millis(300)).unwrap_err();
-        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
         let msg = err.to_string();
-        assert!(matches!(err, Error::Timeout { .. }) && msg.contains("started"), "{msg}");
+        assert!(
+            matches!(err, Error::Timeout { .. }) && msg.contains("started"),
+            "{msg}"
+        );
     }
 
     #[test]

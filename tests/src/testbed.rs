@@ -68,7 +68,10 @@ impl Testbed {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let suffix = format!("{tag}-{}-{n}", std::process::id());
             // A leftover of a crashed run with a recycled pid: try the next.
-            if Path::new(NETNS_DIR).join(format!("{SWITCH}-{suffix}")).exists() {
+            if Path::new(NETNS_DIR)
+                .join(format!("{SWITCH}-{suffix}"))
+                .exists()
+            {
                 continue;
             }
             let dir = std::env::temp_dir().join(format!("vxmesh-{suffix}"));
@@ -89,8 +92,8 @@ impl Testbed {
                 next_file: 1,
             };
             let sw = tb.add_namespace(SWITCH)?;
-            tb.ip(&sw, &["link", "add", "br0", "type", "bridge"])?;
-            tb.ip(&sw, &["link", "set", "br0", "up"])?;
+            tb.ip(&sw, &["link", "add", "name", "br0", "type", "bridge"])?;
+            tb.ip(&sw, &["link", "set", "dev", "br0", "up"])?;
             tb.ifnames.insert((sw, "br0".into()));
             return Ok(tb);
         }
@@ -132,7 +135,7 @@ impl Testbed {
         run(Command::new("ip").args(["netns", "add", &full]))?;
         // Recorded right after creation, so Drop deletes it even if `lo` fails.
         self.namespaces.push((name.into(), full.clone()));
-        self.ip(&full, &["link", "set", "lo", "up"])?;
+        self.ip(&full, &["link", "set", "dev", "lo", "up"])?;
         self.ifnames.insert((full.clone(), "lo".into()));
         Ok(full)
     }
@@ -145,13 +148,16 @@ impl Testbed {
         check_addr(addr)?;
         let full = self.add_namespace(name)?;
         let sw = self.ns(SWITCH);
-        let port: String = format!("p{}-{name}", self.next_port).chars().take(MAX_IFNAME).collect();
+        let port: String = format!("p{}-{name}", self.next_port)
+            .chars()
+            .take(MAX_IFNAME)
+            .collect();
         self.next_port += 1;
         self.veth(&full, "eth0", &sw, &port, mtu)?;
-        self.ip(&sw, &["link", "set", &port, "master", "br0"])?;
-        self.ip(&sw, &["link", "set", &port, "up"])?;
+        self.ip(&sw, &["link", "set", "dev", &port, "master", "br0"])?;
+        self.ip(&sw, &["link", "set", "dev", &port, "up"])?;
         self.ip(&full, &["addr", "add", addr, "dev", "eth0"])?;
-        self.ip(&full, &["link", "set", "eth0", "up"])?;
+        self.ip(&full, &["link", "set", "dev", "eth0", "up"])?;
         Ok(full)
     }
 
@@ -178,7 +184,7 @@ impl Testbed {
             if let Some(addr) = addr {
                 self.ip(ns, &["addr", "add", addr, "dev", ifname])?;
             }
-            self.ip(ns, &["link", "set", ifname, "up"])?;
+            self.ip(ns, &["link", "set", "dev", ifname, "up"])?;
         }
         Ok(())
     }
@@ -208,7 +214,12 @@ impl Testbed {
     /// Like [`Testbed::exec`], bounded by `timeout`: past it the command (and
     /// its process group) is killed and [`Error::Timeout`] is returned with
     /// the partial output.
-    pub fn exec_timeout(&self, ns: &str, args: &[&str], timeout: Duration) -> Result<Output, Error> {
+    pub fn exec_timeout(
+        &self,
+        ns: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output, Error> {
         let full = self.resolve(ns)?;
         let line = self.cmdline(ns, args);
         let out = process::run_bounded(netns_command(&full, args), &line, timeout)?;
@@ -253,9 +264,13 @@ impl Testbed {
     ) -> Result<JoinHandle<Result<T, Error>>, Error> {
         let full = self.resolve(ns)?;
         let path = Path::new(NETNS_DIR).join(&full);
-        let file = File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let file =
+            File::open(&path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         std::thread::Builder::new()
-            .name(format!("ns-{}", ns.trim_end_matches(&format!("-{}", self.suffix))))
+            .name(format!(
+                "ns-{}",
+                ns.trim_end_matches(&format!("-{}", self.suffix))
+            ))
             .spawn(move || {
                 setns(&file, CloneFlags::CLONE_NEWNET)
                     .map_err(|e| Error::sys(format!("setns({full}, CLONE_NEWNET)"), e))?;
@@ -300,8 +315,11 @@ impl Testbed {
             });
         }
         let mtu = mtu.to_string();
-        let args = ["link", "add", a_if, "mtu", &mtu, "type", "veth"];
-        self.ip(a, &[&args[..], &["peer", "name", b_if, "mtu", &mtu, "netns", b]].concat())?;
+        let args = ["link", "add", "name", a_if, "mtu", &mtu, "type", "veth"];
+        self.ip(
+            a,
+            &[&args[..], &["peer", "name", b_if, "mtu", &mtu, "netns", b]].concat(),
+        )?;
         self.ifnames.insert((a.into(), a_if.into()));
         self.ifnames.insert((b.into(), b_if.into()));
         Ok(())
@@ -320,7 +338,11 @@ impl Drop for Testbed {
     fn drop(&mut self) {
         process::stop_all(&mut self.procs);
         for (_, full) in self.namespaces.iter().rev() {
-            match Command::new("ip").args(["netns", "del", full]).stdin(Stdio::null()).output() {
+            match Command::new("ip")
+                .args(["netns", "del", full])
+                .stdin(Stdio::null())
+                .output()
+            {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => eprintln!(
                     "vxmesh-testbed: `ip netns del {full}` failed: {}",
@@ -340,7 +362,9 @@ impl Drop for Testbed {
 /// `ip netns exec <full> <args>` with a stable locale for parsing.
 pub(crate) fn netns_command(full: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", full]).args(args).env("LC_ALL", "C");
+    cmd.args(["netns", "exec", full])
+        .args(args)
+        .env("LC_ALL", "C");
     cmd
 }
 
@@ -349,12 +373,18 @@ fn run(cmd: &mut Command) -> Result<Output, Error> {
     let line = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),
-        cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| Error::Spawn { cmd: line.clone(), source })?;
+        .map_err(|source| Error::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
     check_status(&line, out)
 }
 
@@ -373,7 +403,10 @@ pub(crate) fn check_status(cmd: &str, out: Output) -> Result<Output, Error> {
 /// Joins arguments for display, quoting those that need it.
 pub(crate) fn quote(args: &[&str]) -> String {
     let q = |a: &&str| {
-        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c)) {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+        {
             a.to_string()
         } else {
             format!("'{}'", a.replace('\'', r"'\''"))
@@ -382,18 +415,27 @@ pub(crate) fn quote(args: &[&str]) -> String {
     args.iter().map(q).collect::<Vec<_>>().join(" ")
 }
 
-/// Tags and short namespace names: ASCII letters, digits, `-`, `_`.
+/// Tags and short namespace names: ASCII letters, digits, `-`, `_`, starting
+/// with a letter or digit (so `ip` never takes one for an option).
 fn check_name(name: &str, max: usize) -> Result<(), Error> {
     let reason = if name.is_empty() {
         "empty"
     } else if name.len() > max {
         "too long"
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         "only ASCII letters, digits, '-' and '_' are allowed"
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        "must start with a letter or digit"
     } else {
         return Ok(());
     };
-    Err(Error::InvalidName { name: name.into(), reason })
+    Err(Error::InvalidName {
+        name: name.into(),
+        reason,
+    })
 }
 
 /// Interface names: 1 to 15 of ASCII letters, digits, `-`, `_`, `.`.
@@ -405,7 +447,10 @@ fn check_ifname(name: &str) -> Result<(), Error> {
 /// Addresses (optionally with a prefix length) must come from the underlay
 /// (198.18.0.0/15), overlay (10.0.0.0/8) or IPv6 unique-local (fc00::/7).
 pub(crate) fn check_addr(cidr: &str) -> Result<(), Error> {
-    let bad = |reason| Error::InvalidAddress { addr: cidr.into(), reason };
+    let bad = |reason| Error::InvalidAddress {
+        addr: cidr.into(),
+        reason,
+    };
     let (ip, len) = match cidr.split_once('/') {
         Some((ip, len)) => (ip, Some(len)),
         None => (cidr, None),
@@ -428,7 +473,9 @@ pub(crate) fn check_addr(cidr: &str) -> Result<(), Error> {
     if allowed {
         Ok(())
     } else {
-        Err(bad("outside 198.18.0.0/15 (underlay), 10.0.0.0/8 (overlay) and fc00::/7"))
+        Err(bad(
+            "outside 198.18.0.0/15 (underlay), 10.0.0.0/8 (overlay) and fc00::/7",
+        ))
     }
 }
 
@@ -438,10 +485,23 @@ mod tests {
 
     #[test]
     fn addresses_are_confined_to_test_ranges() {
-        for ok in ["198.18.0.1/24", "198.19.255.1/16", "10.1.2.3/8", "10.0.0.1", "fd00::1/64"] {
+        for ok in [
+            "198.18.0.1/24",
+            "198.19.255.1/16",
+            "10.1.2.3/8",
+            "10.0.0.1",
+            "fd00::1/64",
+        ] {
             assert!(check_addr(ok).is_ok(), "{ok}");
         }
-        for bad in ["192.168.1.1/24", "198.20.0.1/24", "8.8.8.8", "10.0.0.1/33", "2001:db8::1/64", "x"] {
+        for bad in [
+            "192.168.1.1/24",
+            "198.20.0.1/24",
+            "8.8.8.8",
+            "10.0.0.1/33",
+            "2001:db8::1/64",
+            "x",
+        ] {
             assert!(check_addr(bad).is_err(), "{bad}");
         }
     }
@@ -451,6 +511,7 @@ mod tests {
         assert!(check_name("h1", MAX_SHORT).is_ok());
         assert!(check_name("", MAX_SHORT).is_err());
         assert!(check_name("a/b", MAX_SHORT).is_err());
+        assert!(check_name("-h", MAX_SHORT).is_err());
         assert!(check_name("averyveryverylongname", MAX_SHORT).is_err());
         assert!(check_ifname("eth0.100").is_ok());
         assert!(check_ifname("sixteen-chars-xx").is_err());
@@ -458,7 +519,13 @@ mod tests {
 
     #[test]
     fn quoting_for_display() {
-        assert_eq!(quote(&["ping", "-c", "3", "198.18.0.2"]), "ping -c 3 198.18.0.2");
-        assert_eq!(quote(&["sh", "-c", "echo 'hi'"]), r"sh -c 'echo '\''hi'\'''");
+        assert_eq!(
+            quote(&["ping", "-c", "3", "198.18.0.2"]),
+            "ping -c 3 198.18.0.2"
+        );
+        assert_eq!(
+            quote(&["sh", "-c", "echo 'hi'"]),
+            r"sh -c 'echo '\''hi'\'''"
+        );
     }
 }

@@ -20,18 +20,71 @@ fn ov(n: u8) -> Ipv4Addr {
 fn kernel_vxlan(lab: &Lab, host: &str, me: u8, others: &[u8]) {
     let ns = lab.tb.ns(host);
     let sh = |args: &[&str]| {
-        lab.tb.exec(&ns, args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        lab.tb
+            .exec(&ns, args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     };
     let local = format!("198.18.0.{me}");
-    sh(&["ip", "link", "add", "vxm-front", "type", "vxlan", "id", "4096", "dstport", "4789", "local", &local, "dev", "eth0", "nolearning"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "vxm-front",
+        "type",
+        "vxlan",
+        "id",
+        "4096",
+        "dstport",
+        "4789",
+        "local",
+        &local,
+        "dev",
+        "eth0",
+        "nolearning",
+    ]);
     let mac = format!("02:42:0a:00:09:{me:02x}");
-    sh(&["ip", "link", "set", "vxm-front", "address", &mac, "mtu", "1450", "up"]);
-    sh(&["ip", "addr", "add", &format!("10.0.9.{me}/24"), "dev", "vxm-front"]);
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        "vxm-front",
+        "address",
+        &mac,
+        "mtu",
+        "1450",
+        "up",
+    ]);
+    sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("10.0.9.{me}/24"),
+        "dev",
+        "vxm-front",
+    ]);
     for o in others {
         let dst = format!("198.18.0.{o}");
-        sh(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxm-front", "dst", &dst]);
+        sh(&[
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vxm-front",
+            "dst",
+            &dst,
+        ]);
         let omac = format!("02:42:0a:00:09:{o:02x}");
-        sh(&["bridge", "fdb", "add", &omac, "dev", "vxm-front", "dst", &dst]);
+        sh(&[
+            "bridge",
+            "fdb",
+            "add",
+            &omac,
+            "dev",
+            "vxm-front",
+            "dst",
+            &dst,
+        ]);
     }
 }
 
@@ -50,14 +103,24 @@ fn kernel_vxlan_host_is_an_equal_member() {
     }
     let mut lab = start_mixed("kvx");
     for (from, dst) in [("h1", ov(3)), ("h3", ov(1)), ("h2", ov(3)), ("h3", ov(2))] {
-        let p = icmp_ping(&lab.tb, &lab.tb.ns(from), dst, 5, Duration::from_millis(20), Duration::from_secs(5))
-            .expect("ping runs");
+        let p = icmp_ping(
+            &lab.tb,
+            &lab.tb.ns(from),
+            dst,
+            5,
+            Duration::from_millis(20),
+            Duration::from_secs(5),
+        )
+        .expect("ping runs");
         assert_eq!(p.received, p.sent, "{from} -> {dst}");
     }
     let (h1, h3) = (lab.tb.ns("h1"), lab.tb.ns("h3"));
     let to_kernel = iperf3_tcp(&mut lab.tb, &h3, &h1, ov(3), 5401, 2, 1).expect("iperf3 h1->h3");
     let from_kernel = iperf3_tcp(&mut lab.tb, &h1, &h3, ov(1), 5402, 2, 1).expect("iperf3 h3->h1");
-    assert!(to_kernel > 0.01 && from_kernel > 0.01, "{to_kernel} / {from_kernel} Gbit/s");
+    assert!(
+        to_kernel > 0.01 && from_kernel > 0.01,
+        "{to_kernel} / {from_kernel} Gbit/s"
+    );
 }
 
 /// Captures, on h2's underlay link, the first `n` VXLAN datagrams whose inner
@@ -111,8 +174,15 @@ fn vxmeshd_emits_what_the_kernel_emits() {
         .spawn(&h2, &["python3", "-u", "-c", CAPTURE, "2"], &[])
         .expect("capture");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&cap.log).unwrap_or_default().contains("ready") {
-        assert!(Instant::now() < deadline, "capture never got ready: {}", cap.log_tail(20));
+    while !std::fs::read_to_string(&cap.log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "capture never got ready: {}",
+            cap.log_tail(20)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // The same inner frame, to h2's MAC, from h1 (vxmeshd) and h3 (kernel).
@@ -123,7 +193,10 @@ fn vxmeshd_emits_what_the_kernel_emits() {
     inner.extend((0..100u8).map(|i| i.wrapping_mul(7)));
     for host in ["h1", "h3"] {
         lab.tb
-            .exec(&lab.tb.ns(host), &["python3", "-c", SEND, "vxm-front", &hex(&inner)])
+            .exec(
+                &lab.tb.ns(host),
+                &["python3", "-c", SEND, "vxm-front", &hex(&inner)],
+            )
             .expect("send the inner frame");
     }
     let status = lab.tb.wait_exit(&cap, Duration::from_secs(10));
@@ -150,14 +223,21 @@ fn vxmeshd_emits_what_the_kernel_emits() {
     assert_eq!(oudp[2..4], kudp[2..4], "destination port 4789");
     assert_eq!(oudp[4..6], kudp[4..6], "UDP length");
     let sport = u16::from_be_bytes([oudp[0], oudp[1]]);
-    assert!((32768..=60999).contains(&sport), "outer source port {sport} from the ephemeral range, like the kernel's");
+    assert!(
+        (32768..=60999).contains(&sport),
+        "outer source port {sport} from the ephemeral range, like the kernel's"
+    );
     assert_eq!(
         oudp[6..8] == [0, 0],
         kudp[6..8] == [0, 0],
         "outer UDP checksum present in both or in neither"
     );
     assert_eq!(ours[42..50], kernel[42..50], "VXLAN header byte for byte");
-    assert_eq!(ours[42..50], [0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0x00], "flags 0x08, VNI 4096");
+    assert_eq!(
+        ours[42..50],
+        [0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0x00],
+        "flags 0x08, VNI 4096"
+    );
     assert_eq!(&ours[50..], &inner[..], "the inner frame unchanged");
     assert_eq!(&kernel[50..], &inner[..]);
 }

@@ -12,7 +12,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{ApiError, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status, WorkerInfo};
+use super::{
+    ApiError, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status, WorkerInfo,
+};
 use crate::daemon::State;
 
 type Shared = Arc<State>;
@@ -182,7 +184,12 @@ async fn nodes(AxState(st): AxState<Shared>) -> Json<Vec<NodeInfo>> {
 }
 
 async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
-    let tables = st.inner.lock().expect("state lock poisoned").dataplane.tables();
+    let tables = st
+        .inner
+        .lock()
+        .expect("state lock poisoned")
+        .dataplane
+        .tables();
     let now = Instant::now();
     let mut rows = Vec::new();
     for n in &tables.networks {

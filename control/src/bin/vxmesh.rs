@@ -71,7 +71,10 @@ const EXIT_UNREACHABLE: u8 = 3;
 const EXIT_NOT_FOUND: u8 = 4;
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("API types serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("API types serialise")
+    );
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
@@ -111,10 +114,16 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             if cli.json {
                 print_json(&s);
             } else {
-                println!("node {} ({}), up {:.0}s, config {}", s.node, s.address, s.uptime_s, s.config);
+                println!(
+                    "node {} ({}), up {:.0}s, config {}",
+                    s.node, s.address, s.uptime_s, s.config
+                );
                 println!("reloads: {} ok, {} failed", s.reloads_ok, s.reloads_failed);
                 table(
-                    &["NETWORK", "VNI", "TAP", "PEERS", "TX PKTS", "RX PKTS", "FLOOD", "ARP", "DROPS"],
+                    &[
+                        "NETWORK", "VNI", "TAP", "PEERS", "TX PKTS", "RX PKTS", "FLOOD", "ARP",
+                        "DROPS",
+                    ],
                     s.networks
                         .iter()
                         .map(|n| {
@@ -139,7 +148,14 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     .filter(|(_, v)| **v > 0)
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
-                println!("underlay drops: {}", if g.is_empty() { "none".into() } else { g.join(" ") });
+                println!(
+                    "underlay drops: {}",
+                    if g.is_empty() {
+                        "none".into()
+                    } else {
+                        g.join(" ")
+                    }
+                );
             }
             Ok(())
         }
@@ -148,7 +164,15 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             match cmd {
                 NetworkCmd::Ls if cli.json => print_json(&nets),
                 NetworkCmd::Ls => table(
-                    &["NAME", "VNI", "SUBNET", "MTU", "NODES", "ENDPOINTS", "LOCAL"],
+                    &[
+                        "NAME",
+                        "VNI",
+                        "SUBNET",
+                        "MTU",
+                        "NODES",
+                        "ENDPOINTS",
+                        "LOCAL",
+                    ],
                     nets.iter()
                         .map(|n| {
                             vec![
@@ -202,7 +226,10 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 // In the spirit of `bridge fdb show`.
                 for r in rows {
                     let age = r.age_s.map(|a| format!(" age {a:.0}s")).unwrap_or_default();
-                    println!("{} dev vxm-{} dst {} {}{}", r.mac, r.network, r.vtep, r.kind, age);
+                    println!(
+                        "{} dev vxm-{} dst {} {}{}",
+                        r.mac, r.network, r.vtep, r.kind, age
+                    );
                 }
             }
             Ok(())

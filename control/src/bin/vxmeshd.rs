@@ -12,7 +12,12 @@ use vxmesh_control::{api, config, daemon};
 #[command(version, about)]
 struct Args {
     /// The cluster file (the same on every host).
-    #[arg(long, short, env = "VXMESH_CONFIG", default_value = "/etc/vxmesh/vxmesh.toml")]
+    #[arg(
+        long,
+        short,
+        env = "VXMESH_CONFIG",
+        default_value = "/etc/vxmesh/vxmesh.toml"
+    )]
     config: PathBuf,
     /// This host's name among the file's [[nodes]].
     #[arg(long, env = "VXMESH_NODE", required_unless_present = "check")]
@@ -44,7 +49,10 @@ fn main() -> ExitCode {
             Ok(c) => {
                 if let Some(node) = &args.node {
                     if c.node(node).is_none() {
-                        eprintln!("{}: node `{node}` is not among [[nodes]]", args.config.display());
+                        eprintln!(
+                            "{}: node `{node}` is not among [[nodes]]",
+                            args.config.display()
+                        );
                         return ExitCode::from(2);
                     }
                 }

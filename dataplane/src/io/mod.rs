@@ -8,6 +8,8 @@
 //! its heartbeat), handles at most [`worker::BATCH`] packets per wake-up and
 //! loads the table snapshot once per wake-up.
 
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod tap;
 pub mod udp;
 pub mod worker;

@@ -60,9 +60,9 @@ impl Tap {
         if let Some((ip, prefix)) = cfg.address {
             b = b.ipv4(ip, prefix, None);
         }
-        let dev = b.build_sync().map_err(|e| {
-            io::Error::new(e.kind(), format!("creating TAP {}: {e}", cfg.name))
-        })?;
+        let dev = b
+            .build_sync()
+            .map_err(|e| io::Error::new(e.kind(), format!("creating TAP {}: {e}", cfg.name)))?;
         dev.set_nonblocking(true)?;
         Ok(Tap {
             dev,

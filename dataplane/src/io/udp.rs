@@ -56,6 +56,7 @@ fn socket(local: Ipv4Addr, port: u16, buffer: usize) -> io::Result<UdpSocket> {
     s.bind(&SocketAddr::V4(SocketAddrV4::new(local, port)).into())
         .map_err(|e| io::Error::new(e.kind(), format!("binding {local}:{port}: {e}")))?;
     s.set_nonblocking(true)?;
+    super::sys::clear_dont_fragment(&s)?;
     Ok(s.into())
 }
 

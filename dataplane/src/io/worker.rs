@@ -16,7 +16,7 @@ use super::tap::Tap;
 use super::udp::Underlay;
 use crate::overlay::stats::bump;
 use crate::overlay::{Core, DropReason, Tables, Verdict};
-use crate::wire::{arp, vxlan};
+use crate::wire::{arp, gso, vxlan};
 
 /// Most packets a worker handles per wake-up before it polls again.
 pub const BATCH: usize = 64;
@@ -250,7 +250,7 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
                     }
                 }
                 Verdict::ArpReply { len } => write_tap(&tap, stats, &reply[..len]),
-                Verdict::Deliver { .. } | Verdict::Drop(_) => {}
+                Verdict::Deliver { .. } | Verdict::DeliverSegmented { .. } | Verdict::Drop(_) => {}
             }
         }
     }
@@ -285,6 +285,8 @@ fn write_tap(tap: &Tap, stats: &crate::overlay::NetStats, frame: &[u8]) {
 /// Underlay -> TAPs, for every network.
 fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
     let mut buf = vec![0u8; BUF_LEN];
+    // One segment at a time when a super-frame is cut (MTU-sized frames).
+    let mut seg = vec![0u8; BUF_LEN];
     while !stop.load(Ordering::Relaxed) {
         beat(&sh, hb);
         if !wait_readable(sh.underlay.rx()) {
@@ -306,14 +308,28 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
                     None => continue,
                 },
             };
-            if let Verdict::Deliver { net, offset } =
-                sh.core.handle_datagram(&tables, src, &buf[..n], now)
-            {
-                let nt = &tables.networks[net];
-                match taps.get(&nt.vni) {
-                    Some(tap) => write_tap(tap, &nt.stats, &buf[offset..n]),
-                    None => nt.stats.drops.add(DropReason::TapError),
+            match sh.core.handle_datagram(&tables, src, &mut buf[..n], now) {
+                Verdict::Deliver { net, offset } => {
+                    let nt = &tables.networks[net];
+                    match taps.get(&nt.vni) {
+                        Some(tap) => write_tap(tap, &nt.stats, &buf[offset..n]),
+                        None => nt.stats.drops.add(DropReason::TapError),
+                    }
                 }
+                Verdict::DeliverSegmented { net, offset, mss } => {
+                    let nt = &tables.networks[net];
+                    let Some(tap) = taps.get(&nt.vni) else {
+                        nt.stats.drops.add(DropReason::TapError);
+                        continue;
+                    };
+                    let cut = gso::segment_tcp(&buf[offset..n], mss, &mut seg, |s| {
+                        write_tap(tap, &nt.stats, s)
+                    });
+                    if cut.is_err() {
+                        nt.stats.drops.add(DropReason::Malformed);
+                    }
+                }
+                _ => {}
             }
         }
     }

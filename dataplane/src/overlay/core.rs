@@ -19,7 +19,8 @@ use std::time::Instant;
 use super::fdb::Learn;
 use super::stats::{bump, DropReason};
 use super::tables::{NetworkTable, Tables};
-use crate::wire::{arp, flow, vxlan, MacAddr};
+use crate::wire::csum::{self, L4Csum};
+use crate::wire::{arp, flow, gso, vxlan, MacAddr};
 
 /// Ethernet header without a VLAN tag.
 pub const ETH_HLEN: usize = 14;
@@ -43,6 +44,15 @@ pub enum Verdict<'t> {
     ArpReply { len: usize },
     /// Write `datagram[offset..]` (the inner frame) into network `net`'s TAP.
     Deliver { net: usize, offset: usize },
+    /// `datagram[offset..]` is a TCP super-frame larger than the overlay
+    /// MTU (a TSO sender whose segments no NIC cut): cut it with
+    /// [`crate::wire::gso::segment_tcp`] at `mss` and write every piece into
+    /// network `net`'s TAP.
+    DeliverSegmented {
+        net: usize,
+        offset: usize,
+        mss: usize,
+    },
     /// Dropped and counted.
     Drop(DropReason),
 }
@@ -107,11 +117,7 @@ impl Core {
             .fdb
             .get(&dst)
             .copied()
-            .or_else(|| {
-                n.learning
-                    .then(|| n.learned.lookup(dst, now))
-                    .flatten()
-            });
+            .or_else(|| n.learning.then(|| n.learned.lookup(dst, now)).flatten());
         match peer {
             Some(peer) => Verdict::Unicast {
                 peer,
@@ -122,12 +128,14 @@ impl Core {
         }
     }
 
-    /// A datagram that arrived on the underlay socket from `src`.
+    /// A datagram that arrived on the underlay socket from `src`. An inner
+    /// TCP/UDP checksum the sender left partial is completed in place (see
+    /// [`crate::wire::csum`]).
     pub fn handle_datagram<'t>(
         &self,
         tables: &'t Tables,
         src: Ipv4Addr,
-        datagram: &[u8],
+        datagram: &mut [u8],
         now: Instant,
     ) -> Verdict<'t> {
         let g = &tables.global;
@@ -137,7 +145,7 @@ impl Core {
             g.drops.add(DropReason::UnknownPeer);
             return Verdict::Drop(DropReason::UnknownPeer);
         }
-        let packet = match vxlan::Packet::new_checked(datagram) {
+        let packet = match vxlan::Packet::new_checked(&*datagram) {
             Ok(p) => p,
             Err(vxlan::Error::MissingIFlag) => {
                 g.drops.add(DropReason::BadFlags);
@@ -158,16 +166,29 @@ impl Core {
             // frames here (Docker's CVE-2023-28840 class of bug).
             return drop(n, DropReason::UnknownPeer);
         }
-        let inner = packet.payload();
+        let datagram_len = datagram.len() as u64;
+        let inner = &mut datagram[vxlan::HEADER_LEN..];
         let Some(hlen) = eth_header_len(inner) else {
             return drop(n, DropReason::Malformed);
         };
-        if inner.len() - hlen > usize::from(n.mtu) {
-            return drop(n, DropReason::Mtu);
-        }
         let st = &n.stats;
+        if inner.len() - hlen > usize::from(n.mtu) {
+            return match gso::mss_for(inner, usize::from(n.mtu)) {
+                Some(mss) => {
+                    bump(&st.vxlan_rx_packets, 1);
+                    bump(&st.vxlan_rx_bytes, datagram_len);
+                    bump(&st.gso_segmented, 1);
+                    Verdict::DeliverSegmented {
+                        net,
+                        offset: vxlan::HEADER_LEN,
+                        mss,
+                    }
+                }
+                None => drop(n, DropReason::Mtu),
+            };
+        }
         bump(&st.vxlan_rx_packets, 1);
-        bump(&st.vxlan_rx_bytes, datagram.len() as u64);
+        bump(&st.vxlan_rx_bytes, datagram_len);
         if n.learning {
             let smac = MacAddr::from_slice(&inner[6..12]);
             if !smac.is_multicast() && !n.fdb.contains_key(&smac) {
@@ -177,6 +198,9 @@ impl Core {
                     Learn::Refreshed => {}
                 }
             }
+        }
+        if csum::complete_l4(inner) == L4Csum::Completed {
+            bump(&st.csum_completed, 1);
         }
         Verdict::Deliver {
             net,

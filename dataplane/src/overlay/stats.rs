@@ -102,6 +102,10 @@ pub struct NetStats {
     pub learned: AtomicU64,
     /// Learning refused because the table was at its cap.
     pub fdb_full: AtomicU64,
+    /// Inner TCP/UDP checksums the sender left partial, completed here.
+    pub csum_completed: AtomicU64,
+    /// TCP super-frames received whole and cut to the MTU here.
+    pub gso_segmented: AtomicU64,
     pub drops: Drops,
 }
 
@@ -130,6 +134,8 @@ pub struct NetStatsSnapshot {
     pub arp_answered: u64,
     pub learned: u64,
     pub fdb_full: u64,
+    pub csum_completed: u64,
+    pub gso_segmented: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
@@ -156,6 +162,8 @@ impl NetStats {
             arp_answered: self.arp_answered.load(Relaxed),
             learned: self.learned.load(Relaxed),
             fdb_full: self.fdb_full.load(Relaxed),
+            csum_completed: self.csum_completed.load(Relaxed),
+            gso_segmented: self.gso_segmented.load(Relaxed),
             drops: drops_map(&self.drops),
         }
     }

@@ -67,7 +67,11 @@ impl NetworkTable {
     }
 
     /// Sets the flood list; `local` (this node) is never its own peer.
-    pub fn with_peers(mut self, local: Ipv4Addr, peers: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+    pub fn with_peers(
+        mut self,
+        local: Ipv4Addr,
+        peers: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> Self {
         let mut peers: Vec<Ipv4Addr> = peers.into_iter().filter(|p| *p != local).collect();
         peers.sort();
         peers.dedup();

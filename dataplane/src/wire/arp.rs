@@ -96,3 +96,175 @@ pub fn write_reply(req: &ArpRequest, answer_mac: MacAddr, out: &mut [u8]) -> usi
     arp.copy_from_slice(&body.to_bytes());
     REPLY_LEN
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::vxlan::testdata::{
+        KERNEL_ARP_REPLY_DATAGRAM, KERNEL_ARP_REQUEST_DATAGRAM, OUTER_LEN,
+    };
+    use proptest::prelude::*;
+
+    const INNER: usize = OUTER_LEN + crate::wire::vxlan::HEADER_LEN;
+    const MAC_1: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0x00, 0x09, 0x01]);
+    const MAC_3: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0x00, 0x09, 0x03]);
+
+    /// "Who has 10.0.9.3? Tell 10.0.9.1", as the kernel's vxlan device in
+    /// namespace A sent it (42 bytes, unpadded); captured by
+    /// `testdata/capture-kernel-vxlan.sh`.
+    fn kernel_request() -> &'static [u8] {
+        &KERNEL_ARP_REQUEST_DATAGRAM[INNER..]
+    }
+
+    /// "10.0.9.3 is at 02:42:0a:00:09:03": the kernel of namespace B
+    /// answering that request (same capture).
+    fn kernel_reply() -> &'static [u8] {
+        &KERNEL_ARP_REPLY_DATAGRAM[INNER..]
+    }
+
+    const REQUEST: ArpRequest = ArpRequest {
+        sender_mac: MAC_1,
+        sender_ip: Ipv4Addr::new(10, 0, 9, 1),
+        target_ip: Ipv4Addr::new(10, 0, 9, 3),
+    };
+
+    /// The kernel's request with its ARP body patched by `f`.
+    fn patched(f: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut v = kernel_request().to_vec();
+        f(&mut v[ETH_HLEN..]);
+        v
+    }
+
+    #[test]
+    fn test_deconstruct() {
+        let frame = kernel_request();
+        assert_eq!(frame.len(), 42);
+        let eth = Ethernet2Slice::from_slice_without_fcs(frame).unwrap();
+        assert_eq!(eth.destination(), MacAddr::BROADCAST.0);
+        assert_eq!(eth.ether_type(), EtherType::ARP);
+        let arp = ArpPacketSlice::from_slice(eth.payload_slice()).unwrap();
+        assert_eq!(arp.operation(), ArpOperation::REQUEST);
+        assert_eq!(arp.target_hw_addr(), &[0; 6]);
+    }
+
+    #[test]
+    fn test_parse() {
+        assert_eq!(parse_request(kernel_request()), Some(REQUEST));
+        // The 60-byte form a NIC would pad it to parses the same.
+        let mut padded = kernel_request().to_vec();
+        padded.resize(60, 0);
+        assert_eq!(parse_request(&padded), Some(REQUEST));
+    }
+
+    #[test]
+    fn test_construct() {
+        // The request rebuilt from its parts is the kernel's, byte for byte.
+        let mut frame = [0u8; REPLY_LEN];
+        frame[..6].copy_from_slice(&MacAddr::BROADCAST.0);
+        frame[6..12].copy_from_slice(&MAC_1.0);
+        frame[12..14].copy_from_slice(&EtherType::ARP.0.to_be_bytes());
+        let body = etherparse::ArpEthIpv4Packet {
+            operation: ArpOperation::REQUEST,
+            sender_mac: MAC_1.0,
+            sender_ipv4: REQUEST.sender_ip.octets(),
+            target_mac: [0; 6],
+            target_ipv4: REQUEST.target_ip.octets(),
+        };
+        frame[ETH_HLEN..].copy_from_slice(&body.to_bytes());
+        assert_eq!(&frame[..], kernel_request());
+    }
+
+    #[test]
+    fn test_emit() {
+        // Our answer on 10.0.9.3's behalf is exactly what 10.0.9.3's own
+        // kernel sent.
+        let mut out = [0xaau8; 64];
+        assert_eq!(write_reply(&REQUEST, MAC_3, &mut out), REPLY_LEN);
+        assert_eq!(&out[..REPLY_LEN], kernel_reply());
+        assert_eq!(&out[REPLY_LEN..], &[0xaa; 64 - REPLY_LEN][..]);
+        // A reply is not a request.
+        assert_eq!(parse_request(&out[..REPLY_LEN]), None);
+    }
+
+    #[test]
+    fn short_output_writes_nothing() {
+        let mut out = [0xaau8; REPLY_LEN - 1];
+        assert_eq!(write_reply(&REQUEST, MAC_3, &mut out), 0);
+        assert_eq!(out, [0xaa; REPLY_LEN - 1]);
+        assert_eq!(write_reply(&REQUEST, MAC_3, &mut []), 0);
+    }
+
+    #[test]
+    fn requests_not_to_answer() {
+        // Gratuitous ARP (RFC 5227 §3 announcement): sender IP == target IP.
+        let gratuitous = patched(|a| a[24..28].copy_from_slice(&[10, 0, 9, 1]));
+        assert_eq!(parse_request(&gratuitous), None);
+        // Probe (RFC 5227 §2.1.1): sender IP 0.0.0.0.
+        let probe = patched(|a| a[14..18].fill(0));
+        assert_eq!(parse_request(&probe), None);
+    }
+
+    #[test]
+    fn malformed_or_foreign() {
+        let cases: [(&str, Vec<u8>); 7] = [
+            ("op reply", patched(|a| a[7] = 2)),
+            ("htype 6 (IEEE 802)", patched(|a| a[1] = 6)),
+            (
+                "ptype IPv6",
+                patched(|a| a[2..4].copy_from_slice(&[0x86, 0xdd])),
+            ),
+            ("hlen 8", patched(|a| a[4] = 8)),
+            ("plen 16", patched(|a| a[5] = 16)),
+            ("truncated", kernel_request()[..41].to_vec()),
+            ("ethertype IPv4", {
+                let mut v = kernel_request().to_vec();
+                v[12..14].copy_from_slice(&[0x08, 0x00]);
+                v
+            }),
+        ];
+        for (what, frame) in &cases {
+            assert_eq!(parse_request(frame), None, "{what}");
+        }
+        // 802.1Q-tagged: the TAP only carries untagged frames.
+        let mut tagged = kernel_request()[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        tagged.extend_from_slice(&kernel_request()[12..]);
+        assert_eq!(parse_request(&tagged), None);
+    }
+
+    #[test]
+    fn no_panic_on_any_prefix() {
+        for n in 0..kernel_request().len() {
+            assert_eq!(parse_request(&kernel_request()[..n]), None);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            if let Some(req) = parse_request(&bytes) {
+                let mut out = [0u8; REPLY_LEN];
+                prop_assert_eq!(write_reply(&req, MAC_3, &mut out), REPLY_LEN);
+            }
+        }
+
+        /// Random bodies behind a valid ARP/IPv4-over-Ethernet prefix, so
+        /// the policy checks see garbage too; answers go back to the sender.
+        #[test]
+        fn arbitrary_arp_bodies(body in any::<[u8; 20]>(), op in 0u16..4) {
+            let mut f = kernel_request()[..ETH_HLEN + 6].to_vec();
+            f.extend_from_slice(&op.to_be_bytes());
+            f.extend_from_slice(&body);
+            if let Some(req) = parse_request(&f) {
+                prop_assert_eq!(op, 1);
+                prop_assert_ne!(req.sender_ip, req.target_ip);
+                let mut out = [0u8; REPLY_LEN];
+                write_reply(&req, MAC_3, &mut out);
+                prop_assert_eq!(&out[..6], &body[..6]);
+                prop_assert_eq!(&out[32..38], &body[..6]);
+                prop_assert_eq!(&out[38..42], &body[6..10]);
+                prop_assert_eq!(&out[28..32], &body[16..20]);
+            }
+        }
+    }
+}

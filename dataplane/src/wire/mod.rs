@@ -6,7 +6,9 @@
 //! builder on top of etherparse's ARP types).
 
 pub mod arp;
+pub mod csum;
 pub mod flow;
+pub mod gso;
 pub mod vxlan;
 
 use std::fmt;
@@ -60,7 +62,9 @@ impl std::str::FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("`{s}` is not a MAC address (want six hex bytes separated by `:`)"));
+            return Err(format!(
+                "`{s}` is not a MAC address (want six hex bytes separated by `:`)"
+            ));
         }
         let mut m = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {

@@ -129,7 +129,9 @@ impl Lab {
             .iter()
             .find(|n| n["name"] == net)
             .unwrap_or_else(|| panic!("{host} has no network {net}: {s}"));
-        n["stats"][key].as_u64().unwrap_or_else(|| panic!("no counter {key}"))
+        n["stats"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {key}"))
     }
 
     /// A drop counter of network `net` on `host`.
@@ -146,14 +148,21 @@ impl Lab {
 
     /// A drop counter not tied to a network.
     pub fn global_drops(&self, host: &str, reason: &str) -> u64 {
-        self.status(host)["global"]["drops"][reason].as_u64().unwrap()
+        self.status(host)["global"]["drops"][reason]
+            .as_u64()
+            .unwrap()
     }
 
     /// Turns IPv6 off on a host before its TAP exists, so the kernel sends
     /// no router or neighbour solicitations that would be (rightly) flooded.
     pub fn no_ipv6(&self, host: &str) {
-        for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
-            self.tb.exec(&self.tb.ns(host), &["sysctl", "-qw", key]).expect("sysctl");
+        for key in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ] {
+            self.tb
+                .exec(&self.tb.ns(host), &["sysctl", "-qw", key])
+                .expect("sysctl");
         }
     }
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole vxmesh test suite, as CI runs it: installs the packages the
+# tests need, checks formatting and lints, builds the binaries the
+# end-to-end tests start, and runs every test (none is skipped: CI=true).
+# Needs root: the end-to-end tests build hosts from network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root (the end-to-end tests create network namespaces)" >&2
+    exit 1
+fi
+
+need=()
+for pair in ip:iproute2 bridge:iproute2 ping:iputils-ping iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+export CI=true
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build (binaries for the end-to-end tests)"
+cargo build --workspace --bins
+echo "== cargo test"
+# Two test threads: the machine has two cores and the end-to-end tests run
+# real traffic; more in parallel only makes them slower.
+cargo test --workspace -- --test-threads=2
