@@ -176,7 +176,13 @@ fn draw_panel(
                     let y = y_of(*v).min(y1 - 1);
                     area.draw(&Rectangle::new([(bx, y), (bx + bw - 2, y1)], c.filled()))
                         .map_err(perr)?;
-                    label(&short(*v), (bx + bw / 2, y - 3), 12, HPos::Center, VPos::Bottom)?;
+                    label(
+                        &short(*v),
+                        (bx + bw / 2, y - 3),
+                        12,
+                        HPos::Center,
+                        VPos::Bottom,
+                    )?;
                 }
                 None => label("n/a", (bx + bw / 2, y1 - 3), 12, HPos::Center, VPos::Bottom)?,
             }

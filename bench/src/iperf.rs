@@ -164,7 +164,9 @@ pub fn run(
         &["iperf3", "-s", "-1", "-B", &addr_s, "-p", &port_s],
         &[],
     )?;
-    let result = client(tb, &server, client_ns, &addr_s, port, secs, mode, watch, clk_tck);
+    let result = client(
+        tb, &server, client_ns, &addr_s, port, secs, mode, watch, clk_tck,
+    );
     if server.wait_exit(Duration::from_secs(2)).is_none() {
         tb.stop(&server);
     }
@@ -250,8 +252,8 @@ fn wait_listening(p: &Proc, port: u16, max: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + max;
     loop {
         for file in ["tcp", "tcp6"] {
-            let table = std::fs::read_to_string(format!("/proc/{}/net/{file}", p.pid))
-                .unwrap_or_default();
+            let table =
+                std::fs::read_to_string(format!("/proc/{}/net/{file}", p.pid)).unwrap_or_default();
             if table_listens(&table, port) {
                 return Ok(());
             }
@@ -305,7 +307,9 @@ mod tests {
     #[test]
     fn errors_are_reported() {
         let r = json!({"error": "unable to connect to server"});
-        assert!(parse_report(&r, false).unwrap_err().contains("unable to connect"));
+        assert!(parse_report(&r, false)
+            .unwrap_err()
+            .contains("unable to connect"));
         assert!(parse_report(&json!({}), true).is_err());
     }
 

@@ -7,13 +7,13 @@
 //! by [`vxmesh_testbed::Testbed`], which removes them on drop.
 //!
 //! Modules:
-//! - [`overlay`]: the `overlay` command (testbed, paths, table, JSON).
-//! - [`iperf`]: one bounded iperf3 run (TCP or UDP) with its JSON parsed and
+//! - [`overlay`], the `overlay` command (testbed, paths, table, JSON).
+//! - [`iperf`], one bounded iperf3 run (TCP or UDP) with its JSON parsed and
 //!   the CPU used meanwhile.
-//! - [`cpu`]: CPU time of processes (`/proc/<pid>/stat`) and of the machine
+//! - [`cpu`], CPU time of processes (`/proc/<pid>/stat`) and of the machine
 //!   (`/proc/stat`).
-//! - [`stats`]: medians.
-//! - [`chart`]: the PNG bar chart.
+//! - [`stats`], medians.
+//! - [`chart`], the PNG bar chart.
 
 pub mod chart;
 pub mod cpu;

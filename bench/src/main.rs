@@ -1,1 +1,29 @@
-fn main() {}
+//! `vxmesh-bench`: benchmarks of vxmesh against the kernel, in network
+//! namespaces (run as root). See `vxmesh-bench overlay --help`.
+
+use clap::{Parser, Subcommand};
+use vxmesh_bench::overlay::{run_overlay, OverlayArgs};
+
+/// Benchmarks of vxmesh, measured in network namespaces built on this
+/// machine and removed afterwards.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// h1 -> h2 over the underlay, the kernel's vxlan (with and without
+    /// offloads) and vxmesh, in one run: iperf3 TCP and UDP, ping, CPU.
+    Overlay(OverlayArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    // Errors return through main (not process::exit), so every testbed has
+    // been dropped, namespaces and processes removed, before the exit.
+    match Cli::parse().cmd {
+        Cmd::Overlay(args) => run_overlay(args),
+    }
+}

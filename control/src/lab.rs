@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use vxmesh_testbed::{icmp_ping, tcp_bulk, Testbed};
+use vxmesh_testbed::{echo, tcp_bulk, Testbed};
 
 use crate::config;
 
@@ -142,7 +142,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
                 if from == to {
                     continue;
                 }
-                let ping = icmp_ping(
+                let ping = echo(
                     &tb,
                     &tb.ns(from),
                     *dst,

@@ -34,6 +34,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod echo;
 pub mod measure;
 pub mod process;
 pub mod testbed;
@@ -43,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+pub use echo::echo;
 pub use measure::{icmp_ping, iperf3_tcp, ping, tcp_bulk, PingStats, Transfer};
 pub use process::Proc;
 pub use testbed::{Testbed, SWITCH};

@@ -1,0 +1,1230 @@
+//! `vxmesh-bench overlay`: throughput, packet rate, latency and CPU of the
+//! path h1 -> h2 over the underlay, the kernel's vxlan (with and without
+//! offloads) and vxmesh, all measured in one run on one testbed, so that the
+//! ratios compare figures taken under the same conditions.
+//!
+//! Shape (DESIGN.md, "Testbed and address plan"): hosts h1 and h2 on the
+//! bridge, `198.18.0.1/24` and `.2`, MTU 1500; the overlay `front`, VNI 4096,
+//! `10.0.9.0/24`, MTU 1450. The kernel's vxlan (`vxk0`) and vxmeshd both use
+//! UDP port 4789, so the kernel devices are deleted before the daemons start.
+//!
+//! Every load is bounded (`iperf3 -t`, a hard timeout on every command) and
+//! every namespace and process belongs to the [`Testbed`], which removes them
+//! when it drops, also on error: failures propagate with `?`.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::{json, Value};
+use vxmesh_testbed::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
+
+use crate::chart::{self, Panel};
+use crate::iperf::{self, Mode, Outcome};
+use crate::stats::{median, ratio};
+
+/// Underlay addresses of h1 and h2.
+const UL: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)];
+/// Overlay addresses of h1 and h2 (kernel vxlan and vxmesh alike).
+const OV: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 9, 1), Ipv4Addr::new(10, 0, 9, 2)];
+/// Underlay MTU.
+const UNDERLAY_MTU: u32 = 1500;
+/// The paths, in table order.
+pub const PATHS: [&str; 4] = ["underlay", "kernel", "kernel-nooffload", "vxmesh"];
+/// Bound on setup commands (`ip`, `bridge`, `ethtool`, `vxmesh status`).
+const CMD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long vxmeshd gets to send READY=1.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause between two runs, so one's tail does not overlap the next.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Interval of the latency pings.
+const PING_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The cluster file for the two hosts: `config/lab.toml` without h3.
+pub const CLUSTER: &str = r#"# vxmesh-bench overlay: config/lab.toml without h3.
+[settings]
+vxlan_port = 4789
+underlay_mtu = 1500
+
+[[nodes]]
+name = "h1"
+address = "198.18.0.1"
+[[nodes]]
+name = "h2"
+address = "198.18.0.2"
+
+[[networks]]
+name = "front"
+vni = 4096
+subnet = "10.0.9.0/24"
+
+[[endpoints]]
+network = "front"
+node = "h1"
+ip = "10.0.9.1"
+[[endpoints]]
+network = "front"
+node = "h2"
+ip = "10.0.9.2"
+"#;
+
+/// Arguments of `vxmesh-bench overlay`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OverlayArgs {
+    /// Seconds of each iperf3 run [default: 10; 2 with --quick].
+    #[arg(long)]
+    pub secs: Option<u32>,
+    /// Repetitions of each measurement; the table shows the median
+    /// [default: 3; 1 with --quick].
+    #[arg(long)]
+    pub reps: Option<u32>,
+    /// Pings (at 1 ms intervals) per repetition [default: 1000; 200 with
+    /// --quick].
+    #[arg(long)]
+    pub pings: Option<u32>,
+    /// Offered rate of the UDP runs (iperf3 -b): above what any path
+    /// carries, so the figure is what the receiver got.
+    #[arg(long, default_value = "2G")]
+    pub udp_rate: String,
+    /// Directory for overlay.json, overlay.png, overlay.txt and the daemons'
+    /// logs.
+    #[arg(long, default_value = "bench/out")]
+    pub out: PathBuf,
+    /// Smoke run: 2 s runs, 1 repetition, 200 pings.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// The settings in force after defaults and `--quick`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Seconds per iperf3 run.
+    pub secs: u32,
+    /// Repetitions.
+    pub reps: u32,
+    /// Pings per repetition.
+    pub pings: u32,
+    /// UDP offered rate.
+    pub udp_rate: String,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+impl Settings {
+    /// Resolves defaults: explicit values win over `--quick`.
+    pub fn from_args(a: &OverlayArgs) -> Settings {
+        let (secs, reps, pings) = if a.quick { (2, 1, 200) } else { (10, 3, 1000) };
+        Settings {
+            secs: a.secs.unwrap_or(secs).max(1),
+            reps: a.reps.unwrap_or(reps).max(1),
+            pings: a.pings.unwrap_or(pings).max(1),
+            udp_rate: a.udp_rate.clone(),
+            out: a.out.clone(),
+        }
+    }
+
+    /// A rough duration of the whole run.
+    pub fn estimate(&self) -> Duration {
+        let per_run = f64::from(self.secs) + 3.0;
+        let per_path = f64::from(self.reps)
+            * (TESTS.len() as f64 * per_run + f64::from(self.pings) * 0.0012 + 0.5);
+        Duration::from_secs_f64(PATHS.len() as f64 * (per_path + 3.0) + 5.0)
+    }
+}
+
+/// One kind of iperf3 run.
+struct TestSpec {
+    key: &'static str,
+    label: &'static str,
+    udp_len: Option<u32>,
+    parallel: u32,
+}
+
+/// The iperf3 runs made on each path, in order.
+const TESTS: [TestSpec; 4] = [
+    TestSpec {
+        key: "tcp1",
+        label: "TCP 1 stream",
+        udp_len: None,
+        parallel: 1,
+    },
+    TestSpec {
+        key: "tcp2",
+        label: "TCP -P 2",
+        udp_len: None,
+        parallel: 2,
+    },
+    TestSpec {
+        key: "udp64",
+        label: "UDP 64 B",
+        udp_len: Some(64),
+        parallel: 1,
+    },
+    TestSpec {
+        key: "udp1400",
+        label: "UDP 1400 B",
+        udp_len: Some(1400),
+        parallel: 1,
+    },
+];
+
+impl TestSpec {
+    fn mode(&self, rate: &str) -> Mode {
+        match self.udp_len {
+            Some(len) => Mode::Udp {
+                len,
+                rate: rate.into(),
+            },
+            None => Mode::Tcp {
+                parallel: self.parallel,
+            },
+        }
+    }
+}
+
+/// One repetition of an iperf3 run: its outcome or why it failed.
+#[derive(Debug, Serialize)]
+pub struct Rep {
+    /// 1-based repetition number.
+    pub rep: u32,
+    /// The error, when the run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The outcome, when it succeeded.
+    #[serde(flatten)]
+    pub outcome: Option<Outcome>,
+}
+
+/// All repetitions of one kind of run on one path.
+#[derive(Debug, Serialize)]
+pub struct TestResult {
+    /// `tcp1`, `tcp2`, `udp64` or `udp1400`.
+    pub key: &'static str,
+    /// What iperf3 was asked to send.
+    pub mode: Mode,
+    /// Seconds per run.
+    pub secs: u32,
+    /// The repetitions.
+    pub reps: Vec<Rep>,
+}
+
+/// One repetition of the latency pings.
+#[derive(Debug, Serialize)]
+pub struct PingRep {
+    /// 1-based repetition number.
+    pub rep: u32,
+    /// The error, when ping could not run or its output was not understood.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Echo requests sent.
+    pub sent: u32,
+    /// Replies received.
+    pub received: u32,
+    /// Median RTT, µs.
+    pub p50_us: Option<f64>,
+    /// 99th percentile RTT, µs.
+    pub p99_us: Option<f64>,
+    /// Mean RTT, µs.
+    pub avg_us: Option<f64>,
+    /// Every RTT, µs, in arrival order.
+    pub rtt_us: Vec<f64>,
+}
+
+/// Everything measured on one path.
+#[derive(Debug, Serialize)]
+pub struct PathResult {
+    /// One of [`PATHS`].
+    pub name: &'static str,
+    /// The address h1 sent to (h2's, on that path).
+    pub dst: Ipv4Addr,
+    /// Why the path could not be measured (setup or reachability).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How the path was set up: commands' outputs worth keeping.
+    pub setup: serde_json::Map<String, Value>,
+    /// Latency pings.
+    pub ping: Vec<PingRep>,
+    /// iperf3 runs.
+    pub tests: Vec<TestResult>,
+}
+
+impl PathResult {
+    fn new(name: &'static str, dst: Ipv4Addr) -> PathResult {
+        PathResult {
+            name,
+            dst,
+            error: None,
+            setup: serde_json::Map::new(),
+            ping: Vec::new(),
+            tests: Vec::new(),
+        }
+    }
+
+    fn failed(name: &'static str, dst: Ipv4Addr, error: String) -> PathResult {
+        PathResult {
+            error: Some(error),
+            ..PathResult::new(name, dst)
+        }
+    }
+
+    /// Median over the successful repetitions of run `key` of `f`.
+    fn med(&self, key: &str, f: impl Fn(&Outcome) -> Option<f64>) -> Option<f64> {
+        let t = self.tests.iter().find(|t| t.key == key)?;
+        median(
+            t.reps
+                .iter()
+                .filter_map(|r| r.outcome.as_ref())
+                .filter_map(f),
+        )
+    }
+
+    /// Median over the ping repetitions of `f`.
+    fn ping_med(&self, f: impl Fn(&PingRep) -> Option<f64>) -> Option<f64> {
+        median(self.ping.iter().filter(|p| p.error.is_none()).filter_map(f))
+    }
+
+    /// Every failed repetition, as text.
+    fn failures(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .error
+            .iter()
+            .map(|e| format!("{}: {e}", self.name))
+            .collect();
+        for p in &self.ping {
+            if let Some(e) = &p.error {
+                v.push(format!("{} ping rep {}: {e}", self.name, p.rep));
+            }
+        }
+        for t in &self.tests {
+            for r in &t.reps {
+                if let Some(e) = &r.error {
+                    v.push(format!("{} {} rep {}: {e}", self.name, t.key, r.rep));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Gbit received in a run (10^9 bits).
+fn gbits(o: &Outcome) -> f64 {
+    o.figures.bytes as f64 * 8.0 / 1e9
+}
+
+/// One row of the table.
+struct Metric {
+    key: &'static str,
+    label: &'static str,
+    decimals: usize,
+    /// Whether vxmesh/kernel means something for this row.
+    ratio: bool,
+    get: fn(&PathResult) -> Option<f64>,
+}
+
+const METRICS: [Metric; 12] = [
+    Metric {
+        key: "tcp1_gbit_per_s",
+        label: "TCP 1 stream, Gbit/s",
+        decimals: 2,
+        ratio: true,
+        get: |p| p.med("tcp1", |o| Some(o.figures.gbit_per_s)),
+    },
+    Metric {
+        key: "tcp2_gbit_per_s",
+        label: "TCP -P 2, Gbit/s",
+        decimals: 2,
+        ratio: true,
+        get: |p| p.med("tcp2", |o| Some(o.figures.gbit_per_s)),
+    },
+    Metric {
+        key: "udp64_rx_kpps",
+        label: "UDP 64 B received, kpps",
+        decimals: 1,
+        ratio: true,
+        get: |p| p.med("udp64", |o| o.figures.rx_pps.map(|x| x / 1e3)),
+    },
+    Metric {
+        key: "udp64_loss_percent",
+        label: "UDP 64 B loss, %",
+        decimals: 1,
+        ratio: false,
+        get: |p| p.med("udp64", |o| o.figures.lost_percent),
+    },
+    Metric {
+        key: "udp1400_rx_kpps",
+        label: "UDP 1400 B received, kpps",
+        decimals: 1,
+        ratio: true,
+        get: |p| p.med("udp1400", |o| o.figures.rx_pps.map(|x| x / 1e3)),
+    },
+    Metric {
+        key: "udp1400_rx_gbit_per_s",
+        label: "UDP 1400 B received, Gbit/s",
+        decimals: 2,
+        ratio: true,
+        get: |p| p.med("udp1400", |o| Some(o.figures.gbit_per_s)),
+    },
+    Metric {
+        key: "udp1400_loss_percent",
+        label: "UDP 1400 B loss, %",
+        decimals: 1,
+        ratio: false,
+        get: |p| p.med("udp1400", |o| o.figures.lost_percent),
+    },
+    Metric {
+        key: "ping_p50_us",
+        label: "ping RTT p50, µs",
+        decimals: 1,
+        ratio: true,
+        get: |p| p.ping_med(|r| r.p50_us),
+    },
+    Metric {
+        key: "ping_p99_us",
+        label: "ping RTT p99, µs",
+        decimals: 1,
+        ratio: true,
+        get: |p| p.ping_med(|r| r.p99_us),
+    },
+    Metric {
+        key: "tcp1_machine_cpu_s_per_gbit",
+        label: "machine CPU s/Gbit (TCP 1)",
+        decimals: 3,
+        ratio: true,
+        get: |p| p.med("tcp1", |o| Some(o.host_cpu_s / gbits(o))),
+    },
+    Metric {
+        key: "tcp1_vxmeshd_cpu_s_per_gbit",
+        label: "vxmeshd CPU s/Gbit (TCP 1)",
+        decimals: 3,
+        ratio: false,
+        get: |p| p.med("tcp1", |o| o.watched_cpu_s.map(|c| c / gbits(o))),
+    },
+    Metric {
+        key: "tcp1_vxmeshd_cpu_percent",
+        label: "vxmeshd CPU, % of 1 core (TCP 1)",
+        decimals: 0,
+        ratio: false,
+        get: |p| p.med("tcp1", |o| o.watched_cpu_s.map(|c| 100.0 * c / o.wall_s)),
+    },
+];
+
+/// What the machine is, for the report.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// CPUs available (nproc).
+    pub nproc: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    /// First `model name` of /proc/cpuinfo.
+    pub cpu_model: String,
+    /// `iperf3 --version`, first line.
+    pub iperf3: String,
+    /// /proc/loadavg when the run started.
+    pub loadavg_start: String,
+    /// /proc/loadavg when the run ended.
+    pub loadavg_end: String,
+    /// `git describe` of the workspace the binary was built in, if known.
+    pub git: Option<String>,
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+fn command_line(prog: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| first_line(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Machine {
+    fn probe() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_default();
+        let git = std::env::current_exe().ok().and_then(|exe| {
+            let dir = exe.parent()?.to_str()?.to_string();
+            command_line("git", &["-C", &dir, "describe", "--always", "--dirty"])
+        });
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            cpu_model,
+            iperf3: command_line("iperf3", &["--version"]).unwrap_or_else(|| "?".into()),
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
+            git,
+        }
+    }
+}
+
+/// The measuring state: settings, clock ticks, the next free port.
+struct Ctx<'a> {
+    s: &'a Settings,
+    clk_tck: f64,
+    port: u16,
+}
+
+impl Ctx<'_> {
+    fn next_port(&mut self) -> u16 {
+        let p = self.port;
+        self.port = if self.port >= 60000 {
+            5201
+        } else {
+            self.port + 1
+        };
+        p
+    }
+
+    /// Checks that h2 answers on `dst`, then runs the pings and every iperf3
+    /// run `reps` times. `watch`: pids whose CPU is accounted (the daemons).
+    fn measure(
+        &mut self,
+        tb: &mut Testbed,
+        name: &'static str,
+        dst: Ipv4Addr,
+        watch: &[u32],
+        setup: serde_json::Map<String, Value>,
+    ) -> PathResult {
+        let mut r = PathResult::new(name, dst);
+        r.setup = setup;
+        if let Err(e) = reachable(tb, dst) {
+            eprintln!("[{name}] not reachable: {e:#}");
+            r.error = Some(format!("{e:#}"));
+            return r;
+        }
+        let s = self.s;
+        for rep in 1..=s.reps {
+            let timeout = PING_INTERVAL * s.pings + Duration::from_secs(15);
+            let p = match icmp_ping(tb, "h1", dst, s.pings, PING_INTERVAL, timeout) {
+                Ok(p) => PingRep {
+                    rep,
+                    error: (p.received == 0).then(|| "no reply".to_string()),
+                    sent: p.sent,
+                    received: p.received,
+                    p50_us: p.p50(),
+                    p99_us: p.p99(),
+                    avg_us: p.avg(),
+                    rtt_us: p.rtt_us,
+                },
+                Err(e) => PingRep {
+                    rep,
+                    error: Some(e.to_string()),
+                    sent: 0,
+                    received: 0,
+                    p50_us: None,
+                    p99_us: None,
+                    avg_us: None,
+                    rtt_us: Vec::new(),
+                },
+            };
+            eprintln!(
+                "[{name}] ping rep {rep}/{}: {}/{} replies, p50 {} µs, p99 {} µs{}",
+                s.reps,
+                p.received,
+                p.sent,
+                p.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
+                p.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
+                p.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" ERROR {e}")),
+            );
+            r.ping.push(p);
+        }
+        for spec in &TESTS {
+            let mode = spec.mode(&s.udp_rate);
+            let mut t = TestResult {
+                key: spec.key,
+                mode: mode.clone(),
+                secs: s.secs,
+                reps: Vec::new(),
+            };
+            for rep in 1..=s.reps {
+                std::thread::sleep(SETTLE);
+                let port = self.next_port();
+                let res = iperf::run(
+                    tb,
+                    "h2",
+                    "h1",
+                    dst,
+                    port,
+                    s.secs,
+                    &mode,
+                    watch,
+                    self.clk_tck,
+                );
+                let line = match &res {
+                    Ok(o) => describe(o),
+                    Err(e) => format!("ERROR {e:#}"),
+                };
+                eprintln!("[{name}] {} rep {rep}/{}: {line}", spec.label, s.reps);
+                t.reps.push(match res {
+                    Ok(o) => Rep {
+                        rep,
+                        error: None,
+                        outcome: Some(o),
+                    },
+                    Err(e) => Rep {
+                        rep,
+                        error: Some(format!("{e:#}")),
+                        outcome: None,
+                    },
+                });
+            }
+            r.tests.push(t);
+        }
+        r
+    }
+}
+
+/// A one-line summary of a run for the progress log.
+fn describe(o: &Outcome) -> String {
+    let f = &o.figures;
+    let mut s = format!("{:.2} Gbit/s", f.gbit_per_s);
+    if let (Some(pps), Some(loss)) = (f.rx_pps, f.lost_percent) {
+        let _ = write!(s, ", {:.1} kpps received, {loss:.1} % lost", pps / 1e3);
+    }
+    let _ = write!(s, ", machine CPU {:.1} s", o.host_cpu_s);
+    if let Some(c) = o.watched_cpu_s {
+        let _ = write!(s, ", vxmeshd CPU {c:.1} s");
+    }
+    s
+}
+
+/// Pings `dst` from h1 until a reply comes (ARP, a daemon's first packets),
+/// up to about 10 s.
+fn reachable(tb: &Testbed, dst: Ipv4Addr) -> anyhow::Result<()> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let p = icmp_ping(
+            tb,
+            "h1",
+            dst,
+            5,
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+        )?;
+        if p.received > 0 {
+            return Ok(());
+        }
+        last = format!("{}/{} replies", p.received, p.sent);
+    }
+    bail!("h1 cannot ping {dst} ({last})")
+}
+
+/// Runs a bounded command in a host and returns its stdout.
+fn run(tb: &Testbed, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = tb.exec_timeout(ns, args, CMD_TIMEOUT)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates `vxk0` in h1 and h2: kernel vxlan, VNI 4096, port 4789, static
+/// FDB (an all-zero entry for flooding to the other host, and its MAC).
+/// Returns the devices' details for the report.
+fn kernel_up(tb: &Testbed) -> anyhow::Result<serde_json::Map<String, Value>> {
+    for (me, other) in [(0usize, 1usize), (1, 0)] {
+        let h = format!("h{}", me + 1);
+        let (local, remote) = (UL[me].to_string(), UL[other].to_string());
+        let mac = format!("02:42:0a:00:09:{:02x}", me + 1);
+        let other_mac = format!("02:42:0a:00:09:{:02x}", other + 1);
+        let addr = format!("{}/24", OV[me]);
+        let steps = [
+            format!(
+                "ip link add vxk0 type vxlan id 4096 dstport 4789 local {local} dev eth0 nolearning"
+            ),
+            format!("ip link set dev vxk0 mtu 1450 address {mac}"),
+            format!("ip addr add {addr} dev vxk0"),
+            "ip link set dev vxk0 up".to_string(),
+            format!("bridge fdb append 00:00:00:00:00:00 dev vxk0 dst {remote}"),
+            format!("bridge fdb add {other_mac} dev vxk0 dst {remote} static"),
+        ];
+        for step in &steps {
+            let args: Vec<&str> = step.split_whitespace().collect();
+            run(tb, &h, &args).with_context(|| format!("kernel vxlan setup in {h}"))?;
+        }
+    }
+    let mut setup = serde_json::Map::new();
+    setup.insert(
+        "h1: ip -d link show vxk0".into(),
+        run(tb, "h1", &["ip", "-d", "link", "show", "dev", "vxk0"])?.into(),
+    );
+    setup.insert(
+        "h1: bridge fdb show dev vxk0".into(),
+        run(tb, "h1", &["bridge", "fdb", "show", "dev", "vxk0"])?.into(),
+    );
+    setup.insert(
+        "h1: offloads of vxk0".into(),
+        offloads(tb, "h1", "vxk0")?.into(),
+    );
+    Ok(setup)
+}
+
+/// The segmentation and receive offload lines of `ethtool -k dev`.
+fn offloads(tb: &Testbed, ns: &str, dev: &str) -> anyhow::Result<String> {
+    let text = run(tb, ns, &["ethtool", "-k", dev])?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            [
+                "tcp-segmentation-offload:",
+                "generic-segmentation-offload:",
+                "generic-receive-offload:",
+                "tx-checksumming:",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+/// `ethtool -K vxk0 tso off gso off gro off` in both hosts.
+fn kernel_offloads_off(tb: &Testbed) -> anyhow::Result<serde_json::Map<String, Value>> {
+    for h in ["h1", "h2"] {
+        run(
+            tb,
+            h,
+            &[
+                "ethtool", "-K", "vxk0", "tso", "off", "gso", "off", "gro", "off",
+            ],
+        )
+        .with_context(|| format!("turning offloads off on vxk0 in {h}"))?;
+    }
+    let mut setup = serde_json::Map::new();
+    setup.insert(
+        "h1: offloads of vxk0".into(),
+        offloads(tb, "h1", "vxk0")?.into(),
+    );
+    Ok(setup)
+}
+
+/// Deletes `vxk0` in both hosts (both tried; the first error is returned).
+fn kernel_down(tb: &Testbed) -> anyhow::Result<()> {
+    let results: Vec<_> = ["h1", "h2"]
+        .iter()
+        .map(|h| run(tb, h, &["ip", "link", "del", "dev", "vxk0"]))
+        .collect();
+    for r in results {
+        r.context("deleting vxk0")?;
+    }
+    Ok(())
+}
+
+/// Writes the cluster file and starts vxmeshd in h1 and h2, each waited for
+/// until READY=1.
+fn vxmesh_up(tb: &mut Testbed, vxmeshd: &Path) -> anyhow::Result<Vec<(String, Proc, PathBuf)>> {
+    let cfg = tb.dir().join("vxmesh.toml");
+    std::fs::write(&cfg, CLUSTER).with_context(|| format!("writing {}", cfg.display()))?;
+    let cfg_s = cfg.to_str().context("temp path is not UTF-8")?.to_string();
+    let bin = vxmeshd.to_str().context("vxmeshd path is not UTF-8")?;
+    let mut procs = Vec::new();
+    for h in ["h1", "h2"] {
+        let sock = tb.dir().join(format!("{h}.sock"));
+        let sock_s = sock.to_str().context("temp path is not UTF-8")?;
+        let p = tb
+            .spawn_notify(
+                h,
+                &[bin, "--config", &cfg_s, "--node", h, "--socket", sock_s],
+                &[],
+                READY_TIMEOUT,
+            )
+            .with_context(|| format!("starting vxmeshd in {h}"))?;
+        eprintln!("[vxmesh] vxmeshd ready in {h} (pid {})", p.pid);
+        procs.push((h.to_string(), p, sock));
+    }
+    Ok(procs)
+}
+
+/// What the daemons say about themselves (`vxmesh --json status`), if the
+/// CLI is next to vxmeshd.
+fn daemon_status(tb: &Testbed, cli: &Path, h: &str, sock: &Path) -> Value {
+    if !cli.is_file() {
+        return Value::Null;
+    }
+    let (Some(cli), Some(sock)) = (cli.to_str(), sock.to_str()) else {
+        return Value::Null;
+    };
+    match run(tb, h, &[cli, "--socket", sock, "--json", "status"]) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        Err(e) => Value::String(format!("{e:#}")),
+    }
+}
+
+/// Builds the testbed and measures every path. The testbed (namespaces,
+/// processes) is gone when this returns, whatever happened.
+fn measure_all(
+    s: &Settings,
+    clk_tck: f64,
+    vxmeshd: &Path,
+    overlay_notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<PathResult>> {
+    let mut tb = Testbed::new("bench")?;
+    eprintln!("testbed {} (temp dir {})", tb.suffix(), tb.dir().display());
+    for (i, ul) in UL.iter().enumerate() {
+        tb.add_host(&format!("h{}", i + 1), &format!("{ul}/24"), UNDERLAY_MTU)?;
+    }
+    let mut ctx = Ctx {
+        s,
+        clk_tck,
+        port: 5201,
+    };
+    let mut results = Vec::new();
+
+    results.push(ctx.measure(&mut tb, "underlay", UL[1], &[], serde_json::Map::new()));
+
+    match kernel_up(&tb) {
+        Ok(setup) => {
+            results.push(ctx.measure(&mut tb, "kernel", OV[1], &[], setup));
+            match kernel_offloads_off(&tb) {
+                Ok(setup) => {
+                    results.push(ctx.measure(&mut tb, "kernel-nooffload", OV[1], &[], setup))
+                }
+                Err(e) => results.push(PathResult::failed(
+                    "kernel-nooffload",
+                    OV[1],
+                    format!("{e:#}"),
+                )),
+            }
+        }
+        Err(e) => {
+            for name in ["kernel", "kernel-nooffload"] {
+                results.push(PathResult::failed(name, OV[1], format!("{e:#}")));
+            }
+        }
+    }
+    // vxmeshd binds port 4789 too: the kernel devices must be gone.
+    if let Err(e) = kernel_down(&tb) {
+        results.push(PathResult::failed(
+            "vxmesh",
+            OV[1],
+            format!("not started, the kernel's vxk0 could not be deleted: {e:#}"),
+        ));
+        return Ok(results);
+    }
+
+    match vxmesh_up(&mut tb, vxmeshd) {
+        Ok(daemons) => {
+            let pids: Vec<u32> = daemons.iter().map(|(_, p, _)| p.pid).collect();
+            let mut setup = serde_json::Map::new();
+            setup.insert("cluster".into(), CLUSTER.into());
+            if let Ok(a) = run(&tb, "h1", &["ip", "-d", "addr", "show"]) {
+                setup.insert("h1: ip -d addr show".into(), a.into());
+            }
+            if let Ok(o) = offloads(&tb, "h1", "vxm-front") {
+                setup.insert("h1: offloads of vxm-front".into(), o.into());
+            }
+            let mut r = ctx.measure(&mut tb, "vxmesh", OV[1], &pids, setup);
+            let cli = vxmeshd.with_file_name("vxmesh");
+            for (h, p, sock) in &daemons {
+                r.setup.insert(
+                    format!("{h}: vxmesh status after the runs"),
+                    daemon_status(&tb, &cli, h, sock),
+                );
+                if let Some(status) = p.exit_status() {
+                    overlay_notes.push(format!("vxmeshd in {h} exited during the runs: {status}"));
+                }
+                let dest = s.out.join(format!("vxmeshd-{h}.log"));
+                match std::fs::copy(&p.log, &dest) {
+                    Ok(_) => overlay_notes.push(format!("vxmeshd log of {h}: {}", dest.display())),
+                    Err(e) => {
+                        overlay_notes.push(format!("could not copy {}: {e}", p.log.display()))
+                    }
+                }
+            }
+            results.push(r);
+        }
+        Err(e) => results.push(PathResult::failed("vxmesh", OV[1], format!("{e:#}"))),
+    }
+    Ok(results)
+}
+
+/// The value of a metric per path, in [`PATHS`] order.
+fn row(m: &Metric, results: &[PathResult]) -> Vec<Option<f64>> {
+    PATHS
+        .iter()
+        .map(|name| results.iter().find(|r| r.name == *name).and_then(m.get))
+        .collect()
+}
+
+/// vxmesh/kernel and vxmesh/kernel-nooffload of a row.
+fn ratios(m: &Metric, v: &[Option<f64>]) -> [Option<f64>; 2] {
+    if !m.ratio {
+        return [None, None];
+    }
+    [ratio(v[3], v[1]), ratio(v[3], v[2])]
+}
+
+/// The text report: header, table, notes.
+fn table(s: &Settings, machine: &Machine, results: &[PathResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "vxmesh-bench overlay: h1 -> h2, iperf3 {} s per run, {} rep(s) (median shown), \
+         {} pings at 1 ms per rep, UDP offered at {}",
+        s.secs, s.reps, s.pings, s.udp_rate
+    );
+    let _ = writeln!(
+        out,
+        "machine: nproc {}, kernel {} ({}), {}, load avg {} at start, {} at end{}",
+        machine.nproc,
+        machine.kernel,
+        machine.cpu_model,
+        machine.iperf3,
+        machine.loadavg_start,
+        machine.loadavg_end,
+        machine
+            .git
+            .as_ref()
+            .map_or(String::new(), |g| format!(", build {g}")),
+    );
+    let _ = writeln!(out);
+    let mut headers: Vec<String> = vec!["".into()];
+    headers.extend(PATHS.iter().map(|p| p.to_string()));
+    headers.push("vxmesh/kernel".into());
+    headers.push("vxmesh/kernel-nooffload".into());
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for m in &METRICS {
+        let v = row(m, results);
+        let fmt = |x: Option<f64>, d: usize| x.map_or("-".to_string(), |x| format!("{x:.d$}"));
+        let mut cells = vec![m.label.to_string()];
+        cells.extend(v.iter().map(|x| fmt(*x, m.decimals)));
+        cells.extend(ratios(m, &v).iter().map(|x| fmt(*x, 3)));
+        rows.push(cells);
+    }
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w[i] - c.chars().count();
+            if i == 0 {
+                l += c;
+                l += &" ".repeat(pad);
+            } else {
+                l += "  ";
+                l += &" ".repeat(pad);
+                l += c;
+            }
+        }
+        l
+    };
+    let _ = writeln!(out, "{}", line(&headers));
+    let _ = writeln!(
+        out,
+        "{}",
+        "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1))
+    );
+    for r in &rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Ratios divide the vxmesh figure by the kernel's (Gbit/s and kpps: higher is better for \
+         vxmesh; RTT and CPU: lower is better).\nMachine CPU is every core's busy time while the \
+         TCP client ran (iperf3, kernel, daemons and anything else running), per Gbit received."
+    );
+    let failures: Vec<String> = results.iter().flat_map(PathResult::failures).collect();
+    if !failures.is_empty() {
+        let _ = writeln!(out, "\nFAILURES ({}):", failures.len());
+        for f in failures {
+            let _ = writeln!(out, "  {}", f.lines().next().unwrap_or(""));
+        }
+    }
+    out
+}
+
+/// The summary (medians and ratios) as JSON.
+fn summary(results: &[PathResult]) -> Value {
+    let mut map = serde_json::Map::new();
+    for m in &METRICS {
+        let v = row(m, results);
+        let mut e = serde_json::Map::new();
+        for (p, x) in PATHS.iter().zip(&v) {
+            e.insert((*p).into(), json!(x));
+        }
+        let [k, kn] = ratios(m, &v);
+        e.insert("vxmesh/kernel".into(), json!(k));
+        e.insert("vxmesh/kernel-nooffload".into(), json!(kn));
+        map.insert(m.key.into(), Value::Object(e));
+    }
+    Value::Object(map)
+}
+
+/// The chart's panels: TCP Gbit/s and UDP received kpps per path.
+fn panels(results: &[PathResult]) -> Vec<Panel> {
+    let by_key = |k: &str| {
+        METRICS
+            .iter()
+            .find(|m| m.key == k)
+            .map(|m| row(m, results))
+            .unwrap_or_default()
+    };
+    let panel = |title: &str, series: [(&str, &str); 2]| {
+        let rows: Vec<Vec<Option<f64>>> = series.iter().map(|(_, k)| by_key(k)).collect();
+        Panel {
+            title: title.into(),
+            series: series.iter().map(|(n, _)| n.to_string()).collect(),
+            groups: PATHS
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.to_string(), rows.iter().map(|r| r[i]).collect()))
+                .collect(),
+        }
+    };
+    vec![
+        panel(
+            "TCP throughput h1 -> h2, Gbit/s",
+            [("1 stream", "tcp1_gbit_per_s"), ("-P 2", "tcp2_gbit_per_s")],
+        ),
+        panel(
+            "UDP received h1 -> h2, kpps",
+            [("64 B", "udp64_rx_kpps"), ("1400 B", "udp1400_rx_kpps")],
+        ),
+    ]
+}
+
+/// A text legend for a chart drawn without fonts.
+fn legend(panels: &[Panel]) -> String {
+    let mut s = String::from(
+        "overlay.png was drawn without text (no TrueType font found; set VXMESH_BENCH_FONT).\n",
+    );
+    for (i, p) in panels.iter().enumerate() {
+        let side = if i == 0 { "left" } else { "right" };
+        let _ = writeln!(s, "{side} panel: {}", p.title);
+        let _ = writeln!(
+            s,
+            "  groups left to right: {}",
+            p.groups
+                .iter()
+                .map(|(g, _)| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (j, name) in p.series.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  {} bars: {name}",
+                chart::COLOR_NAMES[j % chart::COLOR_NAMES.len()]
+            );
+        }
+    }
+    s
+}
+
+/// `vxmesh-bench overlay`.
+pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
+    if !require_root() {
+        bail!("the benchmark builds network namespaces: run it as root");
+    }
+    let s = Settings::from_args(&args);
+    // Panics with a clear message when missing, before any namespace exists.
+    let vxmeshd = workspace_bin("vxmeshd");
+    let clk_tck = crate::cpu::clock_ticks()?;
+    std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
+    let mut machine = Machine::probe();
+    let started = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!(
+        "vxmesh-bench overlay: {} s runs, {} rep(s), {} pings; about {} min; vxmeshd {}",
+        s.secs,
+        s.reps,
+        s.pings,
+        s.estimate().as_secs().div_ceil(60),
+        vxmeshd.display()
+    );
+    let t0 = Instant::now();
+    let mut notes = Vec::new();
+    let results = measure_all(&s, clk_tck, &vxmeshd, &mut notes)?;
+    machine.loadavg_end = loadavg();
+    let elapsed = t0.elapsed();
+
+    let text = table(&s, &machine, &results);
+    println!("{text}");
+    let txt = s.out.join("overlay.txt");
+    std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;
+
+    let panels = panels(&results);
+    let png = s.out.join("overlay.png");
+    let font = chart::load_font();
+    chart::draw(&png, &panels, (1300, 560), font.is_some())?;
+    if font.is_none() {
+        let lp = s.out.join("overlay-legend.txt");
+        std::fs::write(&lp, legend(&panels))
+            .with_context(|| format!("writing {}", lp.display()))?;
+        notes.push(format!(
+            "no font found: chart without text, legend in {}",
+            lp.display()
+        ));
+    }
+
+    let report = json!({
+        "bench": "overlay",
+        "started_unix": started,
+        "elapsed_s": elapsed.as_secs_f64(),
+        "machine": machine,
+        "settings": s,
+        "clk_tck": clk_tck,
+        "summary": summary(&results),
+        "paths": results,
+        "notes": notes,
+    });
+    let jp = s.out.join("overlay.json");
+    let body = serde_json::to_string_pretty(&report).context("serialising the report")?;
+    std::fs::write(&jp, body).with_context(|| format!("writing {}", jp.display()))?;
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    eprintln!(
+        "wrote {}, {} and {} in {:.0} s",
+        txt.display(),
+        jp.display(),
+        png.display(),
+        elapsed.as_secs_f64()
+    );
+    let broken: Vec<&str> = results
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.name)
+        .collect();
+    if !broken.is_empty() {
+        bail!("paths not measured: {}", broken.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(quick: bool) -> OverlayArgs {
+        OverlayArgs {
+            secs: None,
+            reps: None,
+            pings: None,
+            udp_rate: "2G".into(),
+            out: "x".into(),
+            quick,
+        }
+    }
+
+    #[test]
+    fn quick_and_explicit_settings() {
+        let s = Settings::from_args(&args(false));
+        assert_eq!((s.secs, s.reps, s.pings), (10, 3, 1000));
+        let s = Settings::from_args(&args(true));
+        assert_eq!((s.secs, s.reps, s.pings), (2, 1, 200));
+        let a = OverlayArgs {
+            secs: Some(5),
+            ..args(true)
+        };
+        assert_eq!(Settings::from_args(&a).secs, 5);
+    }
+
+    #[test]
+    fn cluster_file_has_two_nodes_on_the_bench_addresses() {
+        let count = |h: &str| CLUSTER.lines().filter(|l| l.trim() == h).count();
+        assert_eq!(count("[[nodes]]"), 2);
+        assert_eq!(count("[[endpoints]]"), 2);
+        assert!(CLUSTER.contains("198.18.0.1") && CLUSTER.contains("198.18.0.2"));
+        assert!(CLUSTER.contains("vni = 4096") && CLUSTER.contains("10.0.9.0/24"));
+        assert!(!CLUSTER.contains("name = \"h3\""));
+    }
+
+    fn outcome(gbit: f64, pps: Option<f64>) -> Outcome {
+        Outcome {
+            figures: iperf::Figures {
+                bytes: (gbit * 1e9 / 8.0 * 10.0) as u64,
+                seconds: 10.0,
+                gbit_per_s: gbit,
+                packets: pps.map(|p| (p * 10.0) as u64),
+                lost_packets: pps.map(|_| 0),
+                lost_percent: pps.map(|_| 0.0),
+                rx_pps: pps,
+            },
+            wall_s: 10.0,
+            host_cpu_s: 10.0,
+            watched_cpu_s: None,
+            iperf3_end: Value::Null,
+        }
+    }
+
+    fn path(name: &'static str, gbit: [f64; 3]) -> PathResult {
+        let mut p = PathResult::new(name, OV[1]);
+        p.tests.push(TestResult {
+            key: "tcp1",
+            mode: Mode::Tcp { parallel: 1 },
+            secs: 10,
+            reps: gbit
+                .iter()
+                .enumerate()
+                .map(|(i, g)| Rep {
+                    rep: i as u32 + 1,
+                    error: None,
+                    outcome: Some(outcome(*g, None)),
+                })
+                .chain(std::iter::once(Rep {
+                    rep: 4,
+                    error: Some("timeout".into()),
+                    outcome: None,
+                }))
+                .collect(),
+        });
+        p
+    }
+
+    #[test]
+    fn medians_ratios_and_table() {
+        let results = vec![
+            path("underlay", [20.0, 22.0, 21.0]),
+            path("kernel", [16.0, 17.0, 18.0]),
+            path("kernel-nooffload", [3.0, 3.2, 3.4]),
+            path("vxmesh", [0.8, 0.9, 0.85]),
+        ];
+        let sum = summary(&results);
+        let t = &sum["tcp1_gbit_per_s"];
+        assert_eq!(t["kernel"], json!(17.0));
+        assert!((t["vxmesh/kernel"].as_f64().unwrap() - 0.85 / 17.0).abs() < 1e-12);
+        assert!((t["vxmesh/kernel-nooffload"].as_f64().unwrap() - 0.85 / 3.2).abs() < 1e-12);
+        assert_eq!(sum["udp64_loss_percent"]["vxmesh/kernel"], Value::Null);
+        let machine = Machine::probe();
+        let text = table(&Settings::from_args(&args(true)), &machine, &results);
+        assert!(text.contains("TCP 1 stream, Gbit/s"), "{text}");
+        assert!(text.contains("0.050"), "{text}");
+        assert!(text.contains("FAILURES (4)"), "{text}");
+        let p = panels(&results);
+        assert_eq!(
+            p[0].groups[3],
+            ("vxmesh".to_string(), vec![Some(0.85), None])
+        );
+        assert!(legend(&p).contains("orange bars: -P 2"));
+        // The report serialises.
+        serde_json::to_string(&results).unwrap();
+    }
+}
