@@ -98,6 +98,12 @@ pub fn short(v: f64) -> String {
     }
 }
 
+/// An axis label: as many decimals as the grid step needs.
+pub fn tick(v: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
+}
+
 /// Draws the panels side by side into a PNG at `path`, `width` × `height`
 /// pixels; text only when `text` (a font was loaded with [`load_font`]).
 pub fn draw(path: &Path, panels: &[Panel], size: (u32, u32), text: bool) -> anyhow::Result<()> {
@@ -157,7 +163,7 @@ fn draw_panel(
         let y = y_of(k);
         area.draw(&PathElement::new(vec![(x0, y), (x1, y)], grid))
             .map_err(perr)?;
-        label(&short(k), (x0 - 6, y), 13, HPos::Right, VPos::Center)?;
+        label(&tick(k, step), (x0 - 6, y), 13, HPos::Right, VPos::Center)?;
         k += step;
     }
     area.draw(&PathElement::new(vec![(x0, y0), (x0, y1), (x1, y1)], BLACK))
@@ -203,6 +209,14 @@ mod tests {
         assert_eq!(nice_step(190.0), 50.0);
         assert_eq!(nice_step(0.0), 1.0);
         assert!(25.0 / nice_step(25.0) <= 6.0);
+    }
+
+    #[test]
+    fn ticks() {
+        assert_eq!(tick(20.0, 5.0), "20");
+        assert_eq!(tick(0.0, 50.0), "0");
+        assert_eq!(tick(0.4, 0.2), "0.4");
+        assert_eq!(tick(0.05, 0.05), "0.05");
     }
 
     #[test]

@@ -128,11 +128,25 @@ impl Settings {
 
     /// A rough duration of the whole run.
     pub fn estimate(&self) -> Duration {
-        let per_run = f64::from(self.secs) + 3.0;
-        let per_path = f64::from(self.reps)
-            * (TESTS.len() as f64 * per_run + f64::from(self.pings) * 0.0012 + 0.5);
-        Duration::from_secs_f64(PATHS.len() as f64 * (per_path + 3.0) + 5.0)
+        let per_run = f64::from(self.secs) + 1.5;
+        let per_path = TESTS.len() as f64 * per_run + f64::from(self.pings) * 0.0012 + 1.0;
+        let per_round = PATHS.len() as f64 * per_path + 3.0;
+        Duration::from_secs_f64(f64::from(self.reps) * per_round + 3.0)
     }
+}
+
+/// An iperf3 rate (`-b`: a number with an optional k, M, G or T suffix,
+/// powers of 1000) in bit/s; `None` when not understood.
+pub fn rate_bps(rate: &str) -> Option<f64> {
+    let rate = rate.trim();
+    let (num, mult) = match rate.chars().last()? {
+        'k' | 'K' => (&rate[..rate.len() - 1], 1e3),
+        'm' | 'M' => (&rate[..rate.len() - 1], 1e6),
+        'g' | 'G' => (&rate[..rate.len() - 1], 1e9),
+        't' | 'T' => (&rate[..rate.len() - 1], 1e12),
+        _ => (rate, 1.0),
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
 }
 
 /// One kind of iperf3 run.
@@ -240,10 +254,11 @@ pub struct PathResult {
     pub name: &'static str,
     /// The address h1 sent to (h2's, on that path).
     pub dst: Ipv4Addr,
-    /// Why the path could not be measured (setup or reachability).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// How the path was set up: commands' outputs worth keeping.
+    /// Rounds in which the path could not be measured (setup or
+    /// reachability), with the reason.
+    pub errors: Vec<String>,
+    /// How the path was set up (first round): commands' outputs worth
+    /// keeping.
     pub setup: serde_json::Map<String, Value>,
     /// Latency pings.
     pub ping: Vec<PingRep>,
@@ -252,22 +267,38 @@ pub struct PathResult {
 }
 
 impl PathResult {
-    fn new(name: &'static str, dst: Ipv4Addr) -> PathResult {
+    fn new(name: &'static str, dst: Ipv4Addr, udp_rate: &str, secs: u32) -> PathResult {
         PathResult {
             name,
             dst,
-            error: None,
+            errors: Vec::new(),
             setup: serde_json::Map::new(),
             ping: Vec::new(),
-            tests: Vec::new(),
+            tests: TESTS
+                .iter()
+                .map(|t| TestResult {
+                    key: t.key,
+                    mode: t.mode(udp_rate),
+                    secs,
+                    reps: Vec::new(),
+                })
+                .collect(),
         }
     }
 
-    fn failed(name: &'static str, dst: Ipv4Addr, error: String) -> PathResult {
-        PathResult {
-            error: Some(error),
-            ..PathResult::new(name, dst)
-        }
+    /// Records that the path could not be measured in `round`.
+    fn fail(&mut self, round: u32, error: String) {
+        eprintln!("[{}] round {round}: {error}", self.name);
+        self.errors.push(format!("round {round}: {error}"));
+    }
+
+    /// True when not a single run of the path succeeded.
+    fn no_data(&self) -> bool {
+        self.ping.iter().all(|p| p.error.is_some())
+            && self
+                .tests
+                .iter()
+                .all(|t| t.reps.iter().all(|r| r.outcome.is_none()))
     }
 
     /// Median over the successful repetitions of run `key` of `f`.
@@ -289,9 +320,9 @@ impl PathResult {
     /// Every failed repetition, as text.
     fn failures(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .error
+            .errors
             .iter()
-            .map(|e| format!("{}: {e}", self.name))
+            .map(|e| format!("{} {e}", self.name))
             .collect();
         for p in &self.ping {
             if let Some(e) = &p.error {
@@ -496,104 +527,82 @@ impl Ctx<'_> {
         p
     }
 
-    /// Checks that h2 answers on `dst`, then runs the pings and every iperf3
-    /// run `reps` times. `watch`: pids whose CPU is accounted (the daemons).
-    fn measure(
-        &mut self,
-        tb: &mut Testbed,
-        name: &'static str,
-        dst: Ipv4Addr,
-        watch: &[u32],
-        setup: serde_json::Map<String, Value>,
-    ) -> PathResult {
-        let mut r = PathResult::new(name, dst);
-        r.setup = setup;
+    /// One round on a path: checks that h2 answers on the path's address,
+    /// then runs the pings and each iperf3 run once, appending to `r`.
+    /// `watch`: pids whose CPU is accounted (the daemons).
+    fn measure_round(&mut self, tb: &mut Testbed, r: &mut PathResult, round: u32, watch: &[u32]) {
+        let (name, dst, s) = (r.name, r.dst, self.s);
         if let Err(e) = reachable(tb, dst) {
-            eprintln!("[{name}] not reachable: {e:#}");
-            r.error = Some(format!("{e:#}"));
-            return r;
+            r.fail(round, format!("{e:#}"));
+            return;
         }
-        let s = self.s;
-        for rep in 1..=s.reps {
-            let timeout = PING_INTERVAL * s.pings + Duration::from_secs(15);
-            let p = match icmp_ping(tb, "h1", dst, s.pings, PING_INTERVAL, timeout) {
-                Ok(p) => PingRep {
-                    rep,
-                    error: (p.received == 0).then(|| "no reply".to_string()),
-                    sent: p.sent,
-                    received: p.received,
-                    p50_us: p.p50(),
-                    p99_us: p.p99(),
-                    avg_us: p.avg(),
-                    rtt_us: p.rtt_us,
-                },
-                Err(e) => PingRep {
-                    rep,
-                    error: Some(e.to_string()),
-                    sent: 0,
-                    received: 0,
-                    p50_us: None,
-                    p99_us: None,
-                    avg_us: None,
-                    rtt_us: Vec::new(),
-                },
-            };
-            eprintln!(
-                "[{name}] ping rep {rep}/{}: {}/{} replies, p50 {} µs, p99 {} µs{}",
-                s.reps,
-                p.received,
-                p.sent,
-                p.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
-                p.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
-                p.error
-                    .as_ref()
-                    .map_or(String::new(), |e| format!(" ERROR {e}")),
+        let timeout = PING_INTERVAL * s.pings + Duration::from_secs(15);
+        let p = match icmp_ping(tb, "h1", dst, s.pings, PING_INTERVAL, timeout) {
+            Ok(p) => PingRep {
+                rep: round,
+                error: (p.received == 0).then(|| "no reply".to_string()),
+                sent: p.sent,
+                received: p.received,
+                p50_us: p.p50(),
+                p99_us: p.p99(),
+                avg_us: p.avg(),
+                rtt_us: p.rtt_us,
+            },
+            Err(e) => PingRep {
+                rep: round,
+                error: Some(e.to_string()),
+                sent: 0,
+                received: 0,
+                p50_us: None,
+                p99_us: None,
+                avg_us: None,
+                rtt_us: Vec::new(),
+            },
+        };
+        eprintln!(
+            "[{name}] ping {round}/{}: {}/{} replies, p50 {} µs, p99 {} µs{}",
+            s.reps,
+            p.received,
+            p.sent,
+            p.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
+            p.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
+            p.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ERROR {e}")),
+        );
+        r.ping.push(p);
+        for (spec, t) in TESTS.iter().zip(r.tests.iter_mut()) {
+            std::thread::sleep(SETTLE);
+            let port = self.next_port();
+            let res = iperf::run(
+                tb,
+                "h2",
+                "h1",
+                dst,
+                port,
+                s.secs,
+                &t.mode,
+                watch,
+                self.clk_tck,
             );
-            r.ping.push(p);
-        }
-        for spec in &TESTS {
-            let mode = spec.mode(&s.udp_rate);
-            let mut t = TestResult {
-                key: spec.key,
-                mode: mode.clone(),
-                secs: s.secs,
-                reps: Vec::new(),
+            let line = match &res {
+                Ok(o) => describe(o),
+                Err(e) => format!("ERROR {e:#}"),
             };
-            for rep in 1..=s.reps {
-                std::thread::sleep(SETTLE);
-                let port = self.next_port();
-                let res = iperf::run(
-                    tb,
-                    "h2",
-                    "h1",
-                    dst,
-                    port,
-                    s.secs,
-                    &mode,
-                    watch,
-                    self.clk_tck,
-                );
-                let line = match &res {
-                    Ok(o) => describe(o),
-                    Err(e) => format!("ERROR {e:#}"),
-                };
-                eprintln!("[{name}] {} rep {rep}/{}: {line}", spec.label, s.reps);
-                t.reps.push(match res {
-                    Ok(o) => Rep {
-                        rep,
-                        error: None,
-                        outcome: Some(o),
-                    },
-                    Err(e) => Rep {
-                        rep,
-                        error: Some(format!("{e:#}")),
-                        outcome: None,
-                    },
-                });
-            }
-            r.tests.push(t);
+            eprintln!("[{name}] {} {round}/{}: {line}", spec.label, s.reps);
+            t.reps.push(match res {
+                Ok(o) => Rep {
+                    rep: round,
+                    error: None,
+                    outcome: Some(o),
+                },
+                Err(e) => Rep {
+                    rep: round,
+                    error: Some(format!("{e:#}")),
+                    outcome: None,
+                },
+            });
         }
-        r
     }
 }
 
@@ -771,13 +780,29 @@ fn daemon_status(tb: &Testbed, cli: &Path, h: &str, sock: &Path) -> Value {
     }
 }
 
-/// Builds the testbed and measures every path. The testbed (namespaces,
-/// processes) is gone when this returns, whatever happened.
+/// Appends a daemon's log to `dest`, under a header naming the round.
+fn append_log(src: &Path, dest: &Path, round: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let text = std::fs::read(src)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dest)?;
+    writeln!(f, "===== round {round} =====")?;
+    f.write_all(&text)
+}
+
+/// Builds the testbed and measures every path, in rounds: each round
+/// measures the underlay, sets up the kernel's vxlan and measures it with
+/// and without offloads, deletes it, starts vxmeshd, measures it and stops
+/// it. Interleaving spreads a passing load on the machine over every path
+/// instead of one. The testbed (namespaces, processes) is gone when this
+/// returns, whatever happened.
 fn measure_all(
     s: &Settings,
     clk_tck: f64,
     vxmeshd: &Path,
-    overlay_notes: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<PathResult>> {
     let mut tb = Testbed::new("bench")?;
     eprintln!("testbed {} (temp dir {})", tb.suffix(), tb.dir().display());
@@ -789,74 +814,103 @@ fn measure_all(
         clk_tck,
         port: 5201,
     };
-    let mut results = Vec::new();
+    let new = |name, dst| PathResult::new(name, dst, &s.udp_rate, s.secs);
+    let mut underlay = new("underlay", UL[1]);
+    let mut kernel = new("kernel", OV[1]);
+    let mut nooffload = new("kernel-nooffload", OV[1]);
+    let mut vxmesh = new("vxmesh", OV[1]);
+    let cli = vxmeshd.with_file_name("vxmesh");
+    for h in ["h1", "h2"] {
+        // Fresh logs for this run; each round's are appended.
+        let _ = std::fs::remove_file(s.out.join(format!("vxmeshd-{h}.log")));
+    }
 
-    results.push(ctx.measure(&mut tb, "underlay", UL[1], &[], serde_json::Map::new()));
+    for round in 1..=s.reps {
+        eprintln!("--- round {round}/{} ---", s.reps);
+        ctx.measure_round(&mut tb, &mut underlay, round, &[]);
 
-    match kernel_up(&tb) {
-        Ok(setup) => {
-            results.push(ctx.measure(&mut tb, "kernel", OV[1], &[], setup));
-            match kernel_offloads_off(&tb) {
-                Ok(setup) => {
-                    results.push(ctx.measure(&mut tb, "kernel-nooffload", OV[1], &[], setup))
+        match kernel_up(&tb) {
+            Ok(setup) => {
+                if round == 1 {
+                    kernel.setup = setup;
                 }
-                Err(e) => results.push(PathResult::failed(
-                    "kernel-nooffload",
-                    OV[1],
-                    format!("{e:#}"),
-                )),
+                ctx.measure_round(&mut tb, &mut kernel, round, &[]);
+                match kernel_offloads_off(&tb) {
+                    Ok(setup) => {
+                        if round == 1 {
+                            nooffload.setup = setup;
+                        }
+                        ctx.measure_round(&mut tb, &mut nooffload, round, &[]);
+                    }
+                    Err(e) => nooffload.fail(round, format!("{e:#}")),
+                }
+            }
+            Err(e) => {
+                kernel.fail(round, format!("{e:#}"));
+                nooffload.fail(round, format!("{e:#}"));
             }
         }
-        Err(e) => {
-            for name in ["kernel", "kernel-nooffload"] {
-                results.push(PathResult::failed(name, OV[1], format!("{e:#}")));
-            }
+        // vxmeshd binds port 4789 too: the kernel devices must be gone.
+        if let Err(e) = kernel_down(&tb) {
+            vxmesh.fail(
+                round,
+                format!("not started, the kernel's vxk0 could not be deleted: {e:#}"),
+            );
+            break;
         }
-    }
-    // vxmeshd binds port 4789 too: the kernel devices must be gone.
-    if let Err(e) = kernel_down(&tb) {
-        results.push(PathResult::failed(
-            "vxmesh",
-            OV[1],
-            format!("not started, the kernel's vxk0 could not be deleted: {e:#}"),
-        ));
-        return Ok(results);
-    }
 
-    match vxmesh_up(&mut tb, vxmeshd) {
-        Ok(daemons) => {
-            let pids: Vec<u32> = daemons.iter().map(|(_, p, _)| p.pid).collect();
-            let mut setup = serde_json::Map::new();
-            setup.insert("cluster".into(), CLUSTER.into());
+        let daemons = match vxmesh_up(&mut tb, vxmeshd) {
+            Ok(d) => d,
+            Err(e) => {
+                vxmesh.fail(round, format!("{e:#}"));
+                continue;
+            }
+        };
+        let pids: Vec<u32> = daemons.iter().map(|(_, p, _)| p.pid).collect();
+        if round == 1 {
+            vxmesh.setup.insert("cluster".into(), CLUSTER.into());
             if let Ok(a) = run(&tb, "h1", &["ip", "-d", "addr", "show"]) {
-                setup.insert("h1: ip -d addr show".into(), a.into());
+                vxmesh.setup.insert("h1: ip -d addr show".into(), a.into());
             }
             if let Ok(o) = offloads(&tb, "h1", "vxm-front") {
-                setup.insert("h1: offloads of vxm-front".into(), o.into());
+                vxmesh
+                    .setup
+                    .insert("h1: offloads of vxm-front".into(), o.into());
             }
-            let mut r = ctx.measure(&mut tb, "vxmesh", OV[1], &pids, setup);
-            let cli = vxmeshd.with_file_name("vxmesh");
-            for (h, p, sock) in &daemons {
-                r.setup.insert(
-                    format!("{h}: vxmesh status after the runs"),
-                    daemon_status(&tb, &cli, h, sock),
-                );
-                if let Some(status) = p.exit_status() {
-                    overlay_notes.push(format!("vxmeshd in {h} exited during the runs: {status}"));
-                }
-                let dest = s.out.join(format!("vxmeshd-{h}.log"));
-                match std::fs::copy(&p.log, &dest) {
-                    Ok(_) => overlay_notes.push(format!("vxmeshd log of {h}: {}", dest.display())),
-                    Err(e) => {
-                        overlay_notes.push(format!("could not copy {}: {e}", p.log.display()))
-                    }
-                }
-            }
-            results.push(r);
         }
-        Err(e) => results.push(PathResult::failed("vxmesh", OV[1], format!("{e:#}"))),
+        ctx.measure_round(&mut tb, &mut vxmesh, round, &pids);
+        let mut stopped = true;
+        for (h, p, sock) in &daemons {
+            vxmesh.setup.insert(
+                format!("{h}: vxmesh status after round {round}"),
+                daemon_status(&tb, &cli, h, sock),
+            );
+            if let Some(status) = p.exit_status() {
+                notes.push(format!(
+                    "round {round}: vxmeshd in {h} exited during the runs: {status}"
+                ));
+            }
+            // Stopped now so that the next round's kernel vxlan gets the port.
+            stopped &= tb.stop(p);
+            let dest = s.out.join(format!("vxmeshd-{h}.log"));
+            if let Err(e) = append_log(&p.log, &dest, round) {
+                notes.push(format!("could not copy {}: {e}", p.log.display()));
+            }
+        }
+        if !stopped {
+            notes.push(format!(
+                "round {round}: a vxmeshd could not be stopped; no further rounds"
+            ));
+            break;
+        }
     }
-    Ok(results)
+    for h in ["h1", "h2"] {
+        let dest = s.out.join(format!("vxmeshd-{h}.log"));
+        if dest.exists() {
+            notes.push(format!("vxmeshd log of {h}: {}", dest.display()));
+        }
+    }
+    Ok(vec![underlay, kernel, nooffload, vxmesh])
 }
 
 /// The value of a metric per path, in [`PATHS`] order.
@@ -883,6 +937,23 @@ fn table(s: &Settings, machine: &Machine, results: &[PathResult]) -> String {
         "vxmesh-bench overlay: h1 -> h2, iperf3 {} s per run, {} rep(s) (median shown), \
          {} pings at 1 ms per rep, UDP offered at {}",
         s.secs, s.reps, s.pings, s.udp_rate
+    );
+    if let Some(bps) = rate_bps(&s.udp_rate).filter(|b| *b > 0.0) {
+        let offered: Vec<String> = TESTS
+            .iter()
+            .filter_map(|t| t.udp_len)
+            .map(|len| format!("{:.0} kpps at {len} B", bps / (f64::from(len) * 8.0) / 1e3))
+            .collect();
+        let _ = writeln!(
+            out,
+            "UDP offered: {} (a path that receives about that with little loss is not saturated)",
+            offered.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "order: {} round(s), each measuring underlay, kernel, kernel-nooffload, vxmesh in turn",
+        s.reps
     );
     let _ = writeln!(
         out,
@@ -1110,11 +1181,11 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
     );
     let broken: Vec<&str> = results
         .iter()
-        .filter(|r| r.error.is_some())
+        .filter(|r| r.no_data())
         .map(|r| r.name)
         .collect();
     if !broken.is_empty() {
-        bail!("paths not measured: {}", broken.join(", "));
+        bail!("no figure at all for: {}", broken.join(", "));
     }
     Ok(())
 }
@@ -1132,6 +1203,14 @@ mod tests {
             out: "x".into(),
             quick,
         }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(rate_bps("2G"), Some(2e9));
+        assert_eq!(rate_bps("500m"), Some(5e8));
+        assert_eq!(rate_bps("1000"), Some(1000.0));
+        assert_eq!(rate_bps("fast"), None);
     }
 
     #[test]
@@ -1176,8 +1255,8 @@ mod tests {
     }
 
     fn path(name: &'static str, gbit: [f64; 3]) -> PathResult {
-        let mut p = PathResult::new(name, OV[1]);
-        p.tests.push(TestResult {
+        let mut p = PathResult::new(name, OV[1], "2G", 10);
+        p.tests[0] = TestResult {
             key: "tcp1",
             mode: Mode::Tcp { parallel: 1 },
             secs: 10,
@@ -1195,7 +1274,7 @@ mod tests {
                     outcome: None,
                 }))
                 .collect(),
-        });
+        };
         p
     }
 

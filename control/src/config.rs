@@ -14,6 +14,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use vxmesh_dataplane::wire::MacAddr;
 
+use std::time::Duration;
+
+use vxmesh_dataplane::mesh::balance::Algorithm;
+use vxmesh_dataplane::mesh::spec::{HealthKind, HealthSpec, Mode, PortSpec, Protocol, ServiceSpec};
+
 use crate::model::{Cluster, Endpoint, Network, Node, Settings};
 
 /// One problem in a config file.
@@ -72,6 +77,51 @@ struct RawFile {
     networks: Vec<Spanned<RawNetwork>>,
     #[serde(default)]
     endpoints: Vec<Spanned<RawEndpoint>>,
+    #[serde(default)]
+    services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    network: Spanned<String>,
+    #[serde(default)]
+    tasks: Vec<Spanned<Ipv4Addr>>,
+    #[serde(default)]
+    ports: Vec<Spanned<RawPort>>,
+    balance: Option<Spanned<String>>,
+    health: Option<Spanned<RawHealth>>,
+    mode: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<String>>,
+    drain_ms: Option<u64>,
+    slow_start_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    udp_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    published: Spanned<u16>,
+    target: Spanned<u16>,
+    protocol: Option<Spanned<String>>,
+    listen: Option<Spanned<std::net::IpAddr>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Option<Spanned<String>>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    path: Option<String>,
+    status: Option<u16>,
+    port: Option<u16>,
+    passive_failures: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -378,12 +428,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             name: e.name.clone(),
         });
     }
+    let services = services(&raw.services, &networks, &endpoints, &mut err);
     if errs.is_empty() {
         Ok(Cluster {
             settings,
             nodes,
             networks,
             endpoints,
+            services,
         })
     } else {
         Err(ConfigErrors(errs))
@@ -395,4 +447,181 @@ fn valid_name(s: &str, max: usize) -> bool {
         && s.len() <= max
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Validates `[[services]]`; errors go through `err`.
+fn services(
+    raw: &[Spanned<RawService>],
+    networks: &[Network],
+    endpoints: &[Endpoint],
+    err: &mut impl FnMut(Range<usize>, String),
+) -> Vec<ServiceSpec> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut published: HashMap<(Protocol, u16), String> = HashMap::new();
+    for s in raw {
+        let s = s.get_ref();
+        let name = s.name.get_ref();
+        if !valid_name(name, 63) {
+            err(
+                s.name.span(),
+                format!("service name `{name}` must be 1-63 of [a-zA-Z0-9_.-]"),
+            );
+        }
+        if !names.insert(name.clone()) {
+            err(s.name.span(), format!("service `{name}` is defined twice"));
+        }
+        let net = s.network.get_ref();
+        if !networks.iter().any(|n| &n.name == net) {
+            err(
+                s.network.span(),
+                format!("network `{net}` is not defined in [[networks]]"),
+            );
+        }
+        let mut tasks = Vec::new();
+        for t in &s.tasks {
+            let ip = *t.get_ref();
+            if !endpoints.iter().any(|e| &e.network == net && e.ip == ip) {
+                err(t.span(), format!("task {ip} is not an endpoint of network `{net}` (add it to [[endpoints]] with the node that runs it)"));
+            }
+            if tasks.contains(&ip) {
+                err(t.span(), format!("task {ip} is listed twice"));
+            }
+            tasks.push(ip);
+        }
+        let mut ports = Vec::new();
+        for p in &s.ports {
+            let p = p.get_ref();
+            let protocol = match p.protocol.as_ref().map(|x| x.get_ref().as_str()) {
+                None | Some("tcp") => Protocol::Tcp,
+                Some("udp") => Protocol::Udp,
+                Some(other) => {
+                    let span = p
+                        .protocol
+                        .as_ref()
+                        .map(|x| x.span())
+                        .unwrap_or(p.published.span());
+                    err(
+                        span,
+                        format!("protocol `{other}` must be \"tcp\" or \"udp\""),
+                    );
+                    Protocol::Tcp
+                }
+            };
+            let (pub_port, target) = (*p.published.get_ref(), *p.target.get_ref());
+            if pub_port == 0 || target == 0 {
+                err(p.published.span(), "ports must be 1-65535".to_string());
+            }
+            if let Some(other) = published.insert((protocol, pub_port), name.clone()) {
+                err(
+                    p.published.span(),
+                    format!(
+                        "{}/{pub_port} is already published by service `{other}`",
+                        protocol.as_str()
+                    ),
+                );
+            }
+            ports.push(PortSpec {
+                protocol,
+                published: pub_port,
+                target,
+                listen: p.listen.as_ref().map(|l| *l.get_ref()),
+            });
+        }
+        let balance = match s.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+            None | Some(("maglev", _)) => Algorithm::Maglev,
+            Some(("round-robin", _)) => Algorithm::RoundRobin,
+            Some(("least-conn", _)) => Algorithm::LeastConn,
+            Some((other, span)) => {
+                err(
+                    span,
+                    format!(
+                        "balance `{other}` must be \"maglev\", \"round-robin\" or \"least-conn\""
+                    ),
+                );
+                Algorithm::Maglev
+            }
+        };
+        let mode = match s.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("ingress", _)) => Mode::Ingress,
+            Some(("host", _)) => Mode::Host,
+            Some((other, span)) => {
+                err(
+                    span,
+                    format!("mode `{other}` must be \"ingress\" or \"host\""),
+                );
+                Mode::Ingress
+            }
+        };
+        let proxy_protocol = match s
+            .proxy_protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None => false,
+            Some(("v2", _)) => true,
+            Some((other, span)) => {
+                err(span, format!("proxy_protocol `{other}` must be \"v2\""));
+                false
+            }
+        };
+        let mut health = HealthSpec::default();
+        if let Some(h) = &s.health {
+            let span = h.span();
+            let h = h.get_ref();
+            health.kind = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
+                None | Some("tcp") => HealthKind::Tcp,
+                Some("http") => HealthKind::Http {
+                    path: h.path.clone().unwrap_or_else(|| "/".into()),
+                    status: h.status.unwrap_or(200),
+                },
+                Some(other) => {
+                    err(
+                        span.clone(),
+                        format!("health kind `{other}` must be \"tcp\" or \"http\""),
+                    );
+                    HealthKind::Tcp
+                }
+            };
+            if let Some(v) = h.interval_ms {
+                health.interval = Duration::from_millis(v.max(10));
+            }
+            if let Some(v) = h.timeout_ms {
+                health.timeout = Duration::from_millis(v.max(1));
+            }
+            if health.timeout > health.interval {
+                err(
+                    span.clone(),
+                    "health timeout_ms must not exceed interval_ms".to_string(),
+                );
+            }
+            health.rise = h.rise.unwrap_or(health.rise);
+            health.fall = h.fall.unwrap_or(health.fall);
+            if health.rise == 0 || health.fall == 0 {
+                err(
+                    span.clone(),
+                    "health rise and fall must be at least 1".to_string(),
+                );
+            }
+            health.port = h.port;
+            health.passive_failures = h.passive_failures.unwrap_or(health.passive_failures);
+        }
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        out.push(ServiceSpec {
+            name: name.clone(),
+            network: net.clone(),
+            tasks,
+            ports,
+            balance,
+            health,
+            mode,
+            proxy_protocol,
+            drain: ms(s.drain_ms, ServiceSpec::DEFAULT_DRAIN),
+            slow_start: ms(s.slow_start_ms, Duration::ZERO),
+            idle_timeout: ms(s.idle_timeout_ms, ServiceSpec::DEFAULT_IDLE),
+            udp_timeout: ms(s.udp_timeout_ms, ServiceSpec::DEFAULT_UDP_TIMEOUT),
+            connect_timeout: ms(s.connect_timeout_ms, ServiceSpec::DEFAULT_CONNECT_TIMEOUT),
+        });
+    }
+    out
 }

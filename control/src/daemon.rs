@@ -1,5 +1,5 @@
 //! The daemon: start-up, systemd notification and watchdog, SIGHUP reload,
-//! SIGTERM/SIGINT stop.
+//! SIGTERM drain and stop, SIGINT fast stop.
 //!
 //! Start-up order: read and validate the config (a bad file stops here with
 //! file:line:reason), bind the underlay socket, create every TAP, start the
@@ -20,7 +20,8 @@ use vxmesh_dataplane::overlay::Core;
 use crate::api;
 use crate::config;
 use crate::model::Cluster;
-use crate::reconcile::{Change, Reconciler};
+use crate::reconcile::{mesh_desired, Reconciler};
+use vxmesh_dataplane::mesh::runtime::Mesh;
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ pub struct State {
 pub struct Inner {
     pub cluster: Cluster,
     pub dataplane: Dataplane,
+    pub mesh: Mesh,
     pub reconciler: Reconciler,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
@@ -72,7 +74,7 @@ fn summary(st: &State) -> String {
 impl State {
     /// Re-reads the config file and applies it as a diff. On any error the
     /// running config stays in place and the error is counted and returned.
-    pub fn reload(&self) -> Result<Vec<Change>, String> {
+    pub fn reload(&self) -> Result<Vec<String>, String> {
         let mut inner = self.inner.lock().expect("state lock poisoned");
         let result = (|| {
             let next = config::load(&self.config_path).map_err(|e| e.to_string())?;
@@ -95,11 +97,18 @@ impl State {
             }
             let (tables, taps, changes) =
                 inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
+            // Bind new listeners first: if one fails, nothing changes.
+            let mesh_changes = inner
+                .mesh
+                .apply(mesh_desired(&next, &self.node))
+                .map_err(|e| e.to_string())?;
             inner
                 .dataplane
                 .apply(tables, taps)
                 .map_err(|e| format!("starting workers: {e}"))?;
             inner.cluster = next;
+            let mut changes: Vec<String> = changes.iter().map(|c| format!("{c:?}")).collect();
+            changes.extend(mesh_changes);
             Ok(changes)
         })();
         match &result {
@@ -129,6 +138,10 @@ pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
         info!(change = ?c, "applied");
     }
     let dataplane = Dataplane::start(underlay, Core, tables, taps).context("starting workers")?;
+    let mut mesh = Mesh::new(tokio::runtime::Handle::current());
+    for c in mesh.apply(mesh_desired(&cluster, &opts.node))? {
+        info!(change = %c, "applied");
+    }
     Ok(Arc::new(State {
         node: opts.node.clone(),
         config_path: opts.config.clone(),
@@ -136,6 +149,7 @@ pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
         inner: Mutex::new(Inner {
             cluster,
             dataplane,
+            mesh,
             reconciler,
             reloads_ok: 0,
             reloads_failed: 0,
@@ -198,6 +212,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec);
     let wd_every = Duration::from_micros(wd_usec.max(2_000_000) / 2);
     let mut wd_tick = tokio::time::interval(wd_every);
+    let mut fast = false;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -210,7 +225,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = int.recv() => { info!("SIGINT: fast stop"); fast = true; break; }
             _ = wd_tick.tick(), if watchdog => {
                 let healthy = state.inner.lock().expect("state lock poisoned").dataplane.healthy(wd_every);
                 if healthy {
@@ -222,6 +237,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    // Drain the mesh: no new connections, open ones get up to the longest
+    // drain time of any service, then are cut.
+    let mut mesh = {
+        let mut inner = state.inner.lock().expect("state lock poisoned");
+        std::mem::replace(
+            &mut inner.mesh,
+            Mesh::new(tokio::runtime::Handle::current()),
+        )
+    };
+    let deadline = Instant::now()
+        + if fast {
+            Duration::ZERO
+        } else {
+            mesh.max_drain()
+        };
+    let cut = mesh.drain(deadline).await;
+    info!(cut, "mesh drained");
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = s.await;

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
+use vxmesh_dataplane::mesh::spec::ServiceSpec;
 use vxmesh_dataplane::wire::MacAddr;
 
 /// Cluster-wide settings (`[settings]` in the file).
@@ -81,6 +82,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub networks: Vec<Network>,
     pub endpoints: Vec<Endpoint>,
+    pub services: Vec<ServiceSpec>,
 }
 
 impl Cluster {
@@ -123,5 +125,14 @@ impl Cluster {
         self.endpoints_of(&net.name)
             .find(|e| e.node == node)
             .map(|e| e.ip)
+    }
+}
+
+impl Cluster {
+    /// The node that owns an overlay address of a network.
+    pub fn owner<'a>(&'a self, network: &'a str, ip: Ipv4Addr) -> Option<&'a str> {
+        self.endpoints_of(network)
+            .find(|e| e.ip == ip)
+            .map(|e| e.node.as_str())
     }
 }

@@ -211,3 +211,39 @@ impl Reconciler {
         self.nets.clear();
     }
 }
+
+/// What this node's mesh should do: in ingress mode a member of the
+/// service's network listens and forwards to every task; in host mode only
+/// a node with a local task listens, and only to its local tasks.
+pub fn mesh_desired(
+    cluster: &Cluster,
+    node: &str,
+) -> Vec<vxmesh_dataplane::mesh::runtime::Desired> {
+    use vxmesh_dataplane::mesh::runtime::Desired;
+    use vxmesh_dataplane::mesh::spec::Mode;
+    cluster
+        .services
+        .iter()
+        .map(|s| {
+            let member = cluster.networks_of(node).any(|n| n.name == s.network);
+            let local: Vec<Ipv4Addr> = s
+                .tasks
+                .iter()
+                .copied()
+                .filter(|t| cluster.owner(&s.network, *t) == Some(node))
+                .collect();
+            match s.mode {
+                Mode::Ingress => Desired {
+                    spec: s.clone(),
+                    tasks: s.tasks.clone(),
+                    listen: member,
+                },
+                Mode::Host => Desired {
+                    spec: s.clone(),
+                    listen: !local.is_empty(),
+                    tasks: local,
+                },
+            }
+        })
+        .collect()
+}

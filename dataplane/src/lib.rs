@@ -10,5 +10,6 @@
 //!   in `io::sys`.
 
 pub mod io;
+pub mod mesh;
 pub mod overlay;
 pub mod wire;

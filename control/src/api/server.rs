@@ -16,6 +16,7 @@ use super::{
     ApiError, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status, WorkerInfo,
 };
 use crate::daemon::State;
+use vxmesh_dataplane::mesh::service::ServiceStatus;
 
 type Shared = Arc<State>;
 
@@ -26,6 +27,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/networks", get(networks))
         .route("/v1/nodes", get(nodes))
         .route("/v1/fdb", get(fdb))
+        .route("/v1/services", get(services))
         .fallback(not_found)
         .with_state(state)
 }
@@ -34,7 +36,9 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(ApiError {
-            error: "no such resource; see /v1/status, /v1/networks, /v1/nodes, /v1/fdb".into(),
+            error:
+                "no such resource; see /v1/status, /v1/networks, /v1/nodes, /v1/fdb, /v1/services"
+                    .into(),
         }),
     )
         .into_response()
@@ -213,4 +217,8 @@ async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
         }));
     }
     Json(rows)
+}
+
+async fn services(AxState(st): AxState<Shared>) -> Json<Vec<ServiceStatus>> {
+    Json(st.inner.lock().expect("state lock poisoned").mesh.status())
 }

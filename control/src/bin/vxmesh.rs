@@ -38,6 +38,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Services of the routing mesh (`ls`, `ps NAME`, `inspect NAME`).
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
     /// The forwarding table (`show`).
     Fdb {
         #[command(subcommand)]
@@ -50,6 +55,16 @@ enum NetworkCmd {
     /// List networks.
     Ls,
     /// Show one network with its endpoints.
+    Inspect { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// List services with their ports and healthy tasks.
+    Ls,
+    /// The tasks of one service: health, connections, bytes.
+    Ps { name: String },
+    /// One service as JSON.
     Inspect { name: String },
 }
 
@@ -193,6 +208,97 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     };
                     print_json(&n);
                 }
+            }
+            Ok(())
+        }
+        Cmd::Service { cmd } => {
+            let all: Vec<serde_json::Value> =
+                client::get(sock, "/v1/services").await.map_err(err)?;
+            let find = |name: &str| {
+                all.iter()
+                    .find(|s| s["name"] == name)
+                    .cloned()
+                    .ok_or_else(|| (EXIT_NOT_FOUND, format!("no service named `{name}`")))
+            };
+            let s = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            match cmd {
+                ServiceCmd::Ls if cli.json => print_json(&all),
+                ServiceCmd::Ls => table(
+                    &["NAME", "NETWORK", "MODE", "BALANCE", "PORTS", "TASKS UP"],
+                    all.iter()
+                        .map(|v| {
+                            let tasks = v["tasks"].as_array().cloned().unwrap_or_default();
+                            let up = tasks
+                                .iter()
+                                .filter(|t| t["state"] == "up" || t["state"] == "slow_start")
+                                .count();
+                            let ports: Vec<String> = v["ports"]
+                                .as_array()
+                                .cloned()
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|p| {
+                                    format!(
+                                        "*:{}->{}/{}",
+                                        p["published"],
+                                        p["target"],
+                                        s(&p["protocol"])
+                                    )
+                                })
+                                .collect();
+                            vec![
+                                s(&v["name"]),
+                                s(&v["network"]),
+                                s(&v["mode"]),
+                                s(&v["balance"]),
+                                ports.join(","),
+                                format!("{up}/{}", tasks.len()),
+                            ]
+                        })
+                        .collect(),
+                ),
+                ServiceCmd::Ps { name } => {
+                    let v = find(&name)?;
+                    if cli.json {
+                        print_json(&v["tasks"]);
+                    } else {
+                        table(
+                            &[
+                                "TASK",
+                                "STATE",
+                                "ACTIVE",
+                                "TOTAL",
+                                "BYTES IN",
+                                "BYTES OUT",
+                                "CONNECT FAILS",
+                            ],
+                            v["tasks"]
+                                .as_array()
+                                .cloned()
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|t| {
+                                    [
+                                        "addr",
+                                        "state",
+                                        "active",
+                                        "total",
+                                        "bytes_in",
+                                        "bytes_out",
+                                        "connect_failures",
+                                    ]
+                                    .iter()
+                                    .map(|k| s(&t[*k]))
+                                    .collect()
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                ServiceCmd::Inspect { name } => print_json(&find(&name)?),
             }
             Ok(())
         }

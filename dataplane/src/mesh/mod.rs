@@ -12,3 +12,9 @@
 pub mod balance;
 pub mod health;
 pub mod maglev;
+pub mod probe;
+pub mod runtime;
+pub mod service;
+pub mod spec;
+pub mod tcp;
+pub mod udp;

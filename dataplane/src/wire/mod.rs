@@ -9,6 +9,7 @@ pub mod arp;
 pub mod csum;
 pub mod flow;
 pub mod gso;
+pub mod proxy_v2;
 pub mod vxlan;
 
 use std::fmt;

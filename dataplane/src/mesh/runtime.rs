@@ -1,0 +1,290 @@
+//! The mesh of one node: its services, their health probes and the
+//! listeners on published ports. [`Mesh::apply`] takes the whole desired
+//! state and applies it as a diff: a listener that stays is never closed
+//! (its route is swapped), a task that leaves drains, and established
+//! connections survive a reload.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use super::probe;
+use super::service::{Service, ServiceStatus, Task};
+use super::spec::{Protocol, ServiceSpec};
+use super::tcp::{self, Route};
+use super::udp;
+
+/// What this node should do for one service.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub spec: ServiceSpec,
+    /// The tasks this node forwards to (all of them in ingress mode, the
+    /// local ones in host mode).
+    pub tasks: Vec<Ipv4Addr>,
+    /// Whether this node listens on the published ports.
+    pub listen: bool,
+}
+
+struct Listener {
+    service: String,
+    route: Arc<ArcSwap<Route>>,
+    stop: watch::Sender<bool>,
+    /// The accept loop; it ends by itself once `stop` is sent.
+    _task: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("service {service}: cannot listen on {proto}/{addr}: {source}")]
+    Bind {
+        service: String,
+        proto: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The routing mesh of this node.
+pub struct Mesh {
+    handle: Handle,
+    services: HashMap<String, Arc<Service>>,
+    probes: HashMap<(String, Ipv4Addr), JoinHandle<()>>,
+    listeners: HashMap<(Protocol, SocketAddr), Listener>,
+}
+
+enum Bound {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+fn bind(proto: Protocol, addr: SocketAddr) -> io::Result<Bound> {
+    Ok(match proto {
+        Protocol::Tcp => {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Bound::Tcp(l)
+        }
+        Protocol::Udp => {
+            let s = std::net::UdpSocket::bind(addr)?;
+            s.set_nonblocking(true)?;
+            Bound::Udp(s)
+        }
+    })
+}
+
+impl Mesh {
+    pub fn new(handle: Handle) -> Mesh {
+        Mesh {
+            handle,
+            services: HashMap::new(),
+            probes: HashMap::new(),
+            listeners: HashMap::new(),
+        }
+    }
+
+    /// Applies the desired state. New listeners are all bound before
+    /// anything changes: if one fails, nothing is applied.
+    pub fn apply(&mut self, desired: Vec<Desired>) -> Result<Vec<String>, MeshError> {
+        let _rt = self.handle.enter();
+        let mut changes = Vec::new();
+        // 1. Bind what is new.
+        let mut want: HashMap<(Protocol, SocketAddr), (String, u16)> = HashMap::new();
+        for d in desired.iter().filter(|d| d.listen) {
+            for p in &d.spec.ports {
+                want.insert((p.protocol, p.bind_addr()), (d.spec.name.clone(), p.target));
+            }
+        }
+        let mut fresh = HashMap::new();
+        for (key, (svc, _)) in &want {
+            if self.listeners.contains_key(key) {
+                continue;
+            }
+            let b = bind(key.0, key.1).map_err(|source| MeshError::Bind {
+                service: svc.clone(),
+                proto: key.0.as_str(),
+                addr: key.1,
+                source,
+            })?;
+            fresh.insert(*key, b);
+        }
+        // 2. Services: update or create; tasks that leave drain.
+        let names: HashSet<&str> = desired.iter().map(|d| d.spec.name.as_str()).collect();
+        for d in &desired {
+            match self.services.get(&d.spec.name) {
+                Some(s) => {
+                    for t in s.update(d.spec.clone(), &d.tasks) {
+                        changes.push(format!("service {}: task {} draining", d.spec.name, t.addr));
+                        self.schedule_cut(t, d.spec.drain);
+                    }
+                    s.reap();
+                }
+                None => {
+                    self.services.insert(
+                        d.spec.name.clone(),
+                        Arc::new(Service::new(d.spec.clone(), &d.tasks)),
+                    );
+                    changes.push(format!("service {} added", d.spec.name));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .services
+            .keys()
+            .filter(|n| !names.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(s) = self.services.remove(&name) {
+                let drain = s.spec.load().drain;
+                for t in s.update(s.spec.load().as_ref().clone(), &[]) {
+                    self.schedule_cut(t, drain);
+                }
+                changes.push(format!("service {name} removed (draining)"));
+            }
+        }
+        self.sync_probes();
+        // 3. Listeners: keep (new route), add, stop.
+        for (key, (svc, target)) in &want {
+            let route = Arc::new(Route {
+                service: self.services[svc].clone(),
+                target: *target,
+            });
+            if let Some(l) = self.listeners.get_mut(key) {
+                l.route.store(route);
+                l.service = svc.clone();
+                continue;
+            }
+            let route = Arc::new(ArcSwap::new(route));
+            let (stop, rx) = watch::channel(false);
+            let task = match fresh.remove(key) {
+                Some(Bound::Tcp(l)) => {
+                    let l = tokio::net::TcpListener::from_std(l).expect("inside the runtime");
+                    self.handle.spawn(tcp::serve(l, route.clone(), rx))
+                }
+                Some(Bound::Udp(s)) => {
+                    let s = tokio::net::UdpSocket::from_std(s).expect("inside the runtime");
+                    self.handle.spawn(udp::serve(s, route.clone(), rx))
+                }
+                None => continue,
+            };
+            info!(service = %svc, proto = key.0.as_str(), addr = %key.1, "listening");
+            changes.push(format!(
+                "service {svc}: listening on {}/{}",
+                key.0.as_str(),
+                key.1
+            ));
+            self.listeners.insert(
+                *key,
+                Listener {
+                    service: svc.clone(),
+                    route,
+                    stop,
+                    _task: task,
+                },
+            );
+        }
+        let stale: Vec<_> = self
+            .listeners
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            if let Some(l) = self.listeners.remove(&key) {
+                let _ = l.stop.send(true);
+                changes.push(format!(
+                    "service {}: stopped listening on {}/{}",
+                    l.service,
+                    key.0.as_str(),
+                    key.1
+                ));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// One probe loop per task; loops of tasks that left are stopped.
+    fn sync_probes(&mut self) {
+        let mut live = HashSet::new();
+        for (name, s) in &self.services {
+            for t in s.tasks.lock().expect("tasks lock").iter() {
+                let key = (name.clone(), t.addr);
+                live.insert(key.clone());
+                if !self.probes.contains_key(&key) {
+                    let h = self.handle.spawn(probe::run(s.clone(), t.clone()));
+                    self.probes.insert(key, h);
+                }
+            }
+        }
+        self.probes.retain(|k, h| {
+            let keep = live.contains(k);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+    }
+
+    /// Cuts a draining task's connections when its drain time is over.
+    fn schedule_cut(&self, task: Arc<Task>, drain: Duration) {
+        self.handle.spawn(async move {
+            tokio::time::sleep(drain).await;
+            let _ = task.cut.send(true);
+        });
+    }
+
+    /// Stops every listener, waits up to `deadline` for open connections
+    /// to end, then cuts the rest. Returns how many were cut.
+    pub async fn drain(&mut self, deadline: Instant) -> u64 {
+        for (_, l) in self.listeners.drain() {
+            let _ = l.stop.send(true);
+        }
+        let tasks: Vec<Arc<Task>> = self
+            .services
+            .values()
+            .flat_map(|s| s.tasks.lock().expect("tasks lock").clone())
+            .collect();
+        let open = || tasks.iter().map(|t| t.active.load(Relaxed)).sum::<u64>();
+        while open() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cut = open();
+        for t in &tasks {
+            let _ = t.cut.send(true);
+        }
+        for (_, p) in self.probes.drain() {
+            p.abort();
+        }
+        cut
+    }
+
+    /// Longest drain time of any service.
+    pub fn max_drain(&self) -> Duration {
+        self.services
+            .values()
+            .map(|s| s.spec.load().drain)
+            .max()
+            .unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        let mut v: Vec<_> = self.services.values().map(|s| s.status()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Listening sockets, for the status line.
+    pub fn listeners(&self) -> usize {
+        self.listeners.len()
+    }
+}

@@ -1,0 +1,282 @@
+//! The live state of one service on one node: its tasks with their health
+//! and counters, and the balancer over the tasks that take new connections.
+//! The balancer is rebuilt off the hot path whenever the set of eligible
+//! tasks changes and published with one pointer swap.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::info;
+
+use super::balance::Balancer;
+use super::health::{Health, HealthConfig, State, Transition};
+use super::maglev;
+use super::spec::ServiceSpec;
+
+/// One backend task of a service.
+pub struct Task {
+    pub addr: Ipv4Addr,
+    pub health: Mutex<Health>,
+    /// Connections (TCP) or sessions (UDP) open now.
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    /// Bytes from clients to the task, and back.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub ejections: AtomicU64,
+    /// Set to true when the task's connections must be cut (drain time
+    /// over, or the node stops); every connection to it watches this.
+    pub cut: watch::Sender<bool>,
+}
+
+impl Task {
+    fn new(addr: Ipv4Addr, cfg: HealthConfig, now: Instant) -> Task {
+        Task {
+            addr,
+            health: Mutex::new(Health::new(cfg, now)),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            cut: watch::channel(false).0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.health.lock().expect("health lock").state()
+    }
+
+    pub fn accepts_new(&self) -> bool {
+        self.health.lock().expect("health lock").accepts_new()
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+pub struct ActiveGuard(Arc<Task>);
+
+impl ActiveGuard {
+    pub fn new(task: Arc<Task>) -> ActiveGuard {
+        task.active.fetch_add(1, Relaxed);
+        task.total.fetch_add(1, Relaxed);
+        ActiveGuard(task)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The balancer and the tasks its indices refer to.
+pub struct Pick {
+    pub balancer: Balancer,
+    pub tasks: Vec<Arc<Task>>,
+}
+
+/// One service's runtime.
+pub struct Service {
+    pub spec: ArcSwap<ServiceSpec>,
+    /// Every task, including draining ones.
+    pub tasks: Mutex<Vec<Arc<Task>>>,
+    pub pick: ArcSwap<Pick>,
+    /// Connections refused because no task could take them.
+    pub no_backend: AtomicU64,
+}
+
+fn health_config(spec: &ServiceSpec) -> HealthConfig {
+    HealthConfig {
+        rise: spec.health.rise.max(1),
+        fall: spec.health.fall.max(1),
+        slow_start: spec.slow_start,
+        passive_failures: spec.health.passive_failures,
+        ..HealthConfig::default()
+    }
+}
+
+impl Service {
+    /// A service with `tasks` (the ones this node may use).
+    pub fn new(spec: ServiceSpec, tasks: &[Ipv4Addr]) -> Service {
+        let now = Instant::now();
+        let cfg = health_config(&spec);
+        let list: Vec<Arc<Task>> = tasks
+            .iter()
+            .map(|a| Arc::new(Task::new(*a, cfg, now)))
+            .collect();
+        let s = Service {
+            pick: ArcSwap::from_pointee(Pick {
+                balancer: Balancer::new(spec.balance, Vec::new()),
+                tasks: Vec::new(),
+            }),
+            spec: ArcSwap::from_pointee(spec),
+            tasks: Mutex::new(list),
+            no_backend: AtomicU64::new(0),
+        };
+        s.rebuild();
+        s
+    }
+
+    pub fn name(&self) -> String {
+        self.spec.load().name.clone()
+    }
+
+    /// Rebuilds the balancer from the tasks that take new connections, in
+    /// address order so that every node builds the same Maglev table.
+    pub fn rebuild(&self) {
+        let spec = self.spec.load();
+        let mut eligible: Vec<Arc<Task>> = self
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .iter()
+            .filter(|t| t.accepts_new())
+            .cloned()
+            .collect();
+        eligible.sort_by_key(|t| t.addr);
+        let keys = eligible.iter().map(|t| t.addr.to_string()).collect();
+        self.pick.store(Arc::new(Pick {
+            balancer: Balancer::new(spec.balance, keys),
+            tasks: eligible,
+        }));
+    }
+
+    /// Applies a new spec and task list: new tasks join, removed tasks
+    /// drain (no new connections; existing ones until they end or the drain
+    /// time is over). Returns the tasks that started draining.
+    pub fn update(&self, spec: ServiceSpec, tasks: &[Ipv4Addr]) -> Vec<Arc<Task>> {
+        let now = Instant::now();
+        let cfg = health_config(&spec);
+        let drain = spec.drain;
+        self.spec.store(Arc::new(spec));
+        let mut draining = Vec::new();
+        {
+            let mut list = self.tasks.lock().expect("tasks lock");
+            for t in list.iter() {
+                if !tasks.contains(&t.addr) {
+                    let mut h = t.health.lock().expect("health lock");
+                    if h.state() != State::Draining {
+                        h.drain(now, now + drain);
+                        draining.push(t.clone());
+                    }
+                }
+            }
+            for a in tasks {
+                if !list
+                    .iter()
+                    .any(|t| t.addr == *a && t.state() != State::Draining)
+                {
+                    list.retain(|t| t.addr != *a);
+                    list.push(Arc::new(Task::new(*a, cfg, now)));
+                }
+            }
+        }
+        self.rebuild();
+        draining
+    }
+
+    /// Forgets drained tasks whose last connection ended.
+    pub fn reap(&self) {
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .retain(|t| !(t.state() == State::Draining && t.active.load(Relaxed) == 0));
+    }
+
+    /// Records a health transition: log line and balancer rebuild.
+    pub fn transition(&self, task: &Task, t: Transition) {
+        info!(service = %self.name(), task = %task.addr, from = ?t.from, to = ?t.to, "task health changed");
+        if t.to == State::Ejected {
+            task.ejections.fetch_add(1, Relaxed);
+        }
+        self.rebuild();
+    }
+
+    /// Up to `out.len()` distinct tasks for a client, best first.
+    pub fn candidates(&self, client: SocketAddr, out: &mut Vec<Arc<Task>>) {
+        let pick = self.pick.load();
+        let mut idx = [0usize; 3];
+        let active = |i: usize| pick.tasks[i].active.load(Relaxed);
+        let n = pick
+            .balancer
+            .candidates(maglev::client_hash(client.ip()), &active, &mut idx);
+        out.clear();
+        out.extend(idx[..n].iter().map(|i| pick.tasks[*i].clone()));
+    }
+
+    /// A connect to `task` succeeded or failed (passive health).
+    pub fn observe_connect(&self, task: &Task, ok: bool) {
+        if !ok {
+            task.connect_failures.fetch_add(1, Relaxed);
+        }
+        let t = task
+            .health
+            .lock()
+            .expect("health lock")
+            .observe_connect(ok, Instant::now());
+        if let Some(t) = t {
+            self.transition(task, t);
+        }
+    }
+
+    pub fn status(&self) -> ServiceStatus {
+        let spec = self.spec.load();
+        let tasks = self
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .iter()
+            .map(|t| TaskStatus {
+                addr: t.addr.to_string(),
+                state: t.state(),
+                active: t.active.load(Relaxed),
+                total: t.total.load(Relaxed),
+                bytes_in: t.bytes_in.load(Relaxed),
+                bytes_out: t.bytes_out.load(Relaxed),
+                connect_failures: t.connect_failures.load(Relaxed),
+                ejections: t.ejections.load(Relaxed),
+            })
+            .collect();
+        ServiceStatus {
+            name: spec.name.clone(),
+            network: spec.network.clone(),
+            mode: spec.mode,
+            balance: spec.balance,
+            ports: spec.ports.clone(),
+            proxy_protocol: spec.proxy_protocol,
+            no_backend: self.no_backend.load(Relaxed),
+            tasks,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskStatus {
+    pub addr: String,
+    pub state: State,
+    pub active: u64,
+    pub total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connect_failures: u64,
+    pub ejections: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub network: String,
+    pub mode: super::spec::Mode,
+    pub balance: super::balance::Algorithm,
+    pub ports: Vec<super::spec::PortSpec>,
+    pub proxy_protocol: bool,
+    pub no_backend: u64,
+    pub tasks: Vec<TaskStatus>,
+}

@@ -1,0 +1,142 @@
+//! What a service asks of the mesh: the desired state the control plane
+//! hands to [`super::runtime::Mesh::apply`]. Plain data, validated by the
+//! control plane's config parser before it gets here.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::balance::Algorithm;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Where a service is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every node listens and forwards to tasks on any node (Docker's
+    /// routing mesh).
+    Ingress,
+    /// Only nodes with a local task listen, and they forward only to their
+    /// local tasks.
+    Host,
+}
+
+/// One published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    /// The port clients connect to on every node.
+    pub published: u16,
+    /// The port the tasks listen on.
+    pub target: u16,
+    /// Listen on this address only (default: all of the node's addresses).
+    pub listen: Option<IpAddr>,
+}
+
+impl PortSpec {
+    /// The socket address to bind.
+    pub fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(
+            self.listen.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            self.published,
+        )
+    }
+}
+
+/// How task health is checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP connect to the task succeeds.
+    Tcp,
+    /// `GET path` answers with `status`.
+    Http { path: String, status: u16 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthSpec {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Probe this port instead of the first TCP target port.
+    pub port: Option<u16>,
+    /// Consecutive failed connects that eject a task (0: off).
+    pub passive_failures: u32,
+}
+
+impl Default for HealthSpec {
+    fn default() -> HealthSpec {
+        HealthSpec {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_millis(1000),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+            port: None,
+            passive_failures: 3,
+        }
+    }
+}
+
+/// One service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub network: String,
+    /// Overlay addresses of the tasks.
+    pub tasks: Vec<Ipv4Addr>,
+    pub ports: Vec<PortSpec>,
+    pub balance: Algorithm,
+    pub health: HealthSpec,
+    pub mode: Mode,
+    /// Send a PROXY protocol v2 header to the task first, so it sees the
+    /// client's real address.
+    pub proxy_protocol: bool,
+    /// How long connections to a task that leaves (or to a stopping node)
+    /// may go on before they are cut.
+    pub drain: Duration,
+    /// A task that comes up takes a growing share of new connections over
+    /// this time.
+    pub slow_start: Duration,
+    /// A TCP connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// A UDP session with no datagram either way for this long is removed.
+    pub udp_timeout: Duration,
+    /// Connections to try before a client connection is given up.
+    pub connect_timeout: Duration,
+}
+
+impl ServiceSpec {
+    pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The port a health check connects to.
+    pub fn probe_port(&self) -> Option<u16> {
+        self.health.port.or_else(|| {
+            self.ports
+                .iter()
+                .find(|p| p.protocol == Protocol::Tcp)
+                .map(|p| p.target)
+        })
+    }
+}
