@@ -755,7 +755,7 @@ fn vxmesh_up(tb: &mut Testbed, vxmeshd: &Path) -> anyhow::Result<Vec<(String, Pr
             .spawn_notify(
                 h,
                 &[bin, "--config", &cfg_s, "--node", h, "--socket", sock_s],
-                &[],
+                &[("NO_COLOR", "1")],
                 READY_TIMEOUT,
             )
             .with_context(|| format!("starting vxmeshd in {h}"))?;

@@ -125,6 +125,19 @@ impl State {
     }
 }
 
+/// The watchdog period systemd asks for: `WATCHDOG_USEC`, unless
+/// `WATCHDOG_PID` names another process. (The sd-notify crate also refuses
+/// an unset `WATCHDOG_PID`; libsystemd's `sd_watchdog_enabled` accepts it.)
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
 /// Builds the dataplane for `opts` from an already validated cluster.
 pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
     let mut reconciler = Reconciler::new(opts.node.clone());
@@ -208,10 +221,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&line),
     ]);
-    let mut wd_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec);
-    let wd_every = Duration::from_micros(wd_usec.max(2_000_000) / 2);
-    let mut wd_tick = tokio::time::interval(wd_every);
+    let wd_period = watchdog_period();
+    let watchdog = wd_period.is_some();
+    let wd_period = wd_period.unwrap_or(Duration::from_secs(10));
+    // Ping at half the period, like sd_watchdog_enabled(3) advises; a worker
+    // idle for longer than the whole period counts as stuck.
+    let mut wd_tick = tokio::time::interval((wd_period / 2).max(Duration::from_millis(50)));
+    let stuck_after = wd_period.max(Duration::from_millis(500));
     let mut fast = false;
     loop {
         tokio::select! {
@@ -227,7 +243,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: fast stop"); fast = true; break; }
             _ = wd_tick.tick(), if watchdog => {
-                let healthy = state.inner.lock().expect("state lock poisoned").dataplane.healthy(wd_every);
+                let healthy = state.inner.lock().expect("state lock poisoned").dataplane.healthy(stuck_after);
                 if healthy {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 } else {

@@ -14,5 +14,6 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod lab;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;

@@ -28,6 +28,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/fdb", get(fdb))
         .route("/v1/services", get(services))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
@@ -221,4 +222,15 @@ async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
 
 async fn services(AxState(st): AxState<Shared>) -> Json<Vec<ServiceStatus>> {
     Json(st.inner.lock().expect("state lock poisoned").mesh.status())
+}
+
+async fn metrics(AxState(st): AxState<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&st),
+    )
+        .into_response()
 }

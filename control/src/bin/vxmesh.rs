@@ -43,6 +43,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ServiceCmd,
     },
+    /// The daemon's Prometheus metrics (OpenMetrics text), as scraped.
+    Metrics,
     /// The forwarding table (`show`).
     Fdb {
         #[command(subcommand)]
@@ -300,6 +302,11 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 }
                 ServiceCmd::Inspect { name } => print_json(&find(&name)?),
             }
+            Ok(())
+        }
+        Cmd::Metrics => {
+            let body = client::get_raw(sock, "/metrics").await.map_err(err)?;
+            print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
         Cmd::Node { cmd: NodeCmd::Ls } => {

@@ -10,9 +10,9 @@
 //! Nothing here reads a clock, does I/O or panics.
 //!
 //! ```text
-//!              fall failed probes                 rise good probes
-//!   Up ------------------------------> Down -----------------------> SlowStart --(slow_start)--> Up
-//!   SlowStart -----------------------> Down              (or straight to Up when slow_start = 0)
+//!         fall failed probes        rise good probes
+//!   Up ------------------------> Down ----------------> SlowStart --(slow_start)--> Up
+//!   SlowStart -----------------> Down     (or straight to Up when slow_start = 0)
 //!   Up, SlowStart --(passive_failures failed connects)--> Ejected
 //!   Ejected --(eject_for elapsed, then rise good probes)--> SlowStart / Up
 //!   any --(drain)--> Draining (terminal)

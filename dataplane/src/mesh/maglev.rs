@@ -306,7 +306,12 @@ fn table_size(size: usize) -> usize {
 }
 
 fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    // `checked_rem` rather than `n % d != 0`: clippy would ask for
+    // `is_multiple_of`, which needs Rust 1.87 (workspace rust-version 1.85).
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| n.checked_rem(d) != Some(0))
 }
 
 #[cfg(test)]

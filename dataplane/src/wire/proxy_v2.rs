@@ -31,7 +31,14 @@
 //! family and of UNSPEC combinations (spec: fall back to UNSPEC for valid
 //! combinations a receiver does not implement). Checks run on whatever
 //! prefix is present, so a bad header is rejected before it is complete;
-//! [`Error::Incomplete`] means "valid so far, read more".
+//! [`Error::Incomplete`] means "valid so far, read more". The length field
+//! may announce up to 65535 bytes: a listener reading into a smaller buffer
+//! learns the full size from [`Packet::header_len`] once 16 bytes are in, and
+//! should reject a header that will not fit rather than wait for it.
+//!
+//! Test vectors: headers captured from HAProxy 2.6 (`send-proxy-v2`) by
+//! `testdata/capture-haproxy-proxy-v2.sh`, and headers built by hand from the
+//! §2.2 layout; each names its source.
 //!
 //! Nothing here panics: accessors on a buffer too short (possible only
 //! through [`Packet::new_unchecked`]) return zeros or empty slices and
@@ -978,7 +985,11 @@ mod tests {
         }
 
         #[test]
-        fn emit_parse_round_trip(src in socket_addr(), dst in socket_addr(), dgram in any::<bool>()) {
+        fn emit_parse_round_trip(
+            src in socket_addr(),
+            dst in socket_addr(),
+            dgram in any::<bool>(),
+        ) {
             let transport = if dgram { Transport::Dgram } else { Transport::Stream };
             let (buf, n) = encode(src, dst, transport);
             let (h, consumed) = Header::parse(&buf[..n]).unwrap();
@@ -988,7 +999,8 @@ mod tests {
             } else {
                 (SocketAddr::V6(to_v6(src)), SocketAddr::V6(to_v6(dst)))
             };
-            prop_assert_eq!(h, Header { command: Command::Proxy, transport, addresses: Some(expected) });
+            let want = Header { command: Command::Proxy, transport, addresses: Some(expected) };
+            prop_assert_eq!(h, want);
             prop_assert_eq!(n, if is_v4(&src) && is_v4(&dst) { 28 } else { 52 });
         }
     }

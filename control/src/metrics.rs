@@ -1,0 +1,388 @@
+//! `/metrics`: the daemon's counters in the OpenMetrics text format, through
+//! `prometheus-client`. The counters live where the work happens (relaxed
+//! atomics in the dataplane and the mesh); this collector reads them at
+//! scrape time, so nothing is counted twice and the hot path knows nothing
+//! of Prometheus. Names: `vxmesh_` prefix, base units, counters end in
+//! `_total` (added by the encoder). README.md lists every family.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::daemon::State;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One per-task family of the mesh, filled row by row.
+struct TaskFamily {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    counter: bool,
+    rows: Vec<(Labels, f64)>,
+}
+
+impl TaskFamily {
+    fn new(name: &'static str, help: &'static str, unit: Option<Unit>, counter: bool) -> Self {
+        TaskFamily {
+            name,
+            help,
+            unit,
+            counter,
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// Reads the daemon's state at each scrape.
+pub struct DaemonCollector(Weak<State>);
+
+impl fmt::Debug for DaemonCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DaemonCollector")
+    }
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, u64)>,
+) -> fmt::Result {
+    let mut fam = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(v).encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, f64)>,
+) -> fmt::Result {
+    let mut fam = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DaemonCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let Some(st) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let status = crate::api::server::build_status(&st);
+        let services = st.inner.lock().expect("state lock poisoned").mesh.status();
+        let e = &mut enc;
+        gauges(
+            e,
+            "vxmesh_build_info",
+            "Build information; the value is always 1.",
+            None,
+            vec![(
+                vec![
+                    ("version", status.version.clone()),
+                    ("node", status.node.clone()),
+                ],
+                1.0,
+            )],
+        )?;
+        let net = |n: &crate::api::NetworkStatus| vec![("network", n.name.clone())];
+        macro_rules! per_network {
+            ($name:expr, $help:expr, $unit:expr, $field:ident) => {
+                counters(
+                    e,
+                    $name,
+                    $help,
+                    $unit,
+                    status
+                        .networks
+                        .iter()
+                        .map(|n| (net(n), n.stats.$field))
+                        .collect(),
+                )?;
+            };
+        }
+        per_network!(
+            "vxmesh_tap_rx_packets",
+            "Frames read from the network's TAP.",
+            None,
+            tap_rx_packets
+        );
+        per_network!(
+            "vxmesh_tap_rx",
+            "Bytes read from the network's TAP.",
+            Some(&Unit::Bytes),
+            tap_rx_bytes
+        );
+        per_network!(
+            "vxmesh_tap_tx_packets",
+            "Frames written to the network's TAP.",
+            None,
+            tap_tx_packets
+        );
+        per_network!(
+            "vxmesh_tap_tx",
+            "Bytes written to the network's TAP.",
+            Some(&Unit::Bytes),
+            tap_tx_bytes
+        );
+        per_network!(
+            "vxmesh_vxlan_tx_packets",
+            "VXLAN datagrams sent to peers (each flood copy counts).",
+            None,
+            vxlan_tx_packets
+        );
+        per_network!(
+            "vxmesh_vxlan_tx",
+            "VXLAN bytes sent to peers.",
+            Some(&Unit::Bytes),
+            vxlan_tx_bytes
+        );
+        per_network!(
+            "vxmesh_vxlan_rx_packets",
+            "VXLAN datagrams accepted from peers.",
+            None,
+            vxlan_rx_packets
+        );
+        per_network!(
+            "vxmesh_vxlan_rx",
+            "VXLAN bytes accepted from peers.",
+            Some(&Unit::Bytes),
+            vxlan_rx_bytes
+        );
+        per_network!(
+            "vxmesh_flood_copies",
+            "Copies sent for broadcast, multicast and unknown unicast frames.",
+            None,
+            flood_copies
+        );
+        per_network!(
+            "vxmesh_flooded_frames",
+            "Frames that had to be flooded.",
+            None,
+            flooded_frames
+        );
+        per_network!(
+            "vxmesh_arp_answered",
+            "ARP requests answered locally from the endpoint table.",
+            None,
+            arp_answered
+        );
+        per_network!(
+            "vxmesh_fdb_learned",
+            "MAC addresses learned from the underlay.",
+            None,
+            learned
+        );
+        per_network!(
+            "vxmesh_fdb_full",
+            "Learned entries refused because the table was at its cap.",
+            None,
+            fdb_full
+        );
+        per_network!(
+            "vxmesh_csum_completed",
+            "Inner checksums a sender left partial, completed here.",
+            None,
+            csum_completed
+        );
+        per_network!(
+            "vxmesh_gso_segmented",
+            "TCP super-frames received whole and cut to the MTU.",
+            None,
+            gso_segmented
+        );
+        let mut drops = Vec::new();
+        for n in &status.networks {
+            for (reason, v) in &n.stats.drops {
+                drops.push((
+                    vec![("network", n.name.clone()), ("reason", reason.clone())],
+                    *v,
+                ));
+            }
+        }
+        for (reason, v) in &status.global.drops {
+            drops.push((
+                vec![("network", String::new()), ("reason", reason.clone())],
+                *v,
+            ));
+        }
+        counters(e, "vxmesh_drops", "Frames and datagrams dropped, by network (empty: before the network was known) and reason.", None, drops)?;
+        let mut fdb = Vec::new();
+        for n in &status.networks {
+            fdb.push((
+                vec![("network", n.name.clone()), ("kind", "static".into())],
+                n.fdb_static as f64,
+            ));
+            fdb.push((
+                vec![("network", n.name.clone()), ("kind", "learned".into())],
+                n.fdb_learned as f64,
+            ));
+        }
+        gauges(
+            e,
+            "vxmesh_fdb_entries",
+            "Forwarding-table entries.",
+            None,
+            fdb,
+        )?;
+        gauges(
+            e,
+            "vxmesh_peers",
+            "Other member nodes of the network.",
+            None,
+            status
+                .networks
+                .iter()
+                .map(|n| (net(n), n.peers.len() as f64))
+                .collect(),
+        )?;
+        counters(
+            e,
+            "vxmesh_underlay_rx_packets",
+            "Datagrams read from the underlay socket, accepted or not.",
+            None,
+            vec![(vec![], status.global.udp_rx_packets)],
+        )?;
+        gauges(
+            e,
+            "vxmesh_worker_idle",
+            "Time since a dataplane worker last went round its loop.",
+            Some(&Unit::Seconds),
+            status
+                .workers
+                .iter()
+                .map(|w| (vec![("worker", w.name.clone())], w.idle_ms as f64 / 1000.0))
+                .collect(),
+        )?;
+        counters(
+            e,
+            "vxmesh_reloads",
+            "Config reloads, by result.",
+            None,
+            vec![
+                (vec![("result", "ok".into())], status.reloads_ok),
+                (vec![("result", "failed".into())], status.reloads_failed),
+            ],
+        )?;
+        gauges(
+            e,
+            "vxmesh_store_up",
+            "1 when the desired-state store is reachable (the file store always is).",
+            None,
+            vec![(vec![("store", "file".into())], 1.0)],
+        )?;
+        // The mesh, per service and task.
+        let mut rows = [
+            TaskFamily::new(
+                "vxmesh_service_connections_active",
+                "Open connections (TCP) or sessions (UDP) to the task.",
+                None,
+                false,
+            ),
+            TaskFamily::new(
+                "vxmesh_service_connections",
+                "Connections and sessions opened to the task.",
+                None,
+                true,
+            ),
+            TaskFamily::new(
+                "vxmesh_service_rx",
+                "Bytes from clients to the task.",
+                Some(Unit::Bytes),
+                true,
+            ),
+            TaskFamily::new(
+                "vxmesh_service_tx",
+                "Bytes from the task back to clients.",
+                Some(Unit::Bytes),
+                true,
+            ),
+            TaskFamily::new(
+                "vxmesh_service_connect_failures",
+                "Failed connects to the task.",
+                None,
+                true,
+            ),
+            TaskFamily::new(
+                "vxmesh_service_ejections",
+                "Times the task was ejected after failed connects.",
+                None,
+                true,
+            ),
+            TaskFamily::new(
+                "vxmesh_service_task_up",
+                "1 when the task takes new connections.",
+                None,
+                false,
+            ),
+        ];
+        let mut no_backend = Vec::new();
+        for s in &services {
+            no_backend.push((vec![("service", s.name.clone())], s.no_backend));
+            for t in &s.tasks {
+                let l = vec![("service", s.name.clone()), ("task", t.addr.clone())];
+                let up = matches!(
+                    t.state,
+                    vxmesh_dataplane::mesh::health::State::Up
+                        | vxmesh_dataplane::mesh::health::State::SlowStart
+                );
+                let vals = [
+                    t.active as f64,
+                    t.total as f64,
+                    t.bytes_in as f64,
+                    t.bytes_out as f64,
+                    t.connect_failures as f64,
+                    t.ejections as f64,
+                    if up { 1.0 } else { 0.0 },
+                ];
+                for (row, v) in rows.iter_mut().zip(vals) {
+                    row.rows.push((l.clone(), v));
+                }
+            }
+        }
+        for f in rows {
+            if f.counter {
+                let vals = f.rows.into_iter().map(|(l, v)| (l, v as u64)).collect();
+                counters(e, f.name, f.help, f.unit.as_ref(), vals)?;
+            } else {
+                gauges(e, f.name, f.help, f.unit.as_ref(), f.rows)?;
+            }
+        }
+        counters(
+            e,
+            "vxmesh_service_no_backend",
+            "Client connections refused because no task could take them.",
+            None,
+            no_backend,
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry behind `/metrics` for one daemon.
+pub fn registry(state: &Arc<State>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(DaemonCollector(Arc::downgrade(state))));
+    r
+}
+
+/// The OpenMetrics text of one scrape.
+pub fn render(state: &Arc<State>) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry(state))
+        .expect("writing to a String cannot fail");
+    out
+}

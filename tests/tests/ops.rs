@@ -1,0 +1,283 @@
+//! Operations: metrics after traffic, the systemd notify protocol, SIGHUP
+//! with a good and a broken file, SIGTERM and SIGINT, and the unit file.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::{Lab, FRONT_ONLY};
+use nix::sys::signal::Signal;
+use vxmesh_testbed::{icmp_ping, require_root, workspace_bin};
+
+/// The value of one sample line `name{labels} value` of a scrape.
+fn sample(scrape: &str, name_and_labels: &str) -> u64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{scrape}")) as u64
+}
+
+fn scrape(lab: &Lab, host: &str) -> String {
+    let out = lab.cli(host, &["metrics"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn metrics_count_exactly_what_crossed_the_overlay() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("metr", 2, FRONT_ONLY);
+    for h in ["h1", "h2"] {
+        lab.no_ipv6(h);
+        lab.start(h);
+    }
+    let tx = "vxmesh_vxlan_tx_packets_total{network=\"front\"}";
+    let rx = "vxmesh_vxlan_rx_packets_total{network=\"front\"}";
+    let (a1, a2) = (scrape(&lab, "h1"), scrape(&lab, "h2"));
+    let p = icmp_ping(
+        &lab.tb,
+        &lab.tb.ns("h1"),
+        Ipv4Addr::new(10, 0, 9, 2),
+        10,
+        Duration::from_millis(10),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(p.received, 10);
+    let (b1, b2) = (scrape(&lab, "h1"), scrape(&lab, "h2"));
+    // Ten echo requests out of h1 into h2, ten replies back; ARP never
+    // crossed (answered on each node).
+    assert_eq!(sample(&b1, tx) - sample(&a1, tx), 10);
+    assert_eq!(sample(&b2, rx) - sample(&a2, rx), 10);
+    assert_eq!(sample(&b2, tx) - sample(&a2, tx), 10);
+    assert_eq!(sample(&b1, rx) - sample(&a1, rx), 10);
+    let arp = "vxmesh_arp_answered_total{network=\"front\"}";
+    // The kernel may ask more than once; each ask is answered on the node.
+    assert!(
+        sample(&b1, arp) > sample(&a1, arp),
+        "h1 resolved h2 locally"
+    );
+    assert!(
+        sample(&b2, arp) > sample(&a2, arp),
+        "h2 resolved h1 locally"
+    );
+    let flood = "vxmesh_flood_copies_total{network=\"front\"}";
+    assert_eq!(sample(&b1, flood), sample(&a1, flood));
+    // Families an operator relies on are there, with their types.
+    for family in [
+        "# TYPE vxmesh_build_info gauge",
+        "# TYPE vxmesh_drops counter",
+        "# TYPE vxmesh_fdb_entries gauge",
+        "# TYPE vxmesh_reloads counter",
+        "# TYPE vxmesh_worker_idle_seconds gauge",
+        "# EOF",
+    ] {
+        assert!(b1.contains(family), "{family} missing");
+    }
+    // h2 and h3 (h3 is in the file even though it runs no daemon here).
+    assert_eq!(
+        sample(&b1, "vxmesh_fdb_entries{network=\"front\",kind=\"static\"}"),
+        2
+    );
+}
+
+#[test]
+fn notify_protocol_reload_and_stop() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("notify", 2, FRONT_ONLY);
+    lab.start("h2");
+    // h1 with a watchdog: WATCHDOG=1 must keep coming.
+    let bin = workspace_bin("vxmeshd");
+    let sock = lab.socket("h1");
+    let ns = lab.tb.ns("h1");
+    let p = lab
+        .tb
+        .spawn_notify(
+            &ns,
+            &[
+                bin.to_str().unwrap(),
+                "--config",
+                lab.config.to_str().unwrap(),
+                "--node",
+                "h1",
+                "--socket",
+                sock.to_str().unwrap(),
+            ],
+            &[("WATCHDOG_USEC", "400000")],
+            Duration::from_secs(10),
+        )
+        .expect("READY=1");
+    let mut saw_watchdog = false;
+    for _ in 0..10 {
+        match p.recv_notify(Duration::from_secs(1)) {
+            Some(m) if m.contains("WATCHDOG=1") => {
+                saw_watchdog = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(saw_watchdog, "no WATCHDOG=1 while the workers turn");
+    let ping = |lab: &Lab| {
+        icmp_ping(
+            &lab.tb,
+            &lab.tb.ns("h1"),
+            Ipv4Addr::new(10, 0, 9, 2),
+            3,
+            Duration::from_millis(10),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .received
+    };
+    assert_eq!(ping(&lab), 3);
+    // A broken file on SIGHUP: rejected with file:line, counted, and the
+    // running config keeps forwarding.
+    let good = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(&lab.config, good.replace("vni = 4096", "vni = \"many\"")).unwrap();
+    lab.tb.signal(&p, Signal::SIGHUP).unwrap();
+    let mut status = lab.status("h1");
+    for _ in 0..100 {
+        if status["reloads_failed"] == 1 {
+            break;
+        }
+        // The daemon handles the signal asynchronously; re-read its status.
+        std::thread::sleep(Duration::from_millis(20));
+        status = lab.status("h1");
+    }
+    assert_eq!(status["reloads_failed"], 1);
+    let err = status["last_reload_error"].as_str().unwrap();
+    assert!(
+        err.contains("vxmesh.toml:") && err.contains("invalid type"),
+        "{err}"
+    );
+    assert_eq!(ping(&lab), 3, "the old config still forwards");
+    // A good change applies: a second network appears.
+    let more = format!("{good}\n[[networks]]\nname = \"back\"\nvni = 4097\nsubnet = \"10.0.10.0/24\"\nnodes = [\"h1\"]\n");
+    std::fs::write(&lab.config, more).unwrap();
+    lab.tb.signal(&p, Signal::SIGHUP).unwrap();
+    for _ in 0..100 {
+        if lab.status("h1")["reloads_ok"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = lab.status("h1");
+    assert_eq!(status["reloads_ok"], 1);
+    assert_eq!(status["networks"].as_array().unwrap().len(), 2);
+    lab.tb
+        .exec(&ns, &["ip", "link", "show", "vxm-back"])
+        .expect("the new TAP exists");
+    assert_eq!(ping(&lab), 3);
+    // SIGTERM: STOPPING=1, exit 0, TAPs and socket gone.
+    lab.tb.signal(&p, Signal::SIGTERM).unwrap();
+    let mut saw_stopping = false;
+    while let Some(m) = p.recv_notify(Duration::from_secs(3)) {
+        if m.contains("STOPPING=1") {
+            saw_stopping = true;
+            break;
+        }
+    }
+    assert!(saw_stopping, "no STOPPING=1");
+    let st = lab
+        .tb
+        .wait_exit(&p, Duration::from_secs(10))
+        .expect("vxmeshd exits");
+    assert!(st.success(), "exit status {st:?}");
+    let links = lab.tb.exec(&ns, &["ip", "-o", "link"]).unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("vxm-"), "TAPs removed: {links}");
+    assert!(!sock.exists(), "admin socket removed");
+}
+
+#[test]
+fn sigint_is_a_fast_stop() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("sigint", 1, FRONT_ONLY);
+    lab.start("h1");
+    let (_, p) = &lab.daemons[0];
+    lab.tb.signal(p, Signal::SIGINT).unwrap();
+    let st = lab
+        .tb
+        .wait_exit(p, Duration::from_secs(5))
+        .expect("exits at once");
+    assert!(st.success());
+}
+
+#[test]
+fn bad_config_is_refused_at_start_with_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("vxmesh-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    let text = FRONT_ONLY.replace("ip = \"10.0.9.3\"", "ip = \"10.0.8.3\"");
+    let line = 1 + text.lines().position(|l| l.contains("10.0.8.3")).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let out = std::process::Command::new(workspace_bin("vxmeshd"))
+        .args(["--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("bad.toml:{line}:6:"))
+            && err.contains("outside network `front`'s subnet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if !require_root() {
+        return;
+    }
+    // systemd-analyze checks that the commands exist: point them at the
+    // binaries just built, in a copy of the unit.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/vxmeshd.service"
+    ))
+    .unwrap();
+    let bin = workspace_bin("vxmeshd");
+    let dir = std::env::temp_dir().join(format!("vxmesh-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vxmeshd.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/vxmeshd", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("vxmeshd.service"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+}
