@@ -62,12 +62,20 @@ fn summary(st: &State) -> String {
     let s = api::server::build_status(st);
     let peers: std::collections::BTreeSet<&String> =
         s.networks.iter().flat_map(|n| n.peers.iter()).collect();
+    let services = st.inner.lock().expect("state lock poisoned").mesh.status();
+    let tasks: usize = services.iter().map(|s| s.tasks.len()).sum();
+    let healthy: usize = services
+        .iter()
+        .flat_map(|s| s.tasks.iter())
+        .filter(|t| t.state.accepts_new())
+        .count();
     format!(
-        "node {} ({}): {} networks, {} peers",
+        "node {} ({}): {} networks, {} peers, {} services, {healthy}/{tasks} tasks healthy",
         s.node,
         s.address,
         s.networks.len(),
-        peers.len()
+        peers.len(),
+        services.len(),
     )
 }
 
