@@ -1,7 +1,9 @@
 //! TCP through the mesh: accept on a published port, pick a task, connect
 //! over the overlay (retrying other tasks within the same client
 //! connection), optionally send a PROXY v2 header, then relay both ways with
-//! half-close, an idle timeout and the task's cut signal.
+//! half-close, an idle timeout and the task's cut signal. The relay moves
+//! bytes with splice(2) through a pipe per direction (no copy through
+//! userspace) and falls back to a buffer copy where splice is refused.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::unistd::pipe2;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -73,23 +76,102 @@ fn ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
 }
 
-async fn pump(
-    mut r: OwnedReadHalf,
-    mut w: OwnedWriteHalf,
+/// Bytes moved per splice(2) call: the default pipe capacity.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+/// Passes the end of one direction on (half-close): the other direction
+/// stays open until it ends too.
+fn shutdown_write(w: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(w).shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        r => r,
+    }
+}
+
+/// Runs `op` when `s` is ready for `interest`, until it does not block.
+async fn io_ready<R>(
+    s: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> io::Result<R> {
+    loop {
+        s.ready(interest).await?;
+        match s.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+/// One direction through a pipe with splice(2): the bytes never enter
+/// userspace. `Err(Unsupported)` before the first byte means the caller
+/// should fall back to copying.
+async fn pump_splice(
+    r: &TcpStream,
+    w: &TcpStream,
     bytes: &AtomicU64,
     last: &AtomicU64,
     epoch: Instant,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let (pr, pw) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+        .map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = io_ready(r, Interest::READABLE, || {
+            splice(r, None, &pw, None, PIPE_CHUNK, flags).map_err(io::Error::from)
+        })
+        .await?;
         if n == 0 {
-            // Half-close: pass the FIN on, keep the other direction open.
-            return w.shutdown().await;
+            return shutdown_write(w);
         }
-        w.write_all(&buf[..n]).await?;
+        let mut left = n;
+        while left > 0 {
+            left -= io_ready(w, Interest::WRITABLE, || {
+                splice(&pr, None, w, None, left, flags).map_err(io::Error::from)
+            })
+            .await?;
+        }
         bytes.fetch_add(n as u64, Relaxed);
         last.store(ms(epoch), Relaxed);
+    }
+}
+
+/// One direction with a userspace buffer: the fallback where splice(2) is
+/// not available.
+async fn pump_copy(
+    r: &TcpStream,
+    w: &TcpStream,
+    bytes: &AtomicU64,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; PIPE_CHUNK];
+    loop {
+        let n = io_ready(r, Interest::READABLE, || r.try_read(&mut buf)).await?;
+        if n == 0 {
+            return shutdown_write(w);
+        }
+        let mut off = 0;
+        while off < n {
+            off += io_ready(w, Interest::WRITABLE, || w.try_write(&buf[off..n])).await?;
+        }
+        bytes.fetch_add(n as u64, Relaxed);
+        last.store(ms(epoch), Relaxed);
+    }
+}
+
+async fn pump(
+    r: &TcpStream,
+    w: &TcpStream,
+    bytes: &AtomicU64,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> io::Result<()> {
+    match pump_splice(r, w, bytes, last, epoch).await {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            pump_copy(r, w, bytes, last, epoch).await
+        }
+        other => other,
     }
 }
 
@@ -104,14 +186,12 @@ async fn relay(
     let _active = ActiveGuard::new(task.clone());
     let _ = client.set_nodelay(true);
     let _ = up.set_nodelay(true);
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = up.into_split();
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let both = async {
         let (a, b) = tokio::join!(
-            pump(cr, uw, &task.bytes_in, &last, epoch),
-            pump(ur, cw, &task.bytes_out, &last, epoch)
+            pump(&client, &up, &task.bytes_in, &last, epoch),
+            pump(&up, &client, &task.bytes_out, &last, epoch)
         );
         a.and(b)
     };
