@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -18,6 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::daemon::State;
 
 type Labels = Vec<(&'static str, String)>;
+/// Name, help, unit and rows of one counter family.
+type CounterFamily<'a> = (&'a str, &'a str, Option<&'a Unit>, Vec<(Labels, u64)>);
 
 /// One per-task family of the mesh, filled row by row.
 struct TaskFamily {
@@ -249,6 +251,47 @@ impl Collector for DaemonCollector {
                 .map(|n| (net(n), n.peers.len() as f64))
                 .collect(),
         )?;
+        let mut peer_rows: [CounterFamily; 4] = [
+            (
+                "vxmesh_peer_tx_packets",
+                "VXLAN datagrams sent to a peer.",
+                None,
+                vec![],
+            ),
+            (
+                "vxmesh_peer_tx",
+                "VXLAN bytes sent to a peer.",
+                Some(&Unit::Bytes),
+                vec![],
+            ),
+            (
+                "vxmesh_peer_rx_packets",
+                "VXLAN datagrams accepted from a peer.",
+                None,
+                vec![],
+            ),
+            (
+                "vxmesh_peer_rx",
+                "VXLAN bytes accepted from a peer.",
+                Some(&Unit::Bytes),
+                vec![],
+            ),
+        ];
+        for n in &status.networks {
+            for (peer, p) in &n.stats.peers {
+                let l = vec![("network", n.name.clone()), ("peer", peer.clone())];
+                for (row, v) in
+                    peer_rows
+                        .iter_mut()
+                        .zip([p.tx_packets, p.tx_bytes, p.rx_packets, p.rx_bytes])
+                {
+                    row.3.push((l.clone(), v));
+                }
+            }
+        }
+        for (name, help, unit, rows) in peer_rows {
+            counters(e, name, help, unit, rows)?;
+        }
         counters(
             e,
             "vxmesh_underlay_rx_packets",
@@ -359,6 +402,24 @@ impl Collector for DaemonCollector {
                 counters(e, f.name, f.help, f.unit.as_ref(), vals)?;
             } else {
                 gauges(e, f.name, f.help, f.unit.as_ref(), f.rows)?;
+            }
+        }
+        let mut fam = e.encode_descriptor(
+            "vxmesh_health_check_duration",
+            "How long active health checks of a task took.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for s in &services {
+            for t in &s.tasks {
+                let l: Labels = vec![("service", s.name.clone()), ("task", t.addr.clone())];
+                let h = &t.probe_duration;
+                fam.encode_family(&l)?.encode_histogram::<NoLabelSet>(
+                    h.sum_seconds,
+                    h.count,
+                    &h.buckets,
+                    None,
+                )?;
             }
         }
         counters(

@@ -49,7 +49,44 @@ fn mesh_lab(tag: &str, config: &str, proxy: bool) -> (Lab, backend::Backend, bac
     }
     let b2 = backend::start(&lab.tb, &lab.tb.ns("h2"), "task2", ov(2), proxy);
     let b3 = backend::start(&lab.tb, &lab.tb.ns("h3"), "task3", ov(3), proxy);
+    settle(&lab);
     (lab, b2, b3)
+}
+
+/// Probes that ran before the tasks listened may have failed. Settled:
+/// every node has probed every task at least `rise` (2) more times since
+/// the tasks started, and sees them up.
+fn settle(lab: &Lab) {
+    let probes = |lab: &Lab, h: &str| -> Vec<(String, u64, String)> {
+        lab.cli_json(h, &["service", "ps", "web"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["addr"].as_str().unwrap().to_string(),
+                    t["probe_duration"]["count"].as_u64().unwrap(),
+                    t["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    for h in ["h1", "h2", "h3"] {
+        let start = probes(lab, h);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = probes(lab, h);
+            let settled = now.iter().all(|(addr, count, state)| {
+                let before = start.iter().find(|s| &s.0 == addr).map(|s| s.1).unwrap_or(0);
+                *count >= before + 2 && state == "up"
+            });
+            if settled {
+                break;
+            }
+            assert!(Instant::now() < deadline, "tasks never settled on {h}: {now:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn task_state(lab: &Lab, host: &str, task: &str) -> String {
@@ -236,6 +273,16 @@ fn a_removed_task_drains_and_its_long_transfer_completes() {
         }
         assert!(Instant::now() < deadline, "the long transfer never started");
     }
+    // The listener's socket before the reload (its inode).
+    let listener = |lab: &Lab| {
+        let out = lab.tb.exec(&lab.tb.ns("h1"), &["ss", "-Hltne", "sport", "=", ":8080"]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .find(|w| w.starts_with("ino:"))
+            .unwrap_or_else(|| panic!("no listener on :8080: {text}"))
+            .to_string()
+    };
+    let before = listener(&lab);
     // Remove task3 from the config and reload every node.
     let cfg = service("round-robin", "").replace(
         "tasks = [\"10.0.9.2\", \"10.0.9.3\"]",
@@ -254,6 +301,7 @@ fn a_removed_task_drains_and_its_long_transfer_completes() {
         let (body, _) = get(tb, &cl, node(1, 8080), "/").expect("served");
         assert_eq!(who(&body), "task2");
     }
+    assert_eq!(listener(&lab), before, "the listener was kept, not reopened");
     let got = long.join().unwrap().unwrap();
     let header = "HTTP/1.1 200 OK\r\nContent-Length: 6553600\r\nConnection: close\r\n\r\n".len();
     assert_eq!(

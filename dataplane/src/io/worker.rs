@@ -14,7 +14,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::tap::Tap;
 use super::udp::Underlay;
-use crate::overlay::stats::bump;
+use crate::overlay::stats::{bump, PeerStats};
 use crate::overlay::{Core, DropReason, Tables, Verdict};
 use crate::wire::{arp, gso, vxlan};
 
@@ -224,7 +224,8 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
         let Some(net) = tables.network_by_vni(vni) else {
             continue;
         };
-        let stats = &tables.networks[net].stats;
+        let nt = &tables.networks[net];
+        let stats = &nt.stats;
         let now = Instant::now();
         for _ in 0..BATCH {
             let n = match tap.recv(&mut buf[HEADROOM..]) {
@@ -241,12 +242,14 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
             match verdict {
                 Verdict::Unicast { peer, vni, flow } => {
                     vxlan::write_header(&mut buf[..HEADROOM], vni);
-                    send(&sh, stats, flow, peer, &buf[..datagram_len]);
+                    let ps = nt.peer_index(peer).and_then(|i| nt.peer_stats.get(i));
+                    send(&sh, stats, ps, flow, peer, &buf[..datagram_len]);
                 }
                 Verdict::Flood { peers, vni, flow } => {
                     vxlan::write_header(&mut buf[..HEADROOM], vni);
-                    for peer in peers {
-                        send(&sh, stats, flow, *peer, &buf[..datagram_len]);
+                    for (i, peer) in peers.iter().enumerate() {
+                        let ps = nt.peer_stats.get(i);
+                        send(&sh, stats, ps, flow, *peer, &buf[..datagram_len]);
                     }
                 }
                 Verdict::ArpReply { len } => write_tap(&tap, stats, &reply[..len]),
@@ -259,6 +262,7 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
 fn send(
     sh: &Shared,
     stats: &crate::overlay::NetStats,
+    peer_stats: Option<&Arc<PeerStats>>,
     flow: u32,
     peer: std::net::Ipv4Addr,
     d: &[u8],
@@ -267,6 +271,10 @@ fn send(
         Ok(_) => {
             bump(&stats.vxlan_tx_packets, 1);
             bump(&stats.vxlan_tx_bytes, d.len() as u64);
+            if let Some(p) = peer_stats {
+                bump(&p.tx_packets, 1);
+                bump(&p.tx_bytes, d.len() as u64);
+            }
         }
         Err(_) => stats.drops.add(DropReason::SendError),
     }

@@ -49,8 +49,10 @@ pub async fn run(svc: Arc<Service>, task: Arc<Task>) {
         let Some(port) = spec.probe_port() else {
             return;
         };
+        let started = Instant::now();
         let ok = probe_once(SocketAddr::new(task.addr.into(), port), &spec.health).await;
         let now = Instant::now();
+        task.probe_duration.observe(now - started);
         let (t1, t2) = {
             let mut h = task.health.lock().expect("health lock");
             (h.observe_probe(ok, now), h.tick(now))

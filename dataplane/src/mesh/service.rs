@@ -18,6 +18,52 @@ use super::health::{Health, HealthConfig, State, Transition};
 use super::maglev;
 use super::spec::ServiceSpec;
 
+/// Upper bounds (seconds) of the health-check duration histogram.
+pub const PROBE_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// A fixed-bucket histogram of probe durations (relaxed atomics).
+#[derive(Default)]
+pub struct ProbeHistogram {
+    /// One count per bucket of [`PROBE_BUCKETS`], then one for +Inf.
+    counts: [AtomicU64; PROBE_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A copy of a [`ProbeHistogram`]: per-bucket (not cumulative) counts with
+/// their upper bounds, the last one infinite.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistogramSnapshot {
+    pub sum_seconds: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl ProbeHistogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = PROBE_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(PROBE_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets: Vec<(f64, u64)> = PROBE_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Relaxed)))
+            .collect();
+        HistogramSnapshot {
+            sum_seconds: self.sum_us.load(Relaxed) as f64 / 1e6,
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+        }
+    }
+}
+
 /// One backend task of a service.
 pub struct Task {
     pub addr: Ipv4Addr,
@@ -30,6 +76,8 @@ pub struct Task {
     pub bytes_out: AtomicU64,
     pub connect_failures: AtomicU64,
     pub ejections: AtomicU64,
+    /// How long health checks of this task took.
+    pub probe_duration: ProbeHistogram,
     /// Set to true when the task's connections must be cut (drain time
     /// over, or the node stops); every connection to it watches this.
     pub cut: watch::Sender<bool>,
@@ -46,6 +94,7 @@ impl Task {
             bytes_out: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            probe_duration: ProbeHistogram::default(),
             cut: watch::channel(false).0,
         }
     }
@@ -242,6 +291,7 @@ impl Service {
                 bytes_out: t.bytes_out.load(Relaxed),
                 connect_failures: t.connect_failures.load(Relaxed),
                 ejections: t.ejections.load(Relaxed),
+                probe_duration: t.probe_duration.snapshot(),
             })
             .collect();
         ServiceStatus {
@@ -267,6 +317,7 @@ pub struct TaskStatus {
     pub bytes_out: u64,
     pub connect_failures: u64,
     pub ejections: u64,
+    pub probe_duration: HistogramSnapshot,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -161,11 +161,11 @@ impl Core {
             return Verdict::Drop(DropReason::UnknownVni);
         };
         let n = &tables.networks[net];
-        if !n.is_peer(src) {
+        let Some(peer) = n.peer_index(src) else {
             // A member node, but not of this network: it must not inject
             // frames here (Docker's CVE-2023-28840 class of bug).
             return drop(n, DropReason::UnknownPeer);
-        }
+        };
         let datagram_len = datagram.len() as u64;
         let inner = &mut datagram[vxlan::HEADER_LEN..];
         let Some(hlen) = eth_header_len(inner) else {
@@ -175,8 +175,7 @@ impl Core {
         if inner.len() - hlen > usize::from(n.mtu) {
             return match gso::mss_for(inner, usize::from(n.mtu)) {
                 Some(mss) => {
-                    bump(&st.vxlan_rx_packets, 1);
-                    bump(&st.vxlan_rx_bytes, datagram_len);
+                    count_rx(n, peer, datagram_len);
                     bump(&st.gso_segmented, 1);
                     Verdict::DeliverSegmented {
                         net,
@@ -187,8 +186,7 @@ impl Core {
                 None => drop(n, DropReason::Mtu),
             };
         }
-        bump(&st.vxlan_rx_packets, 1);
-        bump(&st.vxlan_rx_bytes, datagram_len);
+        count_rx(n, peer, datagram_len);
         if n.learning {
             let smac = MacAddr::from_slice(&inner[6..12]);
             if !smac.is_multicast() && !n.fdb.contains_key(&smac) {
@@ -206,6 +204,15 @@ impl Core {
             net,
             offset: vxlan::HEADER_LEN,
         }
+    }
+}
+
+fn count_rx(n: &NetworkTable, peer: usize, bytes: u64) {
+    bump(&n.stats.vxlan_rx_packets, 1);
+    bump(&n.stats.vxlan_rx_bytes, bytes);
+    if let Some(p) = n.peer_stats.get(peer) {
+        bump(&p.rx_packets, 1);
+        bump(&p.rx_bytes, bytes);
     }
 }
 

@@ -77,6 +77,24 @@ impl Drops {
     }
 }
 
+/// Counters of one peer of one network.
+#[derive(Default, Debug)]
+pub struct PeerStats {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+}
+
+/// A serialisable copy of [`PeerStats`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct PeerStatsSnapshot {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
 /// Counters of one overlay network.
 #[derive(Default, Debug)]
 pub struct NetStats {
@@ -107,6 +125,10 @@ pub struct NetStats {
     /// TCP super-frames received whole and cut to the MTU here.
     pub gso_segmented: AtomicU64,
     pub drops: Drops,
+    /// Per-peer counters, kept here (not in the snapshot) so they outlive
+    /// reloads like the rest; looked up only when a snapshot is built.
+    peers:
+        std::sync::Mutex<std::collections::HashMap<std::net::Ipv4Addr, std::sync::Arc<PeerStats>>>,
 }
 
 /// Counters not tied to one network (datagrams dropped before their network
@@ -137,6 +159,9 @@ pub struct NetStatsSnapshot {
     pub csum_completed: u64,
     pub gso_segmented: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// By peer underlay address.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, PeerStatsSnapshot>,
 }
 
 fn drops_map(d: &Drops) -> std::collections::BTreeMap<String, u64> {
@@ -147,6 +172,16 @@ fn drops_map(d: &Drops) -> std::collections::BTreeMap<String, u64> {
 }
 
 impl NetStats {
+    /// The counters of `peer`, created on first use.
+    pub fn peer(&self, peer: std::net::Ipv4Addr) -> std::sync::Arc<PeerStats> {
+        self.peers
+            .lock()
+            .expect("peer stats lock")
+            .entry(peer)
+            .or_default()
+            .clone()
+    }
+
     pub fn snapshot(&self) -> NetStatsSnapshot {
         NetStatsSnapshot {
             tap_rx_packets: self.tap_rx_packets.load(Relaxed),
@@ -165,6 +200,23 @@ impl NetStats {
             csum_completed: self.csum_completed.load(Relaxed),
             gso_segmented: self.gso_segmented.load(Relaxed),
             drops: drops_map(&self.drops),
+            peers: self
+                .peers
+                .lock()
+                .expect("peer stats lock")
+                .iter()
+                .map(|(a, p)| {
+                    (
+                        a.to_string(),
+                        PeerStatsSnapshot {
+                            tx_packets: p.tx_packets.load(Relaxed),
+                            tx_bytes: p.tx_bytes.load(Relaxed),
+                            rx_packets: p.rx_packets.load(Relaxed),
+                            rx_bytes: p.rx_bytes.load(Relaxed),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 }

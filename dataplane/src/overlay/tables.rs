@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::fdb::LearnedFdb;
-use super::stats::{GlobalStats, NetStats};
+use super::stats::{GlobalStats, NetStats, PeerStats};
 use crate::wire::MacAddr;
 
 /// One endpoint of a network as the dataplane sees it.
@@ -31,6 +31,8 @@ pub struct NetworkTable {
     /// Other member nodes of this network: the flood list and the set of
     /// underlay sources accepted for this VNI.
     pub peers: Vec<Ipv4Addr>,
+    /// Counters of each peer, in the order of `peers`.
+    pub peer_stats: Vec<Arc<PeerStats>>,
     /// Static forwarding entries: remote MAC -> owning node.
     pub fdb: HashMap<MacAddr, Ipv4Addr>,
     /// IP -> MAC of every known endpoint, for the local ARP responder.
@@ -58,6 +60,7 @@ impl NetworkTable {
             mtu,
             tap_mac,
             peers: Vec::new(),
+            peer_stats: Vec::new(),
             fdb: HashMap::new(),
             arp: HashMap::new(),
             learning: false,
@@ -75,6 +78,7 @@ impl NetworkTable {
         let mut peers: Vec<Ipv4Addr> = peers.into_iter().filter(|p| *p != local).collect();
         peers.sort();
         peers.dedup();
+        self.peer_stats = peers.iter().map(|p| self.stats.peer(*p)).collect();
         self.peers = peers;
         self
     }
@@ -96,10 +100,15 @@ impl NetworkTable {
         self
     }
 
-    pub fn is_peer(&self, addr: Ipv4Addr) -> bool {
+    /// Position of `addr` in the flood list (and in `peer_stats`).
+    pub fn peer_index(&self, addr: Ipv4Addr) -> Option<usize> {
         // Flood lists are short (one entry per member node); a linear scan
         // beats hashing at these sizes.
-        self.peers.contains(&addr)
+        self.peers.iter().position(|p| *p == addr)
+    }
+
+    pub fn is_peer(&self, addr: Ipv4Addr) -> bool {
+        self.peer_index(addr).is_some()
     }
 }
 
