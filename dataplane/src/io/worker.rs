@@ -84,6 +84,16 @@ pub struct WorkerStatus {
     pub running: bool,
 }
 
+/// The watchdog's rule: every worker thread alive and round its loop
+/// within `within`. A worker stuck in a syscall or a loop stops beating,
+/// and the daemon then withholds WATCHDOG=1 so systemd restarts it.
+pub fn all_turning(workers: &[WorkerStatus], within: Duration) -> bool {
+    !workers.is_empty()
+        && workers
+            .iter()
+            .all(|w| w.running && w.idle_ms <= within.as_millis() as u64)
+}
+
 /// The running packet path of one node.
 pub struct Dataplane {
     shared: Arc<Shared>,
@@ -179,9 +189,7 @@ impl Dataplane {
     /// True when every worker went round its loop within `within`: the
     /// systemd watchdog is fed only while this holds.
     pub fn healthy(&self, within: Duration) -> bool {
-        self.workers()
-            .iter()
-            .all(|w| w.running && w.idle_ms <= within.as_millis() as u64)
+        all_turning(&self.workers(), within)
     }
 
     /// Stops every worker; the TAPs close when the last handle goes.
@@ -340,5 +348,27 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(idle_ms: u64, running: bool) -> WorkerStatus {
+        WorkerStatus {
+            name: "w".into(),
+            idle_ms,
+            running,
+        }
+    }
+
+    #[test]
+    fn one_stuck_or_dead_worker_stops_the_watchdog() {
+        let within = Duration::from_millis(500);
+        assert!(all_turning(&[w(100, true), w(120, true)], within));
+        assert!(!all_turning(&[w(100, true), w(900, true)], within), "stuck");
+        assert!(!all_turning(&[w(100, true), w(0, false)], within), "exited");
+        assert!(!all_turning(&[], within), "no worker is not healthy");
     }
 }
