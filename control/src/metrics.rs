@@ -3,7 +3,7 @@
 //! atomics in the dataplane and the mesh); this collector reads them at
 //! scrape time, so nothing is counted twice and the hot path knows nothing
 //! of Prometheus. Names: `vxmesh_` prefix, base units, counters end in
-//! `_total` (added by the encoder). README.md lists every family.
+//! `_total` (added by the encoder). config/METRICS.md lists every family.
 
 use std::fmt;
 use std::sync::{Arc, Weak};
