@@ -885,6 +885,21 @@ fn measure_all(
                 format!("{h}: vxmesh status after round {round}"),
                 daemon_status(&tb, &cli, h, sock),
             );
+            // Kernel-side drops (TAP queue, sockets) that the daemon's own
+            // counters cannot see.
+            if let Ok(text) = run(&tb, h, &["ip", "-s", "link", "show"]) {
+                vxmesh.setup.insert(
+                    format!("{h}: ip -s link show after round {round}"),
+                    text.into(),
+                );
+            }
+            if let Ok(text) = run(&tb, h, &["cat", "/proc/net/snmp"]) {
+                let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+                vxmesh.setup.insert(
+                    format!("{h}: Udp counters after round {round}"),
+                    udp.join("\n").into(),
+                );
+            }
             if let Some(status) = p.exit_status() {
                 notes.push(format!(
                     "round {round}: vxmeshd in {h} exited during the runs: {status}"

@@ -130,6 +130,7 @@ struct RawSettings {
     vxlan_port: Option<u16>,
     underlay_mtu: Option<Spanned<u16>>,
     source_ports: Option<Spanned<usize>>,
+    offloads: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +239,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             );
         }
         settings.underlay_mtu = *m.get_ref();
+    }
+    if let Some(o) = raw.settings.offloads {
+        settings.offloads = o;
     }
     if let Some(n) = &raw.settings.source_ports {
         if !(1..=1024).contains(n.get_ref()) {

@@ -18,6 +18,8 @@ pub struct Settings {
     pub underlay_mtu: u16,
     /// Number of outer UDP source ports a node spreads its flows over.
     pub source_ports: usize,
+    /// TAPs with virtio-net headers and TSO, UDP GSO on the underlay.
+    pub offloads: bool,
 }
 
 impl Default for Settings {
@@ -26,6 +28,7 @@ impl Default for Settings {
             vxlan_port: 4789,
             underlay_mtu: 1500,
             source_ports: 16,
+            offloads: true,
         }
     }
 }

@@ -110,6 +110,7 @@ impl Reconciler {
                 address: cluster
                     .tap_address(net, &self.node)
                     .map(|ip| (ip, net.subnet.prefix_len())),
+                offload: cluster.settings.offloads,
             };
             let state = match self.nets.get(&net.name) {
                 Some(old) => {

@@ -26,3 +26,18 @@ pub fn clear_dont_fragment(sock: &impl AsRawFd) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Limits a TAP's offloads to checksum and TCP segmentation (TSO4/6): the
+/// datapath segments TCP super-frames itself but not UDP ones, so USO,
+/// which tun-rs turns on where the kernel has it, is turned back off.
+pub fn tap_tcp_offloads_only(tap: &impl AsRawFd) -> io::Result<()> {
+    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: the fd is an open TUN/TAP descriptor for the lifetime of
+    // `tap`; TUNSETOFFLOAD takes the flag word by value.
+    let rc = unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

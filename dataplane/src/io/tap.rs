@@ -19,6 +19,9 @@ pub struct TapConfig {
     pub mtu: u16,
     /// This node's own address in the network, with its prefix length.
     pub address: Option<(Ipv4Addr, u8)>,
+    /// Open with a virtio-net header and TSO (the kernel hands over TCP
+    /// super-frames). Falls back to plain frames where the kernel refuses.
+    pub offload: bool,
 }
 
 /// One TAP device (one queue for now; the device is created multi-queue so
@@ -26,10 +29,15 @@ pub struct TapConfig {
 pub struct Tap {
     dev: SyncDevice,
     name: String,
+    vnet_hdr: bool,
 }
 
 /// Longest interface name Linux accepts.
 pub const IFNAMSIZ_MAX: usize = 15;
+
+fn named(cfg: &TapConfig, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("creating TAP {}: {e}", cfg.name))
+}
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,29 +57,49 @@ impl Tap {
                 format!("TAP name `{}` must be 1 to 15 bytes", cfg.name),
             ));
         }
-        let mut b = DeviceBuilder::new()
-            .name(cfg.name.clone())
-            .layer(Layer::L2)
-            .mac_addr(cfg.mac.0)
-            .mtu(cfg.mtu)
-            .with(|b| {
-                b.multi_queue(true).offload(false).tx_queue_len(1000);
-            });
-        if let Some((ip, prefix)) = cfg.address {
-            b = b.ipv4(ip, prefix, None);
+        let build = |offload: bool| {
+            let mut b = DeviceBuilder::new()
+                .name(cfg.name.clone())
+                .layer(Layer::L2)
+                .mac_addr(cfg.mac.0)
+                .mtu(cfg.mtu)
+                .with(|b| {
+                    b.multi_queue(true).offload(offload).tx_queue_len(1000);
+                });
+            if let Some((ip, prefix)) = cfg.address {
+                b = b.ipv4(ip, prefix, None);
+            }
+            b.build_sync()
+        };
+        let (dev, vnet_hdr) = if cfg.offload {
+            match build(true) {
+                Ok(d) => (d, true),
+                Err(e) => {
+                    tracing::warn!(tap = %cfg.name, error = %e, "TAP offloads refused; using plain frames");
+                    (build(false).map_err(|e| named(cfg, e))?, false)
+                }
+            }
+        } else {
+            (build(false).map_err(|e| named(cfg, e))?, false)
+        };
+        if vnet_hdr {
+            super::sys::tap_tcp_offloads_only(&dev)?;
         }
-        let dev = b
-            .build_sync()
-            .map_err(|e| io::Error::new(e.kind(), format!("creating TAP {}: {e}", cfg.name)))?;
         dev.set_nonblocking(true)?;
         Ok(Tap {
             dev,
             name: cfg.name.clone(),
+            vnet_hdr,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Frames carry a virtio-net header in both directions.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
     }
 
     /// Reads one frame; `WouldBlock` when none is waiting.

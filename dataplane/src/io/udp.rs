@@ -46,6 +46,8 @@ pub struct Underlay {
     tx: Vec<UdpSocket>,
     port: u16,
     local: Ipv4Addr,
+    /// UDP_SEGMENT works on these sockets (cleared on the first refusal).
+    gso: std::sync::atomic::AtomicBool,
 }
 
 fn socket(local: Ipv4Addr, port: u16, buffer: usize) -> io::Result<UdpSocket> {
@@ -71,6 +73,7 @@ impl Underlay {
             tx,
             port: cfg.port,
             local: cfg.local,
+            gso: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -91,6 +94,55 @@ impl Underlay {
     pub fn send(&self, flow_hash: u32, peer: Ipv4Addr, datagram: &[u8]) -> io::Result<usize> {
         let i = flow::scale(flow_hash, self.tx.len() as u32) as usize;
         self.tx[i].send_to(datagram, SocketAddrV4::new(peer, self.port))
+    }
+
+    /// Sends `data`, consecutive datagrams of `seg` bytes (the last may be
+    /// shorter), to `peer` with one `sendmsg` and UDP_SEGMENT: the kernel
+    /// cuts them (or a NIC does). Where the kernel refuses UDP GSO, sends
+    /// them one by one from then on. Returns how many datagrams went out.
+    pub fn send_segments(
+        &self,
+        flow_hash: u32,
+        peer: Ipv4Addr,
+        data: &[u8],
+        seg: usize,
+    ) -> io::Result<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = data.len().div_ceil(seg.max(1));
+        let i = flow::scale(flow_hash, self.tx.len() as u32) as usize;
+        let sock = &self.tx[i];
+        let dst = SocketAddrV4::new(peer, self.port);
+        if count > 1 && self.gso.load(Relaxed) {
+            let size = seg as u16;
+            let cmsg = [nix::sys::socket::ControlMessage::UdpGsoSegments(&size)];
+            let iov = [std::io::IoSlice::new(data)];
+            let addr = nix::sys::socket::SockaddrIn::from(dst);
+            match nix::sys::socket::sendmsg(
+                std::os::fd::AsRawFd::as_raw_fd(sock),
+                &iov,
+                &cmsg,
+                nix::sys::socket::MsgFlags::empty(),
+                Some(&addr),
+            ) {
+                Ok(_) => return Ok(count),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    return Err(io::Error::from(io::ErrorKind::WouldBlock))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                    self.gso.store(false, Relaxed);
+                }
+            }
+        }
+        for d in data.chunks(seg.max(1)) {
+            sock.send_to(d, dst)?;
+        }
+        Ok(count)
+    }
+
+    /// True while UDP GSO is in use.
+    pub fn gso(&self) -> bool {
+        self.gso.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The outer source ports in use, for the admin API and tests.

@@ -16,7 +16,7 @@ use super::tap::Tap;
 use super::udp::Underlay;
 use crate::overlay::stats::{bump, PeerStats};
 use crate::overlay::{Core, DropReason, Tables, Verdict};
-use crate::wire::{arp, gso, vxlan};
+use crate::wire::{arp, gso, virtio, vxlan};
 
 /// Most packets a worker handles per wake-up before it polls again.
 pub const BATCH: usize = 64;
@@ -221,8 +221,14 @@ fn beat(sh: &Shared, hb: &AtomicU64) {
 
 /// TAP -> underlay for one network.
 fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &AtomicU64) {
-    let mut buf = vec![0u8; HEADROOM + BUF_LEN];
+    let vnet = tap.vnet_hdr();
+    // [VXLAN header room | frame], or with a virtio-net header:
+    // [2 spare | virtio-net header (10), overwritten by the VXLAN header | frame].
+    let lead = if vnet { virtio::LEN } else { HEADROOM };
+    let mut buf = vec![0u8; lead + BUF_LEN];
     let mut reply = [0u8; arp::REPLY_LEN];
+    let mut tx = TxBatch::new();
+    let mut scratch = vec![0u8; BUF_LEN];
     while !stop.load(Ordering::Relaxed) {
         beat(&sh, hb);
         if !wait_readable(&tap.fd()) {
@@ -236,34 +242,177 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
         let stats = &nt.stats;
         let now = Instant::now();
         for _ in 0..BATCH {
-            let n = match tap.recv(&mut buf[HEADROOM..]) {
-                Ok(n) => n,
+            let read_at = if vnet { 0 } else { HEADROOM };
+            let n = match tap.recv(&mut buf[read_at..]) {
+                Ok(n) => read_at + n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     stats.drops.add(DropReason::TapError);
                     break;
                 }
             };
-            let frame = &buf[HEADROOM..HEADROOM + n];
-            let verdict = sh.core.handle_frame(&tables, net, frame, &mut reply, now);
-            let datagram_len = HEADROOM + n;
-            match verdict {
-                Verdict::Unicast { peer, vni, flow } => {
-                    vxlan::write_header(&mut buf[..HEADROOM], vni);
-                    let ps = nt.peer_index(peer).and_then(|i| nt.peer_stats.get(i));
-                    send(&sh, stats, ps, flow, peer, &buf[..datagram_len]);
-                }
-                Verdict::Flood { peers, vni, flow } => {
-                    vxlan::write_header(&mut buf[..HEADROOM], vni);
-                    for (i, peer) in peers.iter().enumerate() {
-                        let ps = nt.peer_stats.get(i);
-                        send(&sh, stats, ps, flow, *peer, &buf[..datagram_len]);
+            if vnet {
+                let Some(h) = virtio::Header::parse(&buf[..n]) else {
+                    stats.drops.add(DropReason::Malformed);
+                    continue;
+                };
+                match h.gso() {
+                    virtio::GSO_NONE => {
+                        if h.flags & virtio::F_NEEDS_CSUM != 0 {
+                            let (s, o) = (usize::from(h.csum_start), usize::from(h.csum_offset));
+                            virtio::finish_csum(&mut buf[lead..n], s, o);
+                        }
+                    }
+                    virtio::GSO_TCPV4 | virtio::GSO_TCPV6 => {
+                        // A TSO super-frame: cut it here, send the pieces
+                        // to their peer with one UDP GSO call.
+                        let mss = usize::from(h.gso_size);
+                        let cut = gso::segment_tcp(&buf[lead..n], mss, &mut scratch, |seg| {
+                            tx.push(&sh, nt, seg, &mut reply, now, &tap)
+                        });
+                        if cut.is_err() {
+                            stats.drops.add(DropReason::Malformed);
+                        }
+                        tx.flush(&sh, nt);
+                        continue;
+                    }
+                    _ => {
+                        stats.drops.add(DropReason::Malformed);
+                        continue;
                     }
                 }
-                Verdict::ArpReply { len } => write_tap(&tap, stats, &reply[..len]),
+            }
+            let frame_at = lead;
+            let frame = &buf[frame_at..n];
+            let verdict = sh.core.handle_frame(&tables, net, frame, &mut reply, now);
+            let d = frame_at - HEADROOM..n;
+            match verdict {
+                Verdict::Unicast { peer, vni, flow } => {
+                    vxlan::write_header(&mut buf[d.start..frame_at], vni);
+                    let ps = nt.peer_index(peer).and_then(|i| nt.peer_stats.get(i));
+                    send(&sh, stats, ps, flow, peer, &buf[d]);
+                }
+                Verdict::Flood { peers, vni, flow } => {
+                    vxlan::write_header(&mut buf[d.start..frame_at], vni);
+                    for (i, peer) in peers.iter().enumerate() {
+                        let ps = nt.peer_stats.get(i);
+                        send(&sh, stats, ps, flow, *peer, &buf[d.clone()]);
+                    }
+                }
+                Verdict::ArpReply { len } => write_frame(&tap, stats, &mut reply, len),
                 Verdict::Deliver { .. } | Verdict::DeliverSegmented { .. } | Verdict::Drop(_) => {}
             }
         }
+    }
+}
+
+/// Encapsulated segments of one super-frame on their way to one peer, laid
+/// out back to back for a single UDP GSO send.
+struct TxBatch {
+    buf: Vec<u8>,
+    /// Length of every datagram but possibly the last.
+    seg: usize,
+    count: usize,
+    dest: Option<(std::net::Ipv4Addr, u32)>,
+}
+
+/// Largest payload of one UDP GSO send (the kernel's limit is 64 KiB of
+/// UDP payload in 64 segments).
+const GSO_MAX_BYTES: usize = 65_000;
+const GSO_MAX_SEGS: usize = 64;
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            buf: Vec::with_capacity(BUF_LEN + 2048),
+            seg: 0,
+            count: 0,
+            dest: None,
+        }
+    }
+
+    /// Runs one segment through the core and queues, sends or floods it.
+    fn push(
+        &mut self,
+        sh: &Shared,
+        nt: &crate::overlay::NetworkTable,
+        frame: &[u8],
+        reply: &mut [u8; arp::REPLY_LEN],
+        now: Instant,
+        tap: &Tap,
+    ) {
+        let tables = sh.tables.load();
+        let Some(net) = tables.network_by_vni(nt.vni) else {
+            return;
+        };
+        match sh.core.handle_frame(&tables, net, frame, reply, now) {
+            Verdict::Unicast { peer, vni, flow } => {
+                let len = HEADROOM + frame.len();
+                let fits = self.dest == Some((peer, flow))
+                    && len <= self.seg
+                    && self.buf.len() == self.count * self.seg
+                    && self.buf.len() + len <= GSO_MAX_BYTES
+                    && self.count < GSO_MAX_SEGS;
+                if !fits {
+                    self.flush(sh, nt);
+                    self.dest = Some((peer, flow));
+                    self.seg = len;
+                }
+                let at = self.buf.len();
+                self.buf.resize(at + len, 0);
+                vxlan::write_header(&mut self.buf[at..at + HEADROOM], vni);
+                self.buf[at + HEADROOM..].copy_from_slice(frame);
+                self.count += 1;
+            }
+            Verdict::Flood { peers, vni, flow } => {
+                self.flush(sh, nt);
+                let mut d = vec![0u8; HEADROOM + frame.len()];
+                vxlan::write_header(&mut d[..HEADROOM], vni);
+                d[HEADROOM..].copy_from_slice(frame);
+                for (i, peer) in peers.iter().enumerate() {
+                    send(sh, &nt.stats, nt.peer_stats.get(i), flow, *peer, &d);
+                }
+            }
+            Verdict::ArpReply { len } => write_frame(tap, &nt.stats, reply, len),
+            _ => {}
+        }
+    }
+
+    /// Sends what is queued.
+    fn flush(&mut self, sh: &Shared, nt: &crate::overlay::NetworkTable) {
+        if let Some((peer, flow)) = self.dest.take() {
+            let stats = &nt.stats;
+            match sh.underlay.send_segments(flow, peer, &self.buf, self.seg) {
+                Ok(n) => {
+                    bump(&stats.vxlan_tx_packets, n as u64);
+                    bump(&stats.vxlan_tx_bytes, self.buf.len() as u64);
+                    if let Some(p) = nt.peer_index(peer).and_then(|i| nt.peer_stats.get(i)) {
+                        bump(&p.tx_packets, n as u64);
+                        bump(&p.tx_bytes, self.buf.len() as u64);
+                    }
+                }
+                Err(_) => stats.drops.add(DropReason::SendError),
+            }
+        }
+        self.buf.clear();
+        self.count = 0;
+    }
+}
+
+/// Writes an ARP reply (or any frame the node itself makes) into a TAP,
+/// with an empty virtio-net header in front when the TAP wants one.
+fn write_frame(
+    tap: &Tap,
+    stats: &crate::overlay::NetStats,
+    reply: &mut [u8; arp::REPLY_LEN],
+    len: usize,
+) {
+    if tap.vnet_hdr() {
+        let mut b = [0u8; virtio::LEN + arp::REPLY_LEN];
+        b[virtio::LEN..virtio::LEN + len].copy_from_slice(&reply[..len]);
+        write_tap(tap, stats, &b[..virtio::LEN + len]);
+    } else {
+        write_tap(tap, stats, &reply[..len]);
     }
 }
 
@@ -300,7 +449,11 @@ fn write_tap(tap: &Tap, stats: &crate::overlay::NetStats, frame: &[u8]) {
 
 /// Underlay -> TAPs, for every network.
 fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
-    let mut buf = vec![0u8; BUF_LEN];
+    // Datagrams land at offset 2, so that the 8-byte VXLAN header plus
+    // these 2 bytes give room for a 10-byte virtio-net header right in front
+    // of the inner frame.
+    const AT: usize = virtio::LEN - vxlan::HEADER_LEN;
+    let mut buf = vec![0u8; AT + BUF_LEN];
     // One segment at a time when a super-frame is cut (MTU-sized frames).
     let mut seg = vec![0u8; BUF_LEN];
     while !stop.load(Ordering::Relaxed) {
@@ -312,7 +465,7 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
         let taps = sh.taps.load();
         let now = Instant::now();
         for _ in 0..BATCH {
-            let (n, src) = match sh.underlay.rx().recv_from(&mut buf) {
+            let (n, src) = match sh.underlay.rx().recv_from(&mut buf[AT..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
@@ -324,28 +477,46 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
                     None => continue,
                 },
             };
-            match sh.core.handle_datagram(&tables, src, &mut buf[..n], now) {
-                Verdict::Deliver { net, offset } => {
-                    let nt = &tables.networks[net];
-                    match taps.get(&nt.vni) {
-                        Some(tap) => write_tap(tap, &nt.stats, &buf[offset..n]),
-                        None => nt.stats.drops.add(DropReason::TapError),
-                    }
-                }
-                Verdict::DeliverSegmented { net, offset, mss } => {
-                    let nt = &tables.networks[net];
-                    let Some(tap) = taps.get(&nt.vni) else {
-                        nt.stats.drops.add(DropReason::TapError);
-                        continue;
-                    };
-                    let cut = gso::segment_tcp(&buf[offset..n], mss, &mut seg, |s| {
+            let end = AT + n;
+            let verdict = sh
+                .core
+                .handle_datagram(&tables, src, &mut buf[AT..end], now);
+            let (net, mss) = match verdict {
+                Verdict::Deliver { net, .. } => (net, None),
+                Verdict::DeliverSegmented { net, mss, .. } => (net, Some(mss)),
+                _ => continue,
+            };
+            let nt = &tables.networks[net];
+            let Some(tap) = taps.get(&nt.vni) else {
+                nt.stats.drops.add(DropReason::TapError);
+                continue;
+            };
+            let inner = AT + vxlan::HEADER_LEN;
+            match (tap.vnet_hdr(), mss) {
+                (false, None) => write_tap(tap, &nt.stats, &buf[inner..end]),
+                (false, Some(mss)) => {
+                    let cut = gso::segment_tcp(&buf[inner..end], mss, &mut seg, |s| {
                         write_tap(tap, &nt.stats, s)
                     });
                     if cut.is_err() {
                         nt.stats.drops.add(DropReason::Malformed);
                     }
                 }
-                _ => {}
+                (true, None) => {
+                    virtio::Header::default().emit(&mut buf[..virtio::LEN]);
+                    write_tap(tap, &nt.stats, &buf[..end]);
+                }
+                (true, Some(mss)) => {
+                    // The super-frame goes into the TAP whole; the kernel
+                    // treats it like a GRO packet.
+                    match gso::prepare_for_tap(&mut buf[inner..end], mss) {
+                        Some(h) => {
+                            h.emit(&mut buf[..virtio::LEN]);
+                            write_tap(tap, &nt.stats, &buf[..end]);
+                        }
+                        None => nt.stats.drops.add(DropReason::Malformed),
+                    }
+                }
             }
         }
     }

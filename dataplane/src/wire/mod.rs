@@ -10,6 +10,7 @@ pub mod csum;
 pub mod flow;
 pub mod gso;
 pub mod proxy_v2;
+pub mod virtio;
 pub mod vxlan;
 
 use std::fmt;
