@@ -21,23 +21,32 @@ use crate::api;
 use crate::config;
 use crate::model::Cluster;
 use crate::reconcile::{mesh_desired, Reconciler};
+use crate::store::etcd::{EtcdOptions, EtcdStore};
+use crate::store::{doc, Store, StoreStatus, View};
 use vxmesh_dataplane::mesh::runtime::Mesh;
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The cluster file (file store).
     pub config: PathBuf,
     pub node: String,
     pub socket: PathBuf,
     pub admin_addr: Option<SocketAddr>,
+    /// Where the desired state lives; `None` is the file store.
+    pub etcd: Option<EtcdOptions>,
 }
 
 /// Everything the admin API and the signal handlers share.
 pub struct State {
     pub node: String,
+    /// The cluster file, or the etcd store's description
+    /// (`etcd:<endpoints>/<prefix>`), as `/v1/status` shows it.
     pub config_path: PathBuf,
     pub started: Instant,
     pub inner: Mutex<Inner>,
+    /// The store the desired state comes from; API writes go there.
+    pub store: Store,
 }
 
 pub struct Inner {
@@ -80,12 +89,47 @@ fn summary(st: &State) -> String {
 }
 
 impl State {
-    /// Re-reads the config file and applies it as a diff. On any error the
-    /// running config stays in place and the error is counted and returned.
+    /// Re-reads the desired state and applies it as a diff: the file store
+    /// reads its file again; the etcd store re-applies its last snapshot.
+    /// On any error the running state stays and the error is counted.
     pub fn reload(&self) -> Result<Vec<String>, String> {
+        let next = match &self.store {
+            Store::File(path) => config::load(path).map_err(|e| e.to_string()),
+            Store::Etcd(e) => self.assemble(e, &e.snapshot()),
+        };
+        match next {
+            Ok(next) => self.apply(next),
+            Err(e) => {
+                self.reject(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The effective cluster of an etcd snapshot.
+    fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, String> {
+        let (c, skipped) = doc::assemble(snap, e.node(), View::Effective, &e.describe())
+            .map_err(|errs| errs.join("; "))?;
+        for s in skipped {
+            warn!(document = %s, "store document skipped");
+        }
+        Ok(c)
+    }
+
+    /// Counts a desired state that could not be read.
+    pub fn reject(&self, error: String) {
+        let mut inner = self.inner.lock().expect("state lock poisoned");
+        inner.reloads_failed += 1;
+        inner.last_reload_error = Some(error);
+    }
+
+    /// Applies a new desired state as a diff: new table snapshots swapped
+    /// into the dataplane, listeners bound or drained, never a restart. On
+    /// any error the running state stays in place and the error is counted
+    /// and returned.
+    pub fn apply(&self, next: Cluster) -> Result<Vec<String>, String> {
         let mut inner = self.inner.lock().expect("state lock poisoned");
         let result = (|| {
-            let next = config::load(&self.config_path).map_err(|e| e.to_string())?;
             let node = next.node(&self.node).ok_or_else(|| {
                 format!(
                     "node `{}` is no longer in {}",
@@ -131,6 +175,21 @@ impl State {
         }
         result
     }
+
+    /// The store's health: for etcd, whether the watch runs (false: fail
+    /// static), the revision applied, this node's lease.
+    pub fn store_status(&self) -> StoreStatus {
+        match &self.store {
+            Store::File(p) => StoreStatus {
+                backend: "file".into(),
+                target: p.display().to_string(),
+                connected: true,
+                since_s: self.started.elapsed().as_secs_f64(),
+                ..StoreStatus::default()
+            },
+            Store::Etcd(e) => e.status(),
+        }
+    }
 }
 
 /// The watchdog period systemd asks for: `WATCHDOG_USEC`, unless
@@ -147,7 +206,7 @@ fn watchdog_period() -> Option<Duration> {
 }
 
 /// Builds the dataplane for `opts` from an already validated cluster.
-pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
+pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<Arc<State>> {
     let mut reconciler = Reconciler::new(opts.node.clone());
     let local = reconciler.local_address(&cluster)?;
     let mut ucfg = UnderlayConfig::new(local);
@@ -165,8 +224,12 @@ pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
     }
     Ok(Arc::new(State {
         node: opts.node.clone(),
-        config_path: opts.config.clone(),
+        config_path: match &store {
+            Store::File(p) => p.clone(),
+            Store::Etcd(e) => PathBuf::from(e.describe()),
+        },
         started: Instant::now(),
+        store,
         inner: Mutex::new(Inner {
             cluster,
             dataplane,
@@ -179,8 +242,8 @@ pub fn start(opts: &Options, cluster: Cluster) -> anyhow::Result<Arc<State>> {
     }))
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: Options) -> anyhow::Result<()> {
+/// Reads the cluster file and checks that `opts.node` is in it.
+fn file_cluster(opts: &Options) -> anyhow::Result<Cluster> {
     let cluster = config::load(&opts.config)?;
     if cluster.node(&opts.node).is_none() {
         anyhow::bail!(
@@ -195,8 +258,67 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
-    let state = start(&opts, cluster)?;
+    Ok(cluster)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (store_stop_tx, store_stop_rx) = watch::channel(false);
+    let mut store_tasks = Vec::new();
+    let state = match &opts.etcd {
+        None => {
+            let cluster = file_cluster(&opts)?;
+            start(&opts, cluster, Store::File(opts.config.clone()))?
+        }
+        Some(eo) => {
+            let (etcd, snap) = EtcdStore::start(eo.clone()).await?;
+            let (cluster, skipped) =
+                doc::assemble(&snap, etcd.node(), View::Effective, &etcd.describe()).map_err(
+                    |errs| anyhow::anyhow!("the store's state is invalid:\n{}", errs.join("\n")),
+                )?;
+            for s in skipped {
+                warn!(document = %s, "store document skipped");
+            }
+            info!(store = %etcd.describe(), revision = snap.revision, "desired state read");
+            let state = start(&opts, cluster, Store::Etcd(etcd.clone()))?;
+            let st = Arc::downgrade(&state);
+            let applier: crate::store::etcd::Applier = Arc::new(move |snap| {
+                let Some(st) = st.upgrade() else {
+                    return Ok(());
+                };
+                let Store::Etcd(e) = &st.store else {
+                    return Ok(());
+                };
+                let rev = snap.revision;
+                let started = Instant::now();
+                let r = st.assemble(e, &snap).and_then(|c| {
+                    st.apply(c)
+                        .map_err(|e| format!("applying revision {rev}: {e}"))
+                });
+                match &r {
+                    Ok(changes) => info!(
+                        revision = rev,
+                        ?changes,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "store change applied"
+                    ),
+                    Err(e) => {
+                        if !e.starts_with("applying") {
+                            st.reject(e.clone());
+                        }
+                        error!(revision = rev, error = %e, "store change rejected; the running state stays in place")
+                    }
+                }
+                r.map(|_| ())
+            });
+            store_tasks.push(tokio::spawn(
+                etcd.clone().run_watch(applier, store_stop_rx.clone()),
+            ));
+            store_tasks.push(tokio::spawn(etcd.run_lease(store_stop_rx.clone())));
+            state
+        }
+    };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -261,6 +383,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    // Leave the cluster first, so the others stop sending here.
+    let _ = store_stop_tx.send(true);
+    for t in store_tasks {
+        let _ = t.await;
+    }
+    if let Store::Etcd(e) = &state.store {
+        e.leave().await;
+    }
     // Drain the mesh: no new connections, open ones get up to the longest
     // drain time of any service, then are cut.
     let mut mesh = {

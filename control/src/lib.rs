@@ -3,6 +3,7 @@
 //! Where the desired state comes from and how it reaches the dataplane:
 //! - [`model`]: nodes, networks, endpoints (the desired state);
 //! - [`config`]: the cluster file (TOML), parsed with file:line:reason errors;
+//! - [`store`]: where the desired state lives: the file, or etcd (watch, leases);
 //! - [`reconcile`]: desired state -> table snapshots and TAP devices, as a diff;
 //! - [`api`]: the local admin API (HTTP on a unix socket) and its client;
 //! - [`daemon`]: start-up, systemd notify, SIGHUP reload, SIGTERM stop;
@@ -17,3 +18,4 @@ pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;
+pub mod store;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vxmesh_control::model::Node;
+use vxmesh_control::store::etcd::EtcdOptions;
 use vxmesh_control::{api, config, daemon};
 
 /// The vxmesh per-node daemon: VXLAN overlay networks in userspace.
@@ -31,6 +33,42 @@ struct Args {
     /// Also serve the admin API on this loopback address (e.g. 127.0.0.1:9489).
     #[arg(long, env = "VXMESH_ADMIN_ADDR")]
     admin_addr: Option<SocketAddr>,
+    /// Where the desired state lives: `file` (the --config file, reloaded
+    /// on SIGHUP) or `etcd` (watched under --etcd-prefix; this node is
+    /// registered under a lease).
+    #[arg(long, env = "VXMESH_STORE", default_value = "file", value_parser = ["file", "etcd"])]
+    store: String,
+    /// etcd client URLs, comma-separated (store etcd).
+    #[arg(
+        long,
+        env = "VXMESH_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    #[arg(long, env = "VXMESH_ETCD_PREFIX", default_value = "/vxmesh")]
+    etcd_prefix: String,
+    /// PEM CA bundle that signs etcd's certificate (https endpoints).
+    #[arg(long, env = "VXMESH_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd's client-cert-auth (with --etcd-key).
+    #[arg(long, env = "VXMESH_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM key of --etcd-cert.
+    #[arg(long, env = "VXMESH_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// A file holding `user:password` for etcd's authentication.
+    #[arg(long, env = "VXMESH_ETCD_CREDENTIALS")]
+    etcd_credentials: Option<PathBuf>,
+    /// Seconds this node's registration outlives its last keep-alive: a
+    /// dead host leaves everyone's tables this long after it died.
+    #[arg(long, env = "VXMESH_LEASE_TTL", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=60))]
+    lease_ttl: i64,
+    /// This node's data-path (underlay) address (store etcd; with the file
+    /// store it comes from [[nodes]]).
+    #[arg(long, env = "VXMESH_ADDRESS", required_if_eq("store", "etcd"))]
+    address: Option<std::net::Ipv4Addr>,
     /// Log filter (tracing's env-filter syntax); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -44,6 +82,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if args.check && args.store == "etcd" {
+        eprintln!("vxmeshd: --check validates a cluster file; with --store etcd every write is validated when it is made");
+        return ExitCode::from(2);
+    }
     if args.check {
         return match config::load(&args.config) {
             Ok(c) => {
@@ -71,9 +113,26 @@ fn main() -> ExitCode {
             }
         };
     }
+    let node = args.node.expect("clap requires --node without --check");
+    let etcd = (args.store == "etcd").then(|| EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: format!("/{}", args.etcd_prefix.trim_matches('/')),
+        lease_ttl: args.lease_ttl,
+        ca: args.etcd_ca.clone(),
+        cert: args.etcd_cert.clone(),
+        key: args.etcd_key.clone(),
+        credentials: args.etcd_credentials.clone(),
+        node: Node {
+            name: node.clone(),
+            address: args
+                .address
+                .expect("clap requires --address with --store etcd"),
+        },
+    });
     let opts = daemon::Options {
         config: args.config,
-        node: args.node.expect("clap requires --node without --check"),
+        node,
+        etcd,
         socket: args.socket,
         admin_addr: args.admin_addr,
     };
