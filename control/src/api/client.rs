@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::Request;
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -33,6 +33,16 @@ pub async fn get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T, Cl
 
 /// `GET path` on the admin socket, the body as bytes.
 pub async fn get_raw(socket: &Path, path: &str) -> Result<Vec<u8>, ClientError> {
+    request(socket, Method::GET, path, None).await
+}
+
+/// `method path` with an optional JSON body; the answer's body as bytes.
+pub async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<Vec<u8>, ClientError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ClientError::Connect {
@@ -41,10 +51,16 @@ pub async fn get_raw(socket: &Path, path: &str) -> Result<Vec<u8>, ClientError> 
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let conn = tokio::spawn(conn);
-    let req = Request::get(path)
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).expect("a JSON value serialises"))
+        .unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "vxmeshd")
-        .body(Empty::<Bytes>::new())
-        .expect("a GET request with a static header is valid");
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("a request with static headers is valid");
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes().to_vec();

@@ -22,6 +22,10 @@ pub struct Status {
     pub vxlan_port: u16,
     /// Outer UDP source ports the node spreads its flows over.
     pub source_ports: Vec<u16>,
+    /// Where the desired state comes from and whether it is reachable
+    /// (`connected: false`: forwarding on the last known state).
+    #[serde(default)]
+    pub store: crate::store::StoreStatus,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_error: Option<String>,
@@ -76,6 +80,10 @@ pub struct NodeInfo {
     pub local: bool,
     /// Networks the node is a member of.
     pub networks: Vec<String>,
+    /// `static` (file store), `up` (registered under a live lease) or
+    /// `down` (owns declared endpoints but has no live lease).
+    #[serde(default)]
+    pub state: String,
 }
 
 /// One row of `GET /v1/networks`.

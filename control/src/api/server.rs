@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::Path as AxPath;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
@@ -16,6 +17,9 @@ use super::{
     ApiError, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status, WorkerInfo,
 };
 use crate::daemon::State;
+use crate::store::{StoreError, Write};
+use serde_json::Value;
+use std::net::Ipv4Addr;
 use vxmesh_dataplane::mesh::service::ServiceStatus;
 
 type Shared = Arc<State>;
@@ -24,10 +28,17 @@ type Shared = Arc<State>;
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/networks", get(networks))
+        .route("/v1/networks", get(networks).post(network_create))
+        .route("/v1/networks/{name}", delete(network_rm))
+        .route("/v1/endpoints", post(endpoint_create))
+        .route("/v1/endpoints/{network}/{ip}", delete(endpoint_rm))
         .route("/v1/nodes", get(nodes))
         .route("/v1/fdb", get(fdb))
-        .route("/v1/services", get(services))
+        .route("/v1/services", get(services).post(service_create))
+        .route(
+            "/v1/services/{name}",
+            patch(service_update).delete(service_rm),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -123,6 +134,7 @@ pub fn build_status(st: &State) -> Status {
         config: st.config_path.display().to_string(),
         vxlan_port: inner.dataplane.underlay().port(),
         source_ports: inner.dataplane.underlay().source_ports(),
+        store: st.store_status(),
         reloads_ok: inner.reloads_ok,
         reloads_failed: inner.reloads_failed,
         last_reload_error: inner.last_reload_error.clone(),
@@ -183,7 +195,18 @@ async fn nodes(AxState(st): AxState<Shared>) -> Json<Vec<NodeInfo>> {
                 address: n.address.to_string(),
                 local: n.name == st.node,
                 networks: c.networks_of(&n.name).map(|x| x.name.clone()).collect(),
+                state: match st.store {
+                    crate::store::Store::File(_) => "static".into(),
+                    crate::store::Store::Etcd(_) => "up".into(),
+                },
             })
+            .chain(st.store.down_nodes().into_iter().map(|name| NodeInfo {
+                name,
+                address: String::new(),
+                local: false,
+                networks: Vec::new(),
+                state: "down".into(),
+            }))
             .collect(),
     )
 }
@@ -233,4 +256,68 @@ async fn metrics(AxState(st): AxState<Shared>) -> Response {
         crate::metrics::render(&st),
     )
         .into_response()
+}
+
+/// The answer to a failed write: 403 when the file is the source of truth,
+/// 404 no such object, 409 already exists, 400 invalid, 503 store away.
+fn store_error(e: StoreError) -> Response {
+    let code = match &e {
+        StoreError::ReadOnly(_) => READ_ONLY,
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Exists(_) => StatusCode::CONFLICT,
+        StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        StoreError::Etcd(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (
+        code,
+        Json(ApiError {
+            error: e.to_string(),
+        }),
+    )
+        .into_response()
+}
+
+/// Writes refused because the file is the source of truth.
+const READ_ONLY: StatusCode = StatusCode::FORBIDDEN;
+
+async fn write(st: &State, w: Write, ok: StatusCode) -> Response {
+    match st.store.write(w).await {
+        Ok(()) => (ok, Json(serde_json::json!({ "ok": true }))).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn network_create(AxState(st): AxState<Shared>, Json(spec): Json<Value>) -> Response {
+    write(&st, Write::CreateNetwork(spec), StatusCode::CREATED).await
+}
+
+async fn network_rm(AxState(st): AxState<Shared>, AxPath(name): AxPath<String>) -> Response {
+    write(&st, Write::RemoveNetwork(name), StatusCode::OK).await
+}
+
+async fn endpoint_create(AxState(st): AxState<Shared>, Json(spec): Json<Value>) -> Response {
+    write(&st, Write::CreateEndpoint(spec), StatusCode::CREATED).await
+}
+
+async fn endpoint_rm(
+    AxState(st): AxState<Shared>,
+    AxPath((network, ip)): AxPath<(String, Ipv4Addr)>,
+) -> Response {
+    write(&st, Write::RemoveEndpoint { network, ip }, StatusCode::OK).await
+}
+
+async fn service_create(AxState(st): AxState<Shared>, Json(spec): Json<Value>) -> Response {
+    write(&st, Write::CreateService(spec), StatusCode::CREATED).await
+}
+
+async fn service_update(
+    AxState(st): AxState<Shared>,
+    AxPath(name): AxPath<String>,
+    Json(patch): Json<Value>,
+) -> Response {
+    write(&st, Write::UpdateService { name, patch }, StatusCode::OK).await
+}
+
+async fn service_rm(AxState(st): AxState<Shared>, AxPath(name): AxPath<String>) -> Response {
+    write(&st, Write::RemoveService(name), StatusCode::OK).await
 }
