@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod etcd;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,213 @@
+//! A real etcd (Debian's `etcd-server`) for the end-to-end tests: one
+//! member in its own namespace `etcd` on the underlay bridge at
+//! [`ETCD_ADDR`], data in the testbed directory, started and killed through
+//! the testbed (so the guard stops it), and vxmeshd daemons that use it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use vxmesh_testbed::{workspace_bin, Proc, Testbed};
+
+use super::Lab;
+
+pub const ETCD_ADDR: &str = "198.18.0.250";
+pub const ETCD_URL: &str = "http://198.18.0.250:2379";
+
+/// An etcd member of the testbed.
+pub struct Etcd {
+    pub proc: Option<Proc>,
+    pub data: PathBuf,
+}
+
+/// Adds the `etcd` namespace on the underlay and starts etcd there.
+pub fn start(tb: &mut Testbed) -> Etcd {
+    tb.add_host("etcd", &format!("{ETCD_ADDR}/24"), 1500)
+        .expect("etcd host");
+    let mut e = Etcd {
+        proc: None,
+        data: tb.dir().join("etcd-data"),
+    };
+    e.restart(tb);
+    e
+}
+
+impl Etcd {
+    /// Starts etcd (again, on the same data directory) and waits for
+    /// `/health` to say true (at most 20 s).
+    pub fn restart(&mut self, tb: &mut Testbed) {
+        let peer = "http://127.0.0.1:2380";
+        let p = tb
+            .spawn(
+                &tb.ns("etcd"),
+                &[
+                    "etcd",
+                    "--name",
+                    "e0",
+                    "--data-dir",
+                    self.data.to_str().unwrap(),
+                    "--listen-client-urls",
+                    ETCD_URL,
+                    "--advertise-client-urls",
+                    ETCD_URL,
+                    "--listen-peer-urls",
+                    peer,
+                    "--initial-advertise-peer-urls",
+                    peer,
+                    "--initial-cluster",
+                    &format!("e0={peer}"),
+                ],
+                &[],
+            )
+            .expect("spawn etcd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if healthy(tb) {
+                break;
+            }
+            assert!(p.exit_status().is_none(), "etcd exited: {}", p.log_tail(30));
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within 20 s: {}",
+                p.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.proc = Some(p);
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&mut self, tb: &Testbed) {
+        let p = self.proc.take().expect("etcd running");
+        tb.signal(&p, Signal::SIGKILL).expect("kill etcd");
+        assert!(
+            tb.wait_exit(&p, Duration::from_secs(5)).is_some(),
+            "etcd did not exit"
+        );
+    }
+}
+
+/// GET /health from inside the etcd namespace.
+pub fn healthy(tb: &Testbed) -> bool {
+    tb.in_ns(&tb.ns("etcd"), || {
+        let addr: SocketAddr = format!("{ETCD_ADDR}:2379").parse().unwrap();
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.contains("\"health\":\"true\"") || out.contains("\"health\": \"true\"")
+    })
+    .unwrap_or(false)
+}
+
+impl Lab {
+    /// Starts vxmeshd for `host` (address 198.18.0.<i>) on the etcd store
+    /// under `prefix`, and waits for READY=1. Replaces an earlier entry of
+    /// the host in `daemons`.
+    pub fn start_etcd(&mut self, host: &str, prefix: &str, ttl: u32) {
+        let bin = workspace_bin("vxmeshd");
+        let sock = self.socket(host);
+        let ns = self.tb.ns(host);
+        let addr = format!("198.18.0.{}", host.trim_start_matches('h'));
+        let ttl = ttl.to_string();
+        let p = self
+            .tb
+            .spawn_notify(
+                &ns,
+                &[
+                    bin.to_str().unwrap(),
+                    "--store",
+                    "etcd",
+                    "--etcd-endpoints",
+                    ETCD_URL,
+                    "--etcd-prefix",
+                    prefix,
+                    "--lease-ttl",
+                    &ttl,
+                    "--node",
+                    host,
+                    "--address",
+                    &addr,
+                    "--socket",
+                    sock.to_str().unwrap(),
+                ],
+                &[("RUST_LOG", "info")],
+                Duration::from_secs(40),
+            )
+            .unwrap_or_else(|e| panic!("vxmeshd on {host} did not become ready: {e}"));
+        self.daemons.retain(|(h, _)| h != host);
+        self.daemons.push((host.to_string(), p));
+    }
+
+    /// The daemon process of `host`.
+    pub fn daemon(&self, host: &str) -> &Proc {
+        &self
+            .daemons
+            .iter()
+            .find(|(h, _)| h == host)
+            .unwrap_or_else(|| panic!("no daemon for {host}"))
+            .1
+    }
+
+    /// Polls `f` every 50 ms until it is true or `limit` passes; the time
+    /// it took, or `None`.
+    pub fn until(&self, limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+        let t0 = Instant::now();
+        loop {
+            if f() {
+                return Some(t0.elapsed());
+            }
+            if t0.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The endpoint addresses `host`'s daemon has in network `net`
+    /// (`vxmesh network inspect`), empty if it has no such network.
+    pub fn endpoint_ips(&self, host: &str, net: &str) -> Vec<String> {
+        let out = self.cli(host, &["network", "inspect", net]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v["endpoints"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["ip"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The task addresses of service `svc` on `host` (`vxmesh service ps`).
+    pub fn task_ips(&self, host: &str, svc: &str) -> Vec<String> {
+        let out = self.cli(host, &["service", "ps", svc]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut ips: Vec<String> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["addr"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ips.sort();
+        ips
+    }
+}
