@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need=()
-for pair in systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3; do
+for pair in systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 etcd:etcd-server protoc:protobuf-compiler; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
