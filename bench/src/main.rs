@@ -1,6 +1,8 @@
 //! `vxmesh-bench`: benchmarks of vxmesh against the kernel, in network
 //! namespaces (run as root). See `vxmesh-bench overlay --help`.
 
+mod convergence;
+
 use clap::{Parser, Subcommand};
 use vxmesh_bench::overlay::{run_overlay, OverlayArgs};
 
@@ -18,6 +20,8 @@ enum Cmd {
     /// h1 -> h2 over the underlay, the kernel's vxlan (with and without
     /// offloads) and vxmesh, in one run: iperf3 TCP and UDP, ping, CPU.
     Overlay(OverlayArgs),
+    /// Etcd store: time from a CLI change to it being live on every node.
+    Convergence(convergence::ConvergenceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     // been dropped, namespaces and processes removed, before the exit.
     match Cli::parse().cmd {
         Cmd::Overlay(args) => run_overlay(args),
+        Cmd::Convergence(args) => convergence::run_convergence(args),
     }
 }
