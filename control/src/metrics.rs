@@ -320,12 +320,28 @@ impl Collector for DaemonCollector {
                 (vec![("result", "failed".into())], status.reloads_failed),
             ],
         )?;
+        let store = st.store_status();
+        let sl = || vec![("store", store.backend.clone())];
         gauges(
             e,
             "vxmesh_store_up",
-            "1 when the desired-state store is reachable (the file store always is).",
+            "1 while the desired-state store is reachable (the file store always is); 0 means fail static.",
             None,
-            vec![(vec![("store", "file".into())], 1.0)],
+            vec![(sl(), if store.connected { 1.0 } else { 0.0 })],
+        )?;
+        gauges(
+            e,
+            "vxmesh_store_revision",
+            "Store revision of the last desired state applied (0 for the file store).",
+            None,
+            vec![(sl(), store.revision as f64)],
+        )?;
+        counters(
+            e,
+            "vxmesh_store_events",
+            "Store watch events applied since start.",
+            None,
+            vec![(sl(), store.events)],
         )?;
         // The mesh, per service and task.
         let mut rows = [
