@@ -81,6 +81,42 @@ impl Underlay {
         &self.rx
     }
 
+    /// Asks the kernel to hand over runs of datagrams from one sender as
+    /// one buffer (UDP_GRO); [`Underlay::recv`] reports the stride. False
+    /// where the kernel refuses.
+    pub fn enable_gro(&self) -> bool {
+        nix::sys::socket::setsockopt(&self.rx, nix::sys::socket::sockopt::UdpGroSegment, &true)
+            .is_ok()
+    }
+
+    /// Receives into `buf`: bytes, sender, and the datagram size when the
+    /// kernel coalesced several of the same size (UDP_GRO) into `buf`.
+    pub fn recv(
+        &self,
+        buf: &mut [u8],
+        cmsg: &mut Vec<u8>,
+    ) -> io::Result<(usize, Ipv4Addr, Option<usize>)> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrIn>(
+            std::os::fd::AsRawFd::as_raw_fd(&self.rx),
+            &mut iov,
+            Some(cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let mut seg = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::UdpGroSegments(s) = c {
+                    seg = usize::try_from(s).ok().filter(|s| *s > 0);
+                }
+            }
+        }
+        let from = msg.address.map(|a| a.ip()).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Ok((msg.bytes, from, seg))
+    }
+
     pub fn local(&self) -> Ipv4Addr {
         self.local
     }

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use super::tap::Tap;
 use super::udp::Underlay;
 use crate::overlay::stats::{bump, PeerStats};
 use crate::overlay::{Core, DropReason, Tables, Verdict};
-use crate::wire::{arp, gso, virtio, vxlan};
+use crate::wire::{arp, gro, gso, virtio, vxlan};
 
 /// Most packets a worker handles per wake-up before it polls again.
 pub const BATCH: usize = 64;
@@ -451,11 +450,24 @@ fn write_tap(tap: &Tap, stats: &crate::overlay::NetStats, frame: &[u8]) {
 fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
     // Datagrams land at offset 2, so that the 8-byte VXLAN header plus
     // these 2 bytes give room for a 10-byte virtio-net header right in front
-    // of the inner frame.
+    // of the inner frame. With UDP_GRO a read may hold a run of datagrams;
+    // each is handled at its own offset, so the room exists only for the
+    // first: the others go through `Rx::deliver`'s copies (GRO or segments).
     const AT: usize = virtio::LEN - vxlan::HEADER_LEN;
     let mut buf = vec![0u8; AT + BUF_LEN];
-    // One segment at a time when a super-frame is cut (MTU-sized frames).
-    let mut seg = vec![0u8; BUF_LEN];
+    let mut cmsg = nix::cmsg_space!(libc::c_int);
+    let mut rx = Rx {
+        seg: vec![0u8; BUF_LEN],
+        single: vec![0u8; BUF_LEN + virtio::LEN],
+        gro: gro::Gro::default(),
+        gro_vni: None,
+    };
+    let gro_on = sh.underlay.enable_gro();
+    tracing::info!(
+        udp_gro = gro_on,
+        gso = sh.underlay.gso(),
+        "underlay offloads"
+    );
     while !stop.load(Ordering::Relaxed) {
         beat(&sh, hb);
         if !wait_readable(sh.underlay.rx()) {
@@ -465,58 +477,140 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
         let taps = sh.taps.load();
         let now = Instant::now();
         for _ in 0..BATCH {
-            let (n, src) = match sh.underlay.rx().recv_from(&mut buf[AT..]) {
+            let (n, src, stride) = match sh.underlay.recv(&mut buf[AT..], &mut cmsg) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
             };
-            let src = match src {
-                SocketAddr::V4(a) => *a.ip(),
-                SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-                    Some(v4) => v4,
-                    None => continue,
-                },
-            };
-            let end = AT + n;
-            let verdict = sh
-                .core
-                .handle_datagram(&tables, src, &mut buf[AT..end], now);
-            let (net, mss) = match verdict {
-                Verdict::Deliver { net, .. } => (net, None),
-                Verdict::DeliverSegmented { net, mss, .. } => (net, Some(mss)),
-                _ => continue,
-            };
-            let nt = &tables.networks[net];
-            let Some(tap) = taps.get(&nt.vni) else {
-                nt.stats.drops.add(DropReason::TapError);
-                continue;
-            };
-            let inner = AT + vxlan::HEADER_LEN;
-            match (tap.vnet_hdr(), mss) {
-                (false, None) => write_tap(tap, &nt.stats, &buf[inner..end]),
-                (false, Some(mss)) => {
-                    let cut = gso::segment_tcp(&buf[inner..end], mss, &mut seg, |s| {
-                        write_tap(tap, &nt.stats, s)
-                    });
-                    if cut.is_err() {
-                        nt.stats.drops.add(DropReason::Malformed);
-                    }
-                }
-                (true, None) => {
-                    virtio::Header::default().emit(&mut buf[..virtio::LEN]);
-                    write_tap(tap, &nt.stats, &buf[..end]);
-                }
-                (true, Some(mss)) => {
-                    // The super-frame goes into the TAP whole; the kernel
-                    // treats it like a GRO packet.
-                    match gso::prepare_for_tap(&mut buf[inner..end], mss) {
-                        Some(h) => {
-                            h.emit(&mut buf[..virtio::LEN]);
-                            write_tap(tap, &nt.stats, &buf[..end]);
+            let stride = stride.unwrap_or(n).max(1);
+            let mut off = AT;
+            while off < AT + n {
+                let end = (off + stride).min(AT + n);
+                let verdict = sh
+                    .core
+                    .handle_datagram(&tables, src, &mut buf[off..end], now);
+                if let Verdict::Deliver { net, .. } | Verdict::DeliverSegmented { net, .. } =
+                    verdict
+                {
+                    let mss = match verdict {
+                        Verdict::DeliverSegmented { mss, .. } => Some(mss),
+                        _ => None,
+                    };
+                    let nt = &tables.networks[net];
+                    match taps.get(&nt.vni) {
+                        Some(tap) => {
+                            rx.deliver(tap, nt, &mut buf[off + vxlan::HEADER_LEN..end], mss)
                         }
-                        None => nt.stats.drops.add(DropReason::Malformed),
+                        None => nt.stats.drops.add(DropReason::TapError),
                     }
                 }
+                off = end;
+            }
+        }
+        rx.flush(&taps, &tables);
+    }
+}
+
+/// The receive side's buffers: one per job, owned by the worker.
+struct Rx {
+    /// One segment at a time when a super-frame is cut.
+    seg: Vec<u8>,
+    /// A frame with a virtio-net header put in front.
+    single: Vec<u8>,
+    gro: gro::Gro,
+    /// The TAP (by VNI) the frame in `gro` is for.
+    gro_vni: Option<u32>,
+}
+
+impl Rx {
+    /// Writes one inner frame (or super-frame, `mss` given) into its TAP.
+    fn deliver(
+        &mut self,
+        tap: &Tap,
+        nt: &crate::overlay::NetworkTable,
+        inner: &mut [u8],
+        mss: Option<usize>,
+    ) {
+        let stats = &nt.stats;
+        if !tap.vnet_hdr() {
+            match mss {
+                None => write_tap(tap, stats, inner),
+                Some(mss) => {
+                    let cut =
+                        gso::segment_tcp(inner, mss, &mut self.seg, |s| write_tap(tap, stats, s));
+                    if cut.is_err() {
+                        stats.drops.add(DropReason::Malformed);
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(mss) = mss {
+            // A whole super-frame: into the TAP as one GSO frame.
+            self.flush_gro(tap, nt);
+            let Some(h) = gso::prepare_for_tap(inner, mss) else {
+                stats.drops.add(DropReason::Malformed);
+                return;
+            };
+            self.write_with(tap, stats, h, inner);
+            return;
+        }
+        if self.gro_vni.is_some_and(|v| v != nt.vni) {
+            self.flush_gro(tap, nt);
+        }
+        match self.gro.push(inner) {
+            gro::Push::Joined => self.gro_vni = Some(nt.vni),
+            gro::Push::Flush => {
+                self.flush_gro(tap, nt);
+                if self.gro.push(inner) == gro::Push::Joined {
+                    self.gro_vni = Some(nt.vni);
+                } else {
+                    self.write_with(tap, stats, virtio::Header::default(), inner);
+                }
+            }
+            gro::Push::Single => {
+                self.flush_gro(tap, nt);
+                self.write_with(tap, stats, virtio::Header::default(), inner);
+            }
+        }
+    }
+
+    fn write_with(
+        &mut self,
+        tap: &Tap,
+        stats: &crate::overlay::NetStats,
+        h: virtio::Header,
+        frame: &[u8],
+    ) {
+        let len = virtio::LEN + frame.len();
+        if len > self.single.len() {
+            stats.drops.add(DropReason::Mtu);
+            return;
+        }
+        h.emit(&mut self.single[..virtio::LEN]);
+        self.single[virtio::LEN..len].copy_from_slice(frame);
+        write_tap(tap, stats, &self.single[..len]);
+    }
+
+    fn flush_gro(&mut self, tap: &Tap, nt: &crate::overlay::NetworkTable) {
+        if let Some(out) = self.gro.finish() {
+            write_tap(tap, &nt.stats, out);
+        }
+        self.gro_vni = None;
+    }
+
+    /// End of a wake-up: nothing may wait in the GRO buffer.
+    fn flush(&mut self, taps: &TapSet, tables: &Tables) {
+        let Some(vni) = self.gro_vni else {
+            return;
+        };
+        let tap = taps.get(&vni);
+        let nt = tables.network_by_vni(vni).map(|i| &tables.networks[i]);
+        match (tap, nt) {
+            (Some(tap), Some(nt)) => self.flush_gro(tap, nt),
+            _ => {
+                let _ = self.gro.finish();
+                self.gro_vni = None;
             }
         }
     }

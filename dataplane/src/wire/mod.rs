@@ -8,6 +8,7 @@
 pub mod arp;
 pub mod csum;
 pub mod flow;
+pub mod gro;
 pub mod gso;
 pub mod proxy_v2;
 pub mod virtio;
