@@ -107,12 +107,25 @@ pub fn tick(v: f64, step: f64) -> String {
 /// Draws the panels side by side into a PNG at `path`, `width` × `height`
 /// pixels; text only when `text` (a font was loaded with [`load_font`]).
 pub fn draw(path: &Path, panels: &[Panel], size: (u32, u32), text: bool) -> anyhow::Result<()> {
+    draw_grid(path, panels, panels.len().max(1), size, text)
+}
+
+/// Like [`draw`], the panels in rows of `cols`, left to right then top to
+/// bottom.
+pub fn draw_grid(
+    path: &Path,
+    panels: &[Panel],
+    cols: usize,
+    size: (u32, u32),
+    text: bool,
+) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(perr)?;
     if panels.is_empty() {
         return root.present().map_err(perr);
     }
-    let areas = root.split_evenly((1, panels.len()));
+    let cols = cols.clamp(1, panels.len());
+    let areas = root.split_evenly((panels.len().div_ceil(cols), cols));
     for (area, panel) in areas.iter().zip(panels) {
         draw_panel(area, panel, text)?;
     }

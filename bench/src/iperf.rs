@@ -164,19 +164,73 @@ pub fn run(
         &["iperf3", "-s", "-1", "-B", &addr_s, "-p", &port_s],
         &[],
     )?;
+    let servers = [(server, port)];
     let result = client(
-        tb, &server, client_ns, &addr_s, port, secs, mode, watch, clk_tck,
+        tb, &servers, client_ns, &addr_s, port, secs, mode, watch, clk_tck,
     );
-    if server.wait_exit(Duration::from_secs(2)).is_none() {
-        tb.stop(&server);
-    }
+    finish(tb, &servers);
     result
+}
+
+/// Like [`run`] through a load balancer: a one-off `iperf3 -s -1 -p
+/// server_port` (all addresses) in each of `server_ns`, the client to
+/// `addr:port` (the balancer's published port), which picks one of them.
+/// The servers that got no test are stopped afterwards.
+#[allow(clippy::too_many_arguments)]
+pub fn run_balanced(
+    tb: &mut Testbed,
+    server_ns: &[&str],
+    server_port: u16,
+    client_ns: &str,
+    addr: Ipv4Addr,
+    port: u16,
+    secs: u32,
+    mode: &Mode,
+    watch: &[u32],
+    clk_tck: f64,
+) -> anyhow::Result<Outcome> {
+    let port_s = server_port.to_string();
+    let mut servers = Vec::new();
+    for ns in server_ns {
+        match tb.spawn(ns, &["iperf3", "-s", "-1", "-p", &port_s], &[]) {
+            Ok(p) => servers.push((p, server_port)),
+            Err(e) => {
+                finish(tb, &servers);
+                return Err(e.into());
+            }
+        }
+    }
+    let result = client(
+        tb,
+        &servers,
+        client_ns,
+        &addr.to_string(),
+        port,
+        secs,
+        mode,
+        watch,
+        clk_tck,
+    );
+    finish(tb, &servers);
+    result
+}
+
+/// Gives the servers 2 s in all to exit on their own (the one that served
+/// the test does), then stops those still running.
+fn finish(tb: &Testbed, servers: &[(Proc, u16)]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for (s, _) in servers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if s.wait_exit(left).is_none() {
+            tb.stop(s);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn client(
     tb: &Testbed,
-    server: &Proc,
+    servers: &[(Proc, u16)],
     client_ns: &str,
     addr: &str,
     port: u16,
@@ -185,7 +239,16 @@ fn client(
     watch: &[u32],
     clk_tck: f64,
 ) -> anyhow::Result<Outcome> {
-    wait_listening(server, port, LISTEN_WAIT)?;
+    for (server, port) in servers {
+        wait_listening(server, *port, LISTEN_WAIT)?;
+    }
+    let logs = || {
+        servers
+            .iter()
+            .map(|(s, _)| s.log_tail(10))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
     let (port_s, secs_s) = (port.to_string(), secs.to_string());
     let extra = mode.client_args();
     let mut args = vec!["iperf3", "-c", addr, "-p", &port_s, "-t", &secs_s, "-J"];
@@ -202,20 +265,20 @@ fn client(
     let text = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&text).map_err(|e| {
         anyhow!(
-            "iperf3 -J output is not JSON ({e}; {}): {}{}\n--- server log ---\n{}",
+            "iperf3 -J output is not JSON ({e}; {}): {}{}\n--- server log(s) ---\n{}",
             out.status,
             text.chars().take(2000).collect::<String>(),
             String::from_utf8_lossy(&out.stderr),
-            server.log_tail(10)
+            logs()
         )
     })?;
     let udp = matches!(mode, Mode::Udp { .. });
     let figures = parse_report(&report, udp).map_err(|e| {
         anyhow!(
-            "`{}` in {client_ns}: {e} ({})\n--- server log ---\n{}",
+            "`{}` in {client_ns}: {e} ({})\n--- server log(s) ---\n{}",
             args.join(" "),
             out.status,
-            server.log_tail(10)
+            logs()
         )
     })?;
     let mut kept = serde_json::Map::new();

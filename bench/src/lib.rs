@@ -13,10 +13,18 @@
 //! - [`cpu`], CPU time of processes (`/proc/<pid>/stat`) and of the machine
 //!   (`/proc/stat`).
 //! - [`stats`], medians.
+//! - [`report`], the machine's description, logs and text tables shared
+//!   by the reports.
+//! - [`mesh`], the `mesh` command: the routing mesh against nftables DNAT
+//!   and HAProxy on one testbed (iperf3 and wrk through a published port).
+//! - [`http`], the HTTP/1.1 keep-alive server the `mesh` command's tasks
+//!   run (`vxmesh-bench-backend`).
 //! - [`chart`], the PNG bar chart.
 
 pub mod chart;
 pub mod cpu;
+pub mod http;
 pub mod iperf;
 pub mod overlay;
+pub mod report;
 pub mod stats;

@@ -24,6 +24,7 @@ use vxmesh_testbed::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
 
 use crate::chart::{self, Panel};
 use crate::iperf::{self, Mode, Outcome};
+use crate::report::{append_log, format_table, loadavg, Machine};
 use crate::stats::{median, ratio};
 
 /// Underlay addresses of h1 and h2.
@@ -442,73 +443,6 @@ const METRICS: [Metric; 12] = [
     },
 ];
 
-/// What the machine is, for the report.
-#[derive(Debug, Serialize)]
-pub struct Machine {
-    /// CPUs available (nproc).
-    pub nproc: usize,
-    /// `uname -r`.
-    pub kernel: String,
-    /// First `model name` of /proc/cpuinfo.
-    pub cpu_model: String,
-    /// `iperf3 --version`, first line.
-    pub iperf3: String,
-    /// /proc/loadavg when the run started.
-    pub loadavg_start: String,
-    /// /proc/loadavg when the run ended.
-    pub loadavg_end: String,
-    /// `git describe` of the workspace the binary was built in, if known.
-    pub git: Option<String>,
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
-}
-
-fn command_line(prog: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| first_line(&String::from_utf8_lossy(&out.stdout)))
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-impl Machine {
-    fn probe() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, m)| m.trim().to_string())
-            .unwrap_or_default();
-        let git = std::env::current_exe().ok().and_then(|exe| {
-            let dir = exe.parent()?.to_str()?.to_string();
-            command_line("git", &["-C", &dir, "describe", "--always", "--dirty"])
-        });
-        Machine {
-            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default(),
-            cpu_model,
-            iperf3: command_line("iperf3", &["--version"]).unwrap_or_else(|| "?".into()),
-            loadavg_start: loadavg(),
-            loadavg_end: String::new(),
-            git,
-        }
-    }
-}
-
 /// The measuring state: settings, clock ticks, the next free port.
 struct Ctx<'a> {
     s: &'a Settings,
@@ -780,18 +714,6 @@ fn daemon_status(tb: &Testbed, cli: &Path, h: &str, sock: &Path) -> Value {
     }
 }
 
-/// Appends a daemon's log to `dest`, under a header naming the round.
-fn append_log(src: &Path, dest: &Path, round: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let text = std::fs::read(src)?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dest)?;
-    writeln!(f, "===== round {round} =====")?;
-    f.write_all(&text)
-}
-
 /// Builds the testbed and measures every path, in rounds: each round
 /// measures the underlay, sets up the kernel's vxlan and measures it with
 /// and without offloads, deletes it, starts vxmeshd, measures it and stops
@@ -998,36 +920,7 @@ fn table(s: &Settings, machine: &Machine, results: &[PathResult]) -> String {
         cells.extend(ratios(m, &v).iter().map(|x| fmt(*x, 3)));
         rows.push(cells);
     }
-    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            let pad = w[i] - c.chars().count();
-            if i == 0 {
-                l += c;
-                l += &" ".repeat(pad);
-            } else {
-                l += "  ";
-                l += &" ".repeat(pad);
-                l += c;
-            }
-        }
-        l
-    };
-    let _ = writeln!(out, "{}", line(&headers));
-    let _ = writeln!(
-        out,
-        "{}",
-        "-".repeat(w.iter().sum::<usize>() + 2 * (w.len() - 1))
-    );
-    for r in &rows {
-        let _ = writeln!(out, "{}", line(r));
-    }
+    out += &format_table(&headers, &rows);
     let _ = writeln!(out);
     let _ = writeln!(
         out,
