@@ -428,3 +428,37 @@ fn a_tcp_super_frame_from_a_tso_sender_is_cut_to_the_mtu() {
     assert_eq!(carried, 20_000);
     assert_eq!(n.stats(0, VNI_FRONT).gso_segmented.load(Relaxed), 1);
 }
+
+#[test]
+fn a_broadcast_storm_is_cut_at_the_flood_limit_and_unicast_goes_on() {
+    let mut n = cluster(false, 16);
+    let t = &mut n.hosts[0].tables;
+    let i = t.network_by_vni(VNI_FRONT).unwrap();
+    let limited = std::mem::replace(
+        &mut t.networks[i],
+        NetworkTable::new(
+            "x",
+            1,
+            1450,
+            MacAddr([2; 6]),
+            Arc::default(),
+            Arc::new(LearnedFdb::new(1, Duration::from_secs(1))),
+        ),
+    )
+    .with_flood_limit(100);
+    t.networks[i] = limited;
+    let storm = arp_request(ov(1), ov(99));
+    let dropped = (0..1000)
+        .filter(|_| n.tap_send(0, VNI_FRONT, &storm) == Some(DropReason::FloodRate))
+        .count();
+    assert_eq!(
+        dropped, 900,
+        "a burst of 100, then nothing within the same instant"
+    );
+    assert_eq!(n.stats(0, VNI_FRONT).drops.get(DropReason::FloodRate), 900);
+    n.wire.clear();
+    let f = udp_frame(ov(1), ov(2), MacAddr::from_ipv4(ov(2)), b"still here");
+    assert_eq!(n.tap_send(0, VNI_FRONT, &f), None, "unicast is not limited");
+    n.now += Duration::from_millis(100);
+    assert_eq!(n.tap_send(0, VNI_FRONT, &storm), None, "the bucket refills");
+}

@@ -111,7 +111,7 @@ impl Core {
                     }
                 }
             }
-            return flood(n, frame);
+            return flood(n, frame, now);
         }
         let peer = n
             .fdb
@@ -124,7 +124,7 @@ impl Core {
                 vni: n.vni,
                 flow: flow::flow_hash(frame),
             },
-            None => flood(n, frame),
+            None => flood(n, frame, now),
         }
     }
 
@@ -221,9 +221,12 @@ fn drop<'t>(n: &NetworkTable, reason: DropReason) -> Verdict<'t> {
     Verdict::Drop(reason)
 }
 
-fn flood<'t>(n: &'t NetworkTable, frame: &[u8]) -> Verdict<'t> {
+fn flood<'t>(n: &'t NetworkTable, frame: &[u8], now: Instant) -> Verdict<'t> {
     if n.peers.is_empty() {
         return drop(n, DropReason::NoPeers);
+    }
+    if !n.flood.allow(now) {
+        return drop(n, DropReason::FloodRate);
     }
     bump(&n.stats.flooded_frames, 1);
     bump(&n.stats.flood_copies, n.peers.len() as u64);

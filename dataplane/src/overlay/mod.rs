@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod fdb;
+pub mod limit;
 pub mod stats;
 pub mod tables;
 

@@ -28,10 +28,12 @@ pub enum DropReason {
     SendError,
     /// The TAP device refused the frame.
     TapError,
+    /// A flood over the network's flood rate limit.
+    FloodRate,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::BadFlags,
@@ -41,6 +43,7 @@ impl DropReason {
         DropReason::NoPeers,
         DropReason::SendError,
         DropReason::TapError,
+        DropReason::FloodRate,
     ];
 
     /// The metric label value.
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::NoPeers => "no_peers",
             DropReason::SendError => "send_error",
             DropReason::TapError => "tap_error",
+            DropReason::FloodRate => "flood_rate",
         }
     }
 }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::fdb::LearnedFdb;
+use super::limit::FloodLimiter;
 use super::stats::{GlobalStats, NetStats, PeerStats};
 use crate::wire::MacAddr;
 
@@ -39,6 +40,9 @@ pub struct NetworkTable {
     pub arp: HashMap<Ipv4Addr, MacAddr>,
     /// Learn remote MACs from received datagrams (off by default).
     pub learning: bool,
+    /// Broadcast/multicast/unknown-unicast frames per second this node
+    /// replicates into the network (0: no limit).
+    pub flood: FloodLimiter,
     /// Learned entries; kept across snapshots like `stats`.
     pub learned: Arc<LearnedFdb>,
     pub stats: Arc<NetStats>,
@@ -64,6 +68,7 @@ impl NetworkTable {
             fdb: HashMap::new(),
             arp: HashMap::new(),
             learning: false,
+            flood: FloodLimiter::new(0, 1),
             learned,
             stats,
         }
@@ -92,6 +97,13 @@ impl NetworkTable {
                 self.fdb.insert(e.mac, e.vtep);
             }
         }
+        self
+    }
+
+    /// Limits floods to `pps` frames per second with a burst of as many
+    /// (0: no limit).
+    pub fn with_flood_limit(mut self, pps: u32) -> Self {
+        self.flood = FloodLimiter::new(pps, pps);
         self
     }
 
