@@ -17,7 +17,9 @@ use vxmesh_dataplane::wire::MacAddr;
 use std::time::Duration;
 
 use vxmesh_dataplane::mesh::balance::Algorithm;
-use vxmesh_dataplane::mesh::spec::{HealthKind, HealthSpec, Mode, PortSpec, Protocol, ServiceSpec};
+use vxmesh_dataplane::mesh::spec::{
+    EndpointMode, HealthKind, HealthSpec, Mode, PortSpec, Protocol, ServiceSpec,
+};
 
 use crate::model::{Cluster, Endpoint, Network, Node, Settings};
 
@@ -99,6 +101,8 @@ struct RawService {
     idle_timeout_ms: Option<u64>,
     udp_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    vip: Option<Spanned<Ipv4Addr>>,
+    endpoint_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +158,10 @@ struct RawNetwork {
     learning: bool,
     fdb_cap: Option<usize>,
     ageing_s: Option<u64>,
+    /// The DNS responder's address (default: the last usable address).
+    dns: Option<Spanned<Ipv4Addr>>,
+    /// The cluster domain names may end in (default `vxmesh`).
+    domain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -353,8 +361,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
                 );
             }
         }
+        let dns = match &n.dns {
+            Some(d) => {
+                let ip = *d.get_ref();
+                if !usable(&subnet, ip) {
+                    err(
+                        d.span(),
+                        format!("dns {ip} must be a usable address of subnet {subnet}"),
+                    );
+                }
+                ip
+            }
+            None => Network::default_dns(&subnet),
+        };
+        let domain = match &n.domain {
+            Some(d) => {
+                let v = d.get_ref().trim_matches('.').to_ascii_lowercase();
+                if !valid_domain(&v) {
+                    err(d.span(), format!("domain `{}` must be dot-separated labels of 1-63 [a-z0-9-], at most 253 bytes", d.get_ref()));
+                }
+                v
+            }
+            None => Network::DEFAULT_DOMAIN.to_string(),
+        };
         net_by_name.insert(name.clone(), subnet);
         networks.push(Network {
+            dns,
+            domain,
             name: name.clone(),
             vni,
             subnet,
@@ -388,6 +421,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
                     err(
                         e.ip.span(),
                         format!("{ip} is the network or broadcast address of {subnet}"),
+                    );
+                } else if networks.iter().any(|n| &n.name == net && n.dns == ip) {
+                    err(
+                        e.ip.span(),
+                        format!("{ip} is network `{net}`'s DNS address (move the endpoint, or set the network's `dns`)"),
                     );
                 }
             }
@@ -432,7 +470,46 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             name: e.name.clone(),
         });
     }
-    let services = services(&raw.services, &networks, &endpoints, &mut err);
+    let mut services = services(&raw.services, &networks, &endpoints, &mut err);
+    for name in allocate_vips(&networks, &mut services) {
+        let span = raw
+            .services
+            .iter()
+            .find(|s| s.get_ref().name.get_ref() == &name)
+            .map(|s| s.get_ref().name.span())
+            .unwrap_or(0..0);
+        err(
+            span,
+            format!("service `{name}`: no free address left for a VIP; set `vip`"),
+        );
+    }
+    for s in &services {
+        let Some(vip) = s.vip else { continue };
+        if let Some(e) = endpoints
+            .iter()
+            .find(|e| e.network == s.network && e.ip == vip)
+        {
+            let span = raw
+                .services
+                .iter()
+                .find(|r| r.get_ref().name.get_ref() == &s.name)
+                .map(|r| {
+                    r.get_ref()
+                        .vip
+                        .as_ref()
+                        .map(|v| v.span())
+                        .unwrap_or(r.get_ref().name.span())
+                })
+                .unwrap_or(0..0);
+            err(
+                span,
+                format!(
+                    "service `{}`'s VIP {vip} is also an endpoint (on node `{}`); keep endpoints out of the VIP pool or set `vip`",
+                    s.name, e.node
+                ),
+            );
+        }
+    }
     if errs.is_empty() {
         Ok(Cluster {
             settings,
@@ -444,6 +521,73 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
     } else {
         Err(ConfigErrors(errs))
     }
+}
+
+/// An address endpoints, VIPs and the DNS responder may take: inside the
+/// subnet, neither its network nor its broadcast address.
+fn usable(subnet: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast()
+}
+
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// FNV-1a (32 bit) of a service name: where its VIP search starts. Fixed
+/// and documented, so every node (whatever built it) allocates the same.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// Gives every `vip`-mode service without a configured VIP one from its
+/// network's pool: the quarter of the subnet's usable addresses just below
+/// the DNS address. A service starts at `fnv1a(name) % pool` and walks down
+/// (wrapping) to the first address no configured VIP and no service before
+/// it (in name order) took. The result depends only on the network and the
+/// services' names and configured VIPs: the same on every node, and a
+/// service keeps its VIP when others come and go unless they collide.
+/// Returns the services that found no free address.
+pub fn allocate_vips(networks: &[Network], services: &mut [ServiceSpec]) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut order: Vec<usize> = (0..services.len()).collect();
+    order.sort_by(|a, b| services[*a].name.cmp(&services[*b].name));
+    for net in networks {
+        let mut taken: HashSet<Ipv4Addr> = services
+            .iter()
+            .filter(|s| s.network == net.name)
+            .filter_map(|s| s.vip)
+            .collect();
+        taken.insert(net.dns);
+        let first = u32::from(net.subnet.network()) + 1;
+        let below = u32::from(net.dns).saturating_sub(first);
+        let hosts = (1u64 << (32 - net.subnet.prefix_len())).saturating_sub(2);
+        let pool = ((hosts / 4).max(1) as u32).min(below);
+        for &i in &order {
+            let s = &mut services[i];
+            if s.network != net.name || s.vip.is_some() || s.endpoint_mode != EndpointMode::Vip {
+                continue;
+            }
+            let start = if pool == 0 { 0 } else { fnv1a(&s.name) % pool };
+            let found = (0..pool)
+                .map(|k| Ipv4Addr::from(u32::from(net.dns) - 1 - (start + k) % pool))
+                .find(|ip| !taken.contains(ip));
+            match found {
+                Some(ip) => {
+                    taken.insert(ip);
+                    s.vip = Some(ip);
+                }
+                None => failed.push(s.name.clone()),
+            }
+        }
+    }
+    failed
 }
 
 fn valid_name(s: &str, max: usize) -> bool {
@@ -463,6 +607,7 @@ fn services(
     let mut out = Vec::new();
     let mut names = HashSet::new();
     let mut published: HashMap<(Protocol, u16), String> = HashMap::new();
+    let mut vips: HashMap<(String, Ipv4Addr), String> = HashMap::new();
     for s in raw {
         let s = s.get_ref();
         let name = s.name.get_ref();
@@ -610,6 +755,49 @@ fn services(
             health.port = h.port;
             health.passive_failures = h.passive_failures.unwrap_or(health.passive_failures);
         }
+        let endpoint_mode = match s
+            .endpoint_mode
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("vip", _)) => EndpointMode::Vip,
+            Some(("dnsrr", _)) => EndpointMode::Dnsrr,
+            Some((other, span)) => {
+                err(
+                    span,
+                    format!("endpoint_mode `{other}` must be \"vip\" or \"dnsrr\""),
+                );
+                EndpointMode::Vip
+            }
+        };
+        let vip = s.vip.as_ref().map(|v| (*v.get_ref(), v.span()));
+        if let Some((ip, span)) = &vip {
+            if endpoint_mode == EndpointMode::Dnsrr {
+                err(
+                    span.clone(),
+                    "a `dnsrr` service has no VIP; remove `vip`".to_string(),
+                );
+            }
+            if let Some(n) = networks.iter().find(|n| &n.name == net) {
+                if !usable(&n.subnet, *ip) {
+                    err(
+                        span.clone(),
+                        format!(
+                            "vip {ip} must be a usable address of `{net}`'s subnet {}",
+                            n.subnet
+                        ),
+                    );
+                } else if *ip == n.dns {
+                    err(span.clone(), format!("vip {ip} is `{net}`'s DNS address"));
+                }
+            }
+            if let Some(other) = vips.insert((net.clone(), *ip), name.clone()) {
+                err(
+                    span.clone(),
+                    format!("vip {ip} is already service `{other}`'s"),
+                );
+            }
+        }
         let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
         out.push(ServiceSpec {
             name: name.clone(),
@@ -625,7 +813,85 @@ fn services(
             idle_timeout: ms(s.idle_timeout_ms, ServiceSpec::DEFAULT_IDLE),
             udp_timeout: ms(s.udp_timeout_ms, ServiceSpec::DEFAULT_UDP_TIMEOUT),
             connect_timeout: ms(s.connect_timeout_ms, ServiceSpec::DEFAULT_CONNECT_TIMEOUT),
+            endpoint_mode,
+            vip: vip
+                .map(|v| v.0)
+                .filter(|_| endpoint_mode == EndpointMode::Vip),
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[nodes]]
+name = "h1"
+address = "198.18.0.1"
+[[networks]]
+name = "front"
+vni = 1
+subnet = "10.0.9.0/24"
+[[endpoints]]
+network = "front"
+node = "h1"
+ip = "10.0.9.1"
+"#;
+
+    fn svc(name: &str, extra: &str) -> String {
+        format!("[[services]]\nname = \"{name}\"\nnetwork = \"front\"\n{extra}\n")
+    }
+
+    #[test]
+    fn vips_are_allocated_from_the_pool_and_stable() {
+        let c = parse(
+            Path::new("t"),
+            &format!(
+                "{BASE}{}{}",
+                svc("web", ""),
+                svc("db", "endpoint_mode = \"dnsrr\"")
+            ),
+        )
+        .unwrap();
+        let net = &c.networks[0];
+        assert_eq!(net.dns, Ipv4Addr::new(10, 0, 9, 254));
+        assert_eq!(net.domain, "vxmesh");
+        let web = c.services[0].vip.expect("web has a VIP");
+        // The pool: the 63 addresses below .254.
+        assert!((191..=253).contains(&web.octets()[3]), "{web}");
+        assert_eq!(c.services[1].vip, None, "dnsrr has no VIP");
+        // Adding a service (in front, in file order) keeps web's VIP.
+        let c2 = parse(
+            Path::new("t"),
+            &format!("{BASE}{}{}", svc("aaa", ""), svc("web", "")),
+        )
+        .unwrap();
+        assert_eq!(c2.services[1].vip, Some(web));
+        assert_ne!(c2.services[0].vip, Some(web));
+    }
+
+    #[test]
+    fn bad_discovery_settings_name_their_line() {
+        let text = format!(
+            "{}{}{}",
+            BASE.replace(
+                "subnet = \"10.0.9.0/24\"",
+                "subnet = \"10.0.9.0/24\"\ndomain = \"a..b\""
+            ),
+            svc("web", "vip = \"10.0.8.1\""),
+            svc("db", "endpoint_mode = \"dnsrr\"\nvip = \"10.0.9.50\""),
+        );
+        let errs = parse(Path::new("t"), &text).unwrap_err().to_string();
+        assert!(errs.contains("domain `a..b`"), "{errs}");
+        assert!(
+            errs.contains("vip 10.0.8.1 must be a usable address"),
+            "{errs}"
+        );
+        assert!(errs.contains("a `dnsrr` service has no VIP"), "{errs}");
+        let on_dns = BASE.replace("ip = \"10.0.9.1\"", "ip = \"10.0.9.254\"");
+        let errs = parse(Path::new("t"), &on_dns).unwrap_err().to_string();
+        assert!(errs.contains("DNS address"), "{errs}");
+    }
 }

@@ -20,7 +20,7 @@ use vxmesh_dataplane::overlay::Core;
 use crate::api;
 use crate::config;
 use crate::model::Cluster;
-use crate::reconcile::{mesh_desired, Reconciler};
+use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
 use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::{doc, Store, StoreStatus, View};
 use vxmesh_dataplane::mesh::runtime::Mesh;
@@ -152,7 +152,10 @@ impl State {
             // Bind new listeners first: if one fails, nothing changes.
             let mesh_changes = inner
                 .mesh
-                .apply(mesh_desired(&next, &self.node))
+                .apply(
+                    mesh_desired(&next, &self.node),
+                    dns_zones(&next, &self.node),
+                )
                 .map_err(|e| e.to_string())?;
             inner
                 .dataplane
@@ -219,7 +222,10 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
     }
     let dataplane = Dataplane::start(underlay, Core, tables, taps).context("starting workers")?;
     let mut mesh = Mesh::new(tokio::runtime::Handle::current());
-    for c in mesh.apply(mesh_desired(&cluster, &opts.node))? {
+    for c in mesh.apply(
+        mesh_desired(&cluster, &opts.node),
+        dns_zones(&cluster, &opts.node),
+    )? {
         info!(change = %c, "applied");
     }
     Ok(Arc::new(State {

@@ -57,11 +57,21 @@ pub struct Network {
     pub fdb_cap: usize,
     /// Learned entries expire after this many seconds without traffic.
     pub ageing_s: u64,
+    /// The DNS responder's address on every member node.
+    pub dns: Ipv4Addr,
+    /// Names may end in `.<domain>` (lowercase, no dots at the ends).
+    pub domain: String,
 }
 
 impl Network {
     pub const DEFAULT_FDB_CAP: usize = 4096;
     pub const DEFAULT_AGEING_S: u64 = 300;
+    pub const DEFAULT_DOMAIN: &'static str = "vxmesh";
+
+    /// The default DNS address: the subnet's last usable address.
+    pub fn default_dns(subnet: &Ipv4Net) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(subnet.broadcast()).saturating_sub(1))
+    }
 
     /// Name of the network's TAP device.
     pub fn tap_name(&self) -> String {

@@ -3,14 +3,16 @@
 //! learned entries survive a reload, a TAP whose settings changed is
 //! adjusted in place (a TAP is never torn down while its network stays).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use vxmesh_dataplane::io::addr;
 use vxmesh_dataplane::io::worker::TapSet;
 use vxmesh_dataplane::io::{Tap, TapConfig};
+use vxmesh_dataplane::mesh::dns::ZoneSpec;
 use vxmesh_dataplane::overlay::{
     EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
 };
@@ -27,6 +29,8 @@ struct NetState {
     learned: Arc<LearnedFdb>,
     fdb_cap: usize,
     ageing_s: u64,
+    /// Addresses added to the TAP beyond its own (VIPs, DNS).
+    extra: BTreeSet<Ipv4Addr>,
 }
 
 /// The reconciler of one node.
@@ -48,6 +52,12 @@ pub enum Change {
 pub enum ReconcileError {
     #[error("node `{0}` is not in the cluster config")]
     UnknownNode(String),
+    #[error("network `{network}`: local addresses (VIPs, DNS): {source}")]
+    Address {
+        network: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("network `{network}`: {source}")]
     Tap {
         network: String,
@@ -145,6 +155,7 @@ impl Reconciler {
                         learned,
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
+                        extra: old.extra.clone(),
                     }
                 }
                 None => {
@@ -164,9 +175,12 @@ impl Reconciler {
                         )),
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
+                        extra: BTreeSet::new(),
                     }
                 }
             };
+            let mut state = state;
+            state.extra = self.sync_addresses(net, &state, local_addresses(cluster, net))?;
             let endpoints: Vec<EndpointEntry> = cluster
                 .endpoints_of(&net.name)
                 .filter_map(|e| {
@@ -207,6 +221,33 @@ impl Reconciler {
         ))
     }
 
+    /// Puts `want` on the network's TAP as /32s and removes what it had
+    /// beyond that; returns what is there now.
+    fn sync_addresses(
+        &self,
+        net: &Network,
+        state: &NetState,
+        mut want: BTreeSet<Ipv4Addr>,
+    ) -> Result<BTreeSet<Ipv4Addr>, ReconcileError> {
+        // The TAP's own address is already there (and must stay).
+        if let Some((own, _)) = state.tap_cfg.address {
+            want.remove(&own);
+        }
+        let fail = |source: io::Error| ReconcileError::Address {
+            network: net.name.clone(),
+            source,
+        };
+        let ifindex = nix::net::if_::if_nametoindex(state.tap_cfg.name.as_str())
+            .map_err(|e| fail(io::Error::from(e)))?;
+        for ip in want.difference(&state.extra) {
+            addr::add_v4(ifindex, *ip, 32).map_err(fail)?;
+        }
+        for ip in state.extra.difference(&want) {
+            addr::del_v4(ifindex, *ip, 32).map_err(fail)?;
+        }
+        Ok(want)
+    }
+
     /// Forgets every network (their TAPs close once the dataplane lets go).
     pub fn clear(&mut self) {
         self.nets.clear();
@@ -233,18 +274,64 @@ pub fn mesh_desired(
                 .copied()
                 .filter(|t| cluster.owner(&s.network, *t) == Some(node))
                 .collect();
+            // The VIP listens on every member node, on each target port.
+            let extra_listen = match s.vip {
+                Some(vip) if member => s
+                    .ports
+                    .iter()
+                    .map(|p| (p.protocol, SocketAddr::new(vip.into(), p.target), p.target))
+                    .collect(),
+                _ => Vec::new(),
+            };
             match s.mode {
                 Mode::Ingress => Desired {
                     spec: s.clone(),
                     tasks: s.tasks.clone(),
                     listen: member,
+                    extra_listen,
                 },
                 Mode::Host => Desired {
                     spec: s.clone(),
                     listen: !local.is_empty(),
                     tasks: local,
+                    extra_listen,
                 },
             }
         })
         .collect()
+}
+
+/// The DNS zones this node serves: one per network it is a member of.
+pub fn dns_zones(cluster: &Cluster, node: &str) -> Vec<ZoneSpec> {
+    cluster
+        .networks_of(node)
+        .map(|net| ZoneSpec {
+            network: net.name.clone(),
+            addr: net.dns,
+            domain: net.domain.clone(),
+            services: cluster
+                .services
+                .iter()
+                .filter(|s| s.network == net.name)
+                .map(|s| (s.name.clone(), s.vip))
+                .collect(),
+            endpoints: cluster
+                .endpoints_of(&net.name)
+                .filter_map(|e| e.name.clone().map(|n| (n, e.ip)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The addresses this node adds to its TAP in `net`: the DNS responder's
+/// and the VIP of every service of the network.
+fn local_addresses(cluster: &Cluster, net: &Network) -> BTreeSet<Ipv4Addr> {
+    let mut out: BTreeSet<Ipv4Addr> = cluster
+        .services
+        .iter()
+        .filter(|s| s.network == net.name)
+        .filter_map(|s| s.vip)
+        .collect();
+    out.insert(net.dns);
+    out
 }

@@ -8,6 +8,7 @@
 //! its heartbeat), handles at most [`worker::BATCH`] packets per wake-up and
 //! loads the table snapshot once per wake-up.
 
+pub mod addr;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;

@@ -10,6 +10,7 @@
 //! backend reads them, allocates nothing and never panics.
 
 pub mod balance;
+pub mod dns;
 pub mod health;
 pub mod maglev;
 pub mod probe;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use super::dns;
 use super::probe;
 use super::service::{Service, ServiceStatus, Task};
 use super::spec::{Protocol, ServiceSpec};
@@ -32,6 +33,20 @@ pub struct Desired {
     pub tasks: Vec<Ipv4Addr>,
     /// Whether this node listens on the published ports.
     pub listen: bool,
+    /// Further listeners into the same service, whatever `listen` says:
+    /// (protocol, address, target port). The service's VIP listens here on
+    /// `VIP:target` for each port. Bound with `IP_FREEBIND`, so they do not
+    /// wait for the address to be on an interface.
+    pub extra_listen: Vec<(Protocol, SocketAddr, u16)>,
+}
+
+/// The DNS responder of one network.
+struct DnsServer {
+    network: String,
+    zone: Arc<ArcSwap<dns::Zone>>,
+    stats: Arc<dns::DnsStats>,
+    stop: watch::Sender<bool>,
+    _task: JoinHandle<()>,
 }
 
 struct Listener {
@@ -60,6 +75,7 @@ pub struct Mesh {
     services: HashMap<String, Arc<Service>>,
     probes: HashMap<(String, Ipv4Addr), JoinHandle<()>>,
     listeners: HashMap<(Protocol, SocketAddr), Listener>,
+    dns: HashMap<SocketAddr, DnsServer>,
 }
 
 enum Bound {
@@ -67,7 +83,10 @@ enum Bound {
     Udp(std::net::UdpSocket),
 }
 
-fn bind(proto: Protocol, addr: SocketAddr) -> io::Result<Bound> {
+fn bind(proto: Protocol, addr: SocketAddr, freebind: bool) -> io::Result<Bound> {
+    if freebind {
+        return bind_free(proto, addr);
+    }
     Ok(match proto {
         Protocol::Tcp => {
             let l = std::net::TcpListener::bind(addr)?;
@@ -82,6 +101,29 @@ fn bind(proto: Protocol, addr: SocketAddr) -> io::Result<Bound> {
     })
 }
 
+/// Binds an address the node may not have yet (a VIP, the DNS address).
+fn bind_free(proto: Protocol, addr: SocketAddr) -> io::Result<Bound> {
+    use socket2::{Domain, Socket, Type};
+    let ty = match proto {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, None)?;
+    s.set_freebind_v4(true)?;
+    if proto == Protocol::Tcp {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(match proto {
+        Protocol::Tcp => {
+            s.listen(1024)?;
+            Bound::Tcp(s.into())
+        }
+        Protocol::Udp => Bound::Udp(s.into()),
+    })
+}
+
 impl Mesh {
     pub fn new(handle: Handle) -> Mesh {
         Mesh {
@@ -89,12 +131,18 @@ impl Mesh {
             services: HashMap::new(),
             probes: HashMap::new(),
             listeners: HashMap::new(),
+            dns: HashMap::new(),
         }
     }
 
-    /// Applies the desired state. New listeners are all bound before
-    /// anything changes: if one fails, nothing is applied.
-    pub fn apply(&mut self, desired: Vec<Desired>) -> Result<Vec<String>, MeshError> {
+    /// Applies the desired state: services, their listeners and the DNS
+    /// responders of `zones`. New sockets are all bound before anything
+    /// changes: if one fails, nothing is applied.
+    pub fn apply(
+        &mut self,
+        desired: Vec<Desired>,
+        zones: Vec<dns::ZoneSpec>,
+    ) -> Result<Vec<String>, MeshError> {
         let _rt = self.handle.enter();
         let mut changes = Vec::new();
         // 1. Bind what is new.
@@ -104,18 +152,51 @@ impl Mesh {
                 want.insert((p.protocol, p.bind_addr()), (d.spec.name.clone(), p.target));
             }
         }
+        let mut free = HashSet::new();
+        for d in &desired {
+            for (proto, addr, target) in &d.extra_listen {
+                // A wildcard listener on the same port already takes this
+                // address (it must be the same service and target, or the
+                // bind below fails with "address in use").
+                let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
+                if want.get(&(*proto, any)) == Some(&(d.spec.name.clone(), *target)) {
+                    continue;
+                }
+                want.insert((*proto, *addr), (d.spec.name.clone(), *target));
+                free.insert((*proto, *addr));
+            }
+        }
         let mut fresh = HashMap::new();
         for (key, (svc, _)) in &want {
             if self.listeners.contains_key(key) {
                 continue;
             }
-            let b = bind(key.0, key.1).map_err(|source| MeshError::Bind {
+            let b = bind(key.0, key.1, free.contains(key)).map_err(|source| MeshError::Bind {
                 service: svc.clone(),
                 proto: key.0.as_str(),
                 addr: key.1,
                 source,
             })?;
             fresh.insert(*key, b);
+        }
+        let mut fresh_dns = HashMap::new();
+        for z in &zones {
+            let addr = SocketAddr::new(z.addr.into(), 53);
+            if self.dns.contains_key(&addr) {
+                continue;
+            }
+            let sock = match bind_free(Protocol::Udp, addr) {
+                Ok(Bound::Udp(s)) => Ok(s),
+                Ok(Bound::Tcp(_)) => Err(io::Error::other("not a UDP socket")),
+                Err(e) => Err(e),
+            };
+            let sock = sock.map_err(|source| MeshError::Bind {
+                service: format!("dns of network {}", z.network),
+                proto: "udp",
+                addr,
+                source,
+            })?;
+            fresh_dns.insert(addr, sock);
         }
         // 2. Services: update or create; tasks that leave drain.
         let names: HashSet<&str> = desired.iter().map(|d| d.spec.name.as_str()).collect();
@@ -210,7 +291,70 @@ impl Mesh {
                 ));
             }
         }
+        self.apply_dns(zones, fresh_dns, &mut changes);
         Ok(changes)
+    }
+
+    /// Swaps in the new zones, starts the responders bound in `fresh` and
+    /// stops those no longer wanted.
+    fn apply_dns(
+        &mut self,
+        zones: Vec<dns::ZoneSpec>,
+        mut fresh: HashMap<SocketAddr, std::net::UdpSocket>,
+        changes: &mut Vec<String>,
+    ) {
+        let mut keep = HashSet::new();
+        for z in zones {
+            let addr = SocketAddr::new(z.addr.into(), 53);
+            keep.insert(addr);
+            let zone = Arc::new(dns::Zone::new(&z, |n| self.services.get(n).cloned()));
+            if let Some(s) = self.dns.get_mut(&addr) {
+                s.zone.store(zone);
+                s.network = z.network;
+                continue;
+            }
+            let Some(sock) = fresh.remove(&addr) else {
+                continue;
+            };
+            let sock = tokio::net::UdpSocket::from_std(sock).expect("inside the runtime");
+            let zone = Arc::new(ArcSwap::new(zone));
+            let stats = Arc::new(dns::DnsStats::default());
+            let (stop, rx) = watch::channel(false);
+            let task = self
+                .handle
+                .spawn(dns::serve(sock, zone.clone(), stats.clone(), rx));
+            info!(network = %z.network, addr = %addr, "dns responder listening");
+            changes.push(format!("network {}: dns on {addr}", z.network));
+            self.dns.insert(
+                addr,
+                DnsServer {
+                    network: z.network,
+                    zone,
+                    stats,
+                    stop,
+                    _task: task,
+                },
+            );
+        }
+        self.dns.retain(|addr, s| {
+            let stay = keep.contains(addr);
+            if !stay {
+                let _ = s.stop.send(true);
+                changes.push(format!("network {}: dns on {addr} stopped", s.network));
+            }
+            stay
+        });
+    }
+
+    /// The DNS responders: network, address and counters.
+    pub fn dns_status(&self) -> Vec<(String, SocketAddr, &dns::DnsStats)> {
+        let mut v: Vec<_> = self
+            .dns
+            .iter()
+            .map(|(a, s)| (s.network.clone(), *a, s.stats.as_ref()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// One probe loop per task; loops of tasks that left are stopped.
@@ -248,6 +392,9 @@ impl Mesh {
     pub async fn drain(&mut self, deadline: Instant) -> u64 {
         for (_, l) in self.listeners.drain() {
             let _ = l.stop.send(true);
+        }
+        for (_, d) in self.dns.drain() {
+            let _ = d.stop.send(true);
         }
         let tasks: Vec<Arc<Task>> = self
             .services

@@ -37,6 +37,19 @@ pub enum Mode {
     Host,
 }
 
+/// How other workloads of the network reach a service by name (see
+/// [`super::dns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// The name answers with the service's virtual IP; connections to
+    /// `VIP:target` are balanced on the client's own node.
+    #[default]
+    Vip,
+    /// DNS round robin: the name answers with the healthy tasks' addresses.
+    Dnsrr,
+}
+
 /// One published port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PortSpec {
@@ -122,6 +135,10 @@ pub struct ServiceSpec {
     pub udp_timeout: Duration,
     /// Connections to try before a client connection is given up.
     pub connect_timeout: Duration,
+    pub endpoint_mode: EndpointMode,
+    /// The virtual IP in the service's network (`None` in `dnsrr` mode):
+    /// configured, or allocated by the control plane.
+    pub vip: Option<Ipv4Addr>,
 }
 
 impl ServiceSpec {
