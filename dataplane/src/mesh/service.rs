@@ -139,6 +139,8 @@ pub struct Service {
     pub pick: ArcSwap<Pick>,
     /// Connections refused because no task could take them.
     pub no_backend: AtomicU64,
+    /// Counter behind the slow-start draws.
+    draws: AtomicU64,
 }
 
 fn health_config(spec: &ServiceSpec) -> HealthConfig {
@@ -168,6 +170,7 @@ impl Service {
             spec: ArcSwap::from_pointee(spec),
             tasks: Mutex::new(list),
             no_backend: AtomicU64::new(0),
+            draws: AtomicU64::new(0),
         };
         s.rebuild();
         s
@@ -258,6 +261,24 @@ impl Service {
             .candidates(maglev::client_hash(client.ip()), &active, &mut idx);
         out.clear();
         out.extend(idx[..n].iter().map(|i| pick.tasks[*i].clone()));
+        // Slow start: a task that came up recently takes only its weight's
+        // share of the connections that would go to it; the rest go to the
+        // next candidate. The draw is a fixed hash of a per-service counter,
+        // so it spreads evenly without a random source.
+        if out.len() > 1 {
+            let w = out[0]
+                .health
+                .lock()
+                .expect("health lock")
+                .weight(std::time::Instant::now());
+            if w < 1.0 {
+                let draw = self.draws.fetch_add(1, Relaxed);
+                let x = crate::wire::flow::murmur3_32(&draw.to_le_bytes(), 0x736c_6f77);
+                if f64::from(x) / f64::from(u32::MAX) >= w {
+                    out.rotate_left(1);
+                }
+            }
+        }
     }
 
     /// A connect to `task` succeeded or failed (passive health).
