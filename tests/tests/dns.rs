@@ -1,0 +1,291 @@
+//! End to end: service discovery on the overlay. Workloads are the host
+//! namespaces themselves (as in mesh.rs): h1 runs no task and asks its own
+//! node's DNS responder, tasks run on h2 and h3.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::backend::{self, get};
+use common::{Lab, FRONT_ONLY};
+use vxmesh_dataplane::mesh::dns::proto::op::{Message, Query, ResponseCode};
+use vxmesh_dataplane::mesh::dns::proto::rr::{Name, RData, RecordType};
+use vxmesh_testbed::require_root;
+
+/// The default DNS addresses: each subnet's last usable address.
+const FRONT_DNS: &str = "10.0.9.254";
+const BACK_DNS: &str = "10.0.10.254";
+
+fn ov(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 9, n)
+}
+
+fn config() -> String {
+    // h1 and h2 are also on `back`, where `api` lives.
+    let front = FRONT_ONLY.replace(
+        "ip = \"10.0.9.2\"\n",
+        "ip = \"10.0.9.2\"\nname = \"web-2\"\n",
+    );
+    format!(
+        r#"{front}
+[[networks]]
+name = "back"
+vni = 4097
+subnet = "10.0.10.0/24"
+
+[[endpoints]]
+network = "back"
+node = "h1"
+ip = "10.0.10.1"
+[[endpoints]]
+network = "back"
+node = "h2"
+ip = "10.0.10.2"
+
+[[services]]
+name = "web"
+network = "front"
+tasks = ["10.0.9.2", "10.0.9.3"]
+ports = [{{ published = 8080, target = 80, protocol = "tcp" }}]
+balance = "round-robin"
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100, rise = 2, fall = 2 }}
+
+[[services]]
+name = "db"
+network = "front"
+endpoint_mode = "dnsrr"
+tasks = ["10.0.9.2", "10.0.9.3"]
+ports = [{{ published = 8081, target = 80, protocol = "tcp" }}]
+health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100, rise = 2, fall = 2 }}
+
+[[services]]
+name = "api"
+network = "back"
+vip = "10.0.10.100"
+tasks = ["10.0.10.2"]
+ports = [{{ published = 8082, target = 80, protocol = "tcp" }}]
+"#
+    )
+}
+
+/// Sends `bytes` to `dns:53` from namespace `ns`; the reply, if any came
+/// within `wait`.
+fn raw(lab: &Lab, ns: &str, dns: &str, bytes: Vec<u8>, wait: Duration) -> Option<Vec<u8>> {
+    let to = SocketAddr::new(dns.parse::<Ipv4Addr>().unwrap().into(), 53);
+    lab.tb
+        .in_ns(ns, move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(wait)).unwrap();
+            s.send_to(&bytes, to).unwrap();
+            let mut buf = [0u8; 1500];
+            s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+        })
+        .expect("in namespace")
+}
+
+/// Asks `dns` from `host` for the A records of `name`.
+fn resolve(lab: &Lab, host: &str, dns: &str, name: &str) -> (ResponseCode, Vec<Ipv4Addr>) {
+    let mut q = Message::new();
+    q.set_id(7)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let reply = raw(
+        lab,
+        &lab.tb.ns(host),
+        dns,
+        q.to_vec().unwrap(),
+        Duration::from_secs(2),
+    )
+    .unwrap_or_else(|| panic!("no answer from {dns} for {name}"));
+    let m = Message::from_vec(&reply).expect("a DNS message");
+    assert_eq!(m.id(), 7);
+    let mut ips: Vec<Ipv4Addr> = m
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    ips.sort();
+    (m.response_code(), ips)
+}
+
+/// Three daemons, tasks on h2 and h3, every task up on h1 after probes
+/// that ran since the tasks listen.
+fn dns_lab(tag: &str) -> (Lab, backend::Backend, backend::Backend) {
+    let mut lab = Lab::new(tag, 3, &config());
+    for h in ["h1", "h2", "h3"] {
+        lab.start(h);
+    }
+    let b2 = backend::start(&lab.tb, &lab.tb.ns("h2"), "task2", ov(2), false);
+    let b3 = backend::start(&lab.tb, &lab.tb.ns("h3"), "task3", ov(3), false);
+    for svc in ["web", "db"] {
+        let probes = |lab: &Lab| -> Vec<(String, u64, String)> {
+            lab.cli_json("h1", &["service", "ps", svc])
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["addr"].as_str().unwrap().to_string(),
+                        t["probe_duration"]["count"].as_u64().unwrap(),
+                        t["state"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let start = probes(&lab);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = probes(&lab);
+            if now.iter().all(|(a, c, st)| {
+                let before = start.iter().find(|s| &s.0 == a).map(|s| s.1).unwrap_or(0);
+                *c >= before + 2 && st == "up"
+            }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{svc} never settled: {now:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (lab, b2, b3)
+}
+
+fn who(body: &str) -> String {
+    body.split_whitespace().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn a_service_name_resolves_to_a_vip_balanced_on_the_clients_node() {
+    if !require_root() {
+        return;
+    }
+    let (lab, _b2, mut b3) = dns_lab("dnsvip");
+    let h1 = lab.tb.ns("h1");
+    let (rc, vip) = resolve(&lab, "h1", FRONT_DNS, "web");
+    assert_eq!(rc, ResponseCode::NoError);
+    assert_eq!(vip.len(), 1, "one VIP: {vip:?}");
+    let vip = vip[0];
+    assert!(vip != ov(2) && vip != ov(3), "a VIP, not a task: {vip}");
+    // The same name with the cluster domain, and from another node.
+    assert_eq!(resolve(&lab, "h1", FRONT_DNS, "web.vxmesh.").1, vec![vip]);
+    assert_eq!(resolve(&lab, "h3", FRONT_DNS, "web").1, vec![vip]);
+    // h1 connects to VIP:target; both tasks serve, and h1's own mesh did
+    // the balancing (its counters moved).
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let (body, _) = get(&lab.tb, &h1, SocketAddr::new(vip.into(), 80), "/").expect("served");
+        seen.insert(who(&body));
+    }
+    assert_eq!(seen, HashSet::from(["task2".into(), "task3".into()]));
+    let total: u64 = lab
+        .cli_json("h1", &["service", "ps", "web"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["total"].as_u64().unwrap())
+        .sum();
+    assert!(
+        total >= 6,
+        "h1's mesh balanced the VIP connections: {total}"
+    );
+    // tasks.web lists both tasks, then only task2 once task3 dies.
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "tasks.web"),
+        (ResponseCode::NoError, vec![ov(2), ov(3)])
+    );
+    let killed = Instant::now();
+    b3.stop();
+    loop {
+        let (_, ips) = resolve(&lab, "h1", FRONT_DNS, "tasks.web");
+        if ips == vec![ov(2)] {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "task3 still answered: {ips:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone_after = killed.elapsed();
+    // fall × interval + one timeout, plus one interval of slack for the probe phase.
+    assert!(
+        gone_after <= Duration::from_millis(2 * 200 + 100 + 200),
+        "task3 left the answers after {gone_after:?}"
+    );
+    for _ in 0..4 {
+        let (body, _) = get(&lab.tb, &h1, SocketAddr::new(vip.into(), 80), "/").expect("served");
+        assert_eq!(who(&body), "task2");
+    }
+}
+
+#[test]
+fn names_are_scoped_dnsrr_answers_tasks_and_junk_is_survived() {
+    if !require_root() {
+        return;
+    }
+    let (lab, _b2, _b3) = dns_lab("dnsscope");
+    // dnsrr: the name answers with the tasks themselves.
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "db"),
+        (ResponseCode::NoError, vec![ov(2), ov(3)])
+    );
+    // An endpoint's name.
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "web-2"),
+        (ResponseCode::NoError, vec![ov(2)])
+    );
+    // `back`'s responder knows `api` (at its configured VIP) but not `web`.
+    assert_eq!(
+        resolve(&lab, "h1", BACK_DNS, "api"),
+        (ResponseCode::NoError, vec![Ipv4Addr::new(10, 0, 10, 100)])
+    );
+    assert_eq!(
+        resolve(&lab, "h1", BACK_DNS, "web").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "api").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "nope").0,
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "example.com").0,
+        ResponseCode::Refused
+    );
+    // Junk: empty, short, a header with a broken question, a response, a
+    // large random blob. Each gets FORMERR or nothing; the responder stays.
+    let h1 = lab.tb.ns("h1");
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 5],
+        vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x3f, b'x'],
+        vec![0, 7, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0],
+    ];
+    let mut x: u32 = 12345;
+    junk.push(
+        (0..1400)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect(),
+    );
+    for j in junk {
+        if let Some(reply) = raw(&lab, &h1, FRONT_DNS, j, Duration::from_millis(300)) {
+            let m = Message::from_vec(&reply).expect("replies are well formed");
+            assert_eq!(m.response_code(), ResponseCode::FormErr);
+        }
+    }
+    assert_eq!(
+        resolve(&lab, "h1", FRONT_DNS, "db"),
+        (ResponseCode::NoError, vec![ov(2), ov(3)]),
+        "the responder still answers"
+    );
+}
