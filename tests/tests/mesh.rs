@@ -77,13 +77,20 @@ fn settle(lab: &Lab) {
         loop {
             let now = probes(lab, h);
             let settled = now.iter().all(|(addr, count, state)| {
-                let before = start.iter().find(|s| &s.0 == addr).map(|s| s.1).unwrap_or(0);
+                let before = start
+                    .iter()
+                    .find(|s| &s.0 == addr)
+                    .map(|s| s.1)
+                    .unwrap_or(0);
                 *count >= before + 2 && state == "up"
             });
             if settled {
                 break;
             }
-            assert!(Instant::now() < deadline, "tasks never settled on {h}: {now:?}");
+            assert!(
+                Instant::now() < deadline,
+                "tasks never settled on {h}: {now:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -275,7 +282,10 @@ fn a_removed_task_drains_and_its_long_transfer_completes() {
     }
     // The listener's socket before the reload (its inode).
     let listener = |lab: &Lab| {
-        let out = lab.tb.exec(&lab.tb.ns("h1"), &["ss", "-Hltne", "sport", "=", ":8080"]).unwrap();
+        let out = lab
+            .tb
+            .exec(&lab.tb.ns("h1"), &["ss", "-Hltne", "sport", "=", ":8080"])
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         text.split_whitespace()
             .find(|w| w.starts_with("ino:"))
@@ -301,7 +311,11 @@ fn a_removed_task_drains_and_its_long_transfer_completes() {
         let (body, _) = get(tb, &cl, node(1, 8080), "/").expect("served");
         assert_eq!(who(&body), "task2");
     }
-    assert_eq!(listener(&lab), before, "the listener was kept, not reopened");
+    assert_eq!(
+        listener(&lab),
+        before,
+        "the listener was kept, not reopened"
+    );
     let got = long.join().unwrap().unwrap();
     let header = "HTTP/1.1 200 OK\r\nContent-Length: 6553600\r\nConnection: close\r\n\r\n".len();
     assert_eq!(

@@ -71,7 +71,11 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
         "h2 resolved h1 locally"
     );
     let peer_tx = "vxmesh_peer_tx_packets_total{network=\"front\",peer=\"198.18.0.2\"}";
-    assert_eq!(sample(&b1, peer_tx) - sample(&a1, peer_tx), 10, "per peer, too");
+    assert_eq!(
+        sample(&b1, peer_tx) - sample(&a1, peer_tx),
+        10,
+        "per peer, too"
+    );
     let flood = "vxmesh_flood_copies_total{network=\"front\"}";
     assert_eq!(sample(&b1, flood), sample(&a1, flood));
     // Families an operator relies on are there, with their types.

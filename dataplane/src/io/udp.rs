@@ -94,7 +94,7 @@ impl Underlay {
     pub fn recv(
         &self,
         buf: &mut [u8],
-        cmsg: &mut Vec<u8>,
+        cmsg: &mut [u8],
     ) -> io::Result<(usize, Ipv4Addr, Option<usize>)> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
         let mut iov = [std::io::IoSliceMut::new(buf)];
