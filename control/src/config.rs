@@ -101,6 +101,8 @@ struct RawService {
     idle_timeout_ms: Option<u64>,
     udp_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    max_connections: Option<u32>,
+    max_sessions: Option<u32>,
     vip: Option<Spanned<Ipv4Addr>>,
     endpoint_mode: Option<Spanned<String>>,
 }
@@ -158,6 +160,7 @@ struct RawNetwork {
     learning: bool,
     fdb_cap: Option<usize>,
     ageing_s: Option<u64>,
+    flood_pps: Option<u32>,
     /// The DNS responder's address (default: the last usable address).
     dns: Option<Spanned<Ipv4Addr>>,
     /// The cluster domain names may end in (default `vxmesh`).
@@ -396,6 +399,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             learning: n.learning,
             fdb_cap: n.fdb_cap.unwrap_or(Network::DEFAULT_FDB_CAP),
             ageing_s: n.ageing_s.unwrap_or(Network::DEFAULT_AGEING_S),
+            flood_pps: n.flood_pps.unwrap_or(Network::DEFAULT_FLOOD_PPS),
         });
     }
 
@@ -817,6 +821,10 @@ fn services(
             vip: vip
                 .map(|v| v.0)
                 .filter(|_| endpoint_mode == EndpointMode::Vip),
+            max_connections: s
+                .max_connections
+                .unwrap_or(ServiceSpec::DEFAULT_MAX_CONNECTIONS),
+            max_sessions: s.max_sessions.unwrap_or(ServiceSpec::DEFAULT_MAX_SESSIONS),
         });
     }
     out

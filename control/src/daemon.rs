@@ -267,6 +267,54 @@ fn file_cluster(opts: &Options) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
+/// Logs when the dataplane starts or stops hitting a limit (the learned
+/// table's cap, the flood rate): one line per change, read from the
+/// counters every 2 s, never from the packet path.
+#[derive(Default)]
+struct LimitWatch {
+    last: std::collections::HashMap<(String, &'static str), (u64, bool)>,
+}
+
+impl LimitWatch {
+    fn check(&mut self, st: &State) {
+        let tables = st
+            .inner
+            .lock()
+            .expect("state lock poisoned")
+            .dataplane
+            .tables();
+        for n in &tables.networks {
+            let now = [
+                (
+                    "fdb_full",
+                    n.stats.fdb_full.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                (
+                    "flood_rate",
+                    n.stats
+                        .drops
+                        .get(vxmesh_dataplane::overlay::DropReason::FloodRate),
+                ),
+            ];
+            for (what, v) in now {
+                let e = self
+                    .last
+                    .entry((n.name.clone(), what))
+                    .or_insert((v, false));
+                let hitting = v > e.0;
+                if hitting != e.1 {
+                    if hitting {
+                        warn!(network = %n.name, limit = what, refused = v - e.0, "limit reached");
+                    } else {
+                        info!(network = %n.name, limit = what, "back under the limit");
+                    }
+                }
+                *e = (v, hitting);
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -365,8 +413,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut wd_tick = tokio::time::interval((wd_period / 2).max(Duration::from_millis(50)));
     let stuck_after = wd_period.max(Duration::from_millis(500));
     let mut fast = false;
+    let mut limits = LimitWatch::default();
+    let mut limits_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
+            _ = limits_tick.tick() => limits.check(&state),
             _ = hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
                 match state.reload() {

@@ -389,8 +389,17 @@ impl Collector for DaemonCollector {
             ),
         ];
         let mut no_backend = Vec::new();
+        let (mut refused, mut open) = (Vec::new(), Vec::new());
         for s in &services {
             no_backend.push((vec![("service", s.name.clone())], s.no_backend));
+            for (kind, r, o) in [
+                ("connections", s.refused_connections, s.open_connections),
+                ("sessions", s.refused_sessions, s.open_sessions),
+            ] {
+                let l = vec![("service", s.name.clone()), ("kind", kind.to_string())];
+                refused.push((l.clone(), r));
+                open.push((l, o as f64));
+            }
             for t in &s.tasks {
                 let l = vec![("service", s.name.clone()), ("task", t.addr.clone())];
                 let up = matches!(
@@ -438,6 +447,20 @@ impl Collector for DaemonCollector {
                 )?;
             }
         }
+        counters(
+            e,
+            "vxmesh_service_refused",
+            "Connections and sessions refused at the service's max_connections / max_sessions.",
+            None,
+            refused,
+        )?;
+        gauges(
+            e,
+            "vxmesh_service_open",
+            "Connections and sessions this node holds open for the service.",
+            None,
+            open,
+        )?;
         counters(
             e,
             "vxmesh_service_no_backend",

@@ -57,6 +57,9 @@ pub struct Network {
     pub fdb_cap: usize,
     /// Learned entries expire after this many seconds without traffic.
     pub ageing_s: u64,
+    /// Broadcast, multicast and unknown-unicast frames per second this node
+    /// replicates into the network; more are dropped (0: no limit).
+    pub flood_pps: u32,
     /// The DNS responder's address on every member node.
     pub dns: Ipv4Addr,
     /// Names may end in `.<domain>` (lowercase, no dots at the ends).
@@ -66,6 +69,7 @@ pub struct Network {
 impl Network {
     pub const DEFAULT_FDB_CAP: usize = 4096;
     pub const DEFAULT_AGEING_S: u64 = 300;
+    pub const DEFAULT_FLOOD_PPS: u32 = 1000;
     pub const DEFAULT_DOMAIN: &'static str = "vxmesh";
 
     /// The default DNS address: the subnet's last usable address.

@@ -203,7 +203,8 @@ impl Reconciler {
                 )
                 .with_peers(local, peers)
                 .with_endpoints(local, &endpoints)
-                .with_learning(net.learning),
+                .with_learning(net.learning)
+                .with_flood_limit(net.flood_pps),
             );
             next.insert(net.name.clone(), state);
         }

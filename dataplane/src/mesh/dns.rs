@@ -322,6 +322,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             endpoint_mode: mode,
             vip,
+            max_connections: 0,
+            max_sessions: 0,
         }
     }
 

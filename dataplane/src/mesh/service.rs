@@ -141,6 +141,14 @@ pub struct Service {
     pub no_backend: AtomicU64,
     /// Counter behind the slow-start draws.
     draws: AtomicU64,
+    /// TCP connections (accepted) and UDP sessions open on this node.
+    pub open_connections: AtomicU64,
+    pub open_sessions: AtomicU64,
+    /// Refused at the service's limits (max_connections, max_sessions).
+    pub refused_connections: AtomicU64,
+    pub refused_sessions: AtomicU64,
+    /// The limit is being hit now (for one log line per change).
+    at_limit: std::sync::atomic::AtomicBool,
 }
 
 fn health_config(spec: &ServiceSpec) -> HealthConfig {
@@ -171,6 +179,11 @@ impl Service {
             tasks: Mutex::new(list),
             no_backend: AtomicU64::new(0),
             draws: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            open_sessions: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
+            refused_sessions: AtomicU64::new(0),
+            at_limit: std::sync::atomic::AtomicBool::new(false),
         };
         s.rebuild();
         s
@@ -281,6 +294,19 @@ impl Service {
         }
     }
 
+    /// Logs when the service starts or stops hitting one of its limits: one
+    /// line per change, never one per refused connection.
+    pub fn note_limit(&self, hit: bool, what: &str, limit: u32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.at_limit.swap(hit, SeqCst) != hit {
+            if hit {
+                tracing::warn!(service = %self.name(), what, limit, "limit reached: refusing more");
+            } else {
+                tracing::info!(service = %self.name(), what, limit, "back under the limit");
+            }
+        }
+    }
+
     /// A connect to `task` succeeded or failed (passive health).
     pub fn observe_connect(&self, task: &Task, ok: bool) {
         if !ok {
@@ -323,6 +349,10 @@ impl Service {
             ports: spec.ports.clone(),
             proxy_protocol: spec.proxy_protocol,
             no_backend: self.no_backend.load(Relaxed),
+            open_connections: self.open_connections.load(Relaxed),
+            open_sessions: self.open_sessions.load(Relaxed),
+            refused_connections: self.refused_connections.load(Relaxed),
+            refused_sessions: self.refused_sessions.load(Relaxed),
             tasks,
         }
     }
@@ -350,5 +380,31 @@ pub struct ServiceStatus {
     pub ports: Vec<super::spec::PortSpec>,
     pub proxy_protocol: bool,
     pub no_backend: u64,
+    pub open_connections: u64,
+    pub open_sessions: u64,
+    /// Refused at `max_connections` / `max_sessions`.
+    pub refused_connections: u64,
+    pub refused_sessions: u64,
     pub tasks: Vec<TaskStatus>,
+}
+
+/// Counts one open connection or session of a service while it lives.
+pub struct OpenGuard<'a>(&'a AtomicU64);
+
+impl<'a> OpenGuard<'a> {
+    /// Takes a place under `limit` (0: none); `None` when full.
+    pub fn take(counter: &'a AtomicU64, limit: u32) -> Option<OpenGuard<'a>> {
+        let now = counter.fetch_add(1, Relaxed);
+        if limit != 0 && now >= u64::from(limit) {
+            counter.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(OpenGuard(counter))
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }

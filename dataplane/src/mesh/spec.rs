@@ -139,6 +139,12 @@ pub struct ServiceSpec {
     /// The virtual IP in the service's network (`None` in `dnsrr` mode):
     /// configured, or allocated by the control plane.
     pub vip: Option<Ipv4Addr>,
+    /// Open TCP connections this node relays for the service; more are
+    /// accepted and closed at once, and counted (0: no limit).
+    pub max_connections: u32,
+    /// UDP sessions this node keeps for the service; datagrams that would
+    /// open more are dropped and counted (0: no limit).
+    pub max_sessions: u32,
 }
 
 impl ServiceSpec {
@@ -146,6 +152,10 @@ impl ServiceSpec {
     pub const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
     pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Each relayed connection holds two sockets and, with splice, two
+    /// pipes (six descriptors): 1000 stays well inside common fd limits.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+    pub const DEFAULT_MAX_SESSIONS: u32 = 10_000;
 
     /// The port a health check connects to.
     pub fn probe_port(&self) -> Option<u16> {

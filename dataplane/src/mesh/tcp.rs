@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use super::service::{ActiveGuard, Service, Task};
+use super::service::{ActiveGuard, OpenGuard, Service, Task};
 use crate::wire::proxy_v2;
 
 /// Where a listener sends its connections; swapped on reload so a kept
@@ -49,6 +49,17 @@ pub async fn serve(l: TcpListener, route: Arc<ArcSwap<Route>>, mut stop: watch::
 async fn handle(client: TcpStream, peer: SocketAddr, local: SocketAddr, route: Arc<Route>) {
     let svc = &route.service;
     let spec = svc.spec.load_full();
+    let Some(_open) = OpenGuard::take(&svc.open_connections, spec.max_connections) else {
+        // Over the service's limit: closed at once, counted, logged once.
+        svc.refused_connections.fetch_add(1, Relaxed);
+        svc.note_limit(true, "connections", spec.max_connections);
+        return;
+    };
+    if spec.max_connections != 0
+        && svc.open_connections.load(Relaxed) < u64::from(spec.max_connections) / 2
+    {
+        svc.note_limit(false, "connections", spec.max_connections);
+    }
     let mut cands = Vec::with_capacity(3);
     svc.candidates(peer, &mut cands);
     for task in cands {

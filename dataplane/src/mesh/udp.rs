@@ -52,11 +52,14 @@ pub async fn serve(sock: UdpSocket, route: Arc<ArcSwap<Route>>, mut stop: watch:
         let (up, last, task) = match live {
             Some(x) => x,
             None => match open(&sock, &sessions, client, &route, epoch).await {
-                Some(x) => x,
-                None => {
-                    route.service.no_backend.fetch_add(1, Relaxed);
-                    continue;
+                Some(x) => {
+                    route
+                        .service
+                        .open_sessions
+                        .store(sessions.len() as u64, Relaxed);
+                    x
                 }
+                None => continue,
             },
         };
         if up.send(&buf[..n]).await.is_ok() {
@@ -75,9 +78,18 @@ async fn open(
     epoch: Instant,
 ) -> Option<(Arc<UdpSocket>, Arc<AtomicU64>, Arc<Task>)> {
     let svc = &route.service;
+    let max = svc.spec.load().max_sessions;
+    if max != 0 && sessions.len() >= max as usize {
+        svc.refused_sessions.fetch_add(1, Relaxed);
+        svc.note_limit(true, "sessions", max);
+        return None;
+    }
     let mut cands = Vec::with_capacity(3);
     svc.candidates(client, &mut cands);
-    let task = cands.into_iter().next()?;
+    let Some(task) = cands.into_iter().next() else {
+        svc.no_backend.fetch_add(1, Relaxed);
+        return None;
+    };
     let up = UdpSocket::bind("0.0.0.0:0").await.ok()?;
     up.connect(SocketAddr::new(task.addr.into(), route.target))
         .await
