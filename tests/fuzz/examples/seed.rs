@@ -1,0 +1,410 @@
+//! Regenerates the seed corpora in `tests/fuzz/corpus/<target>/` (run it
+//! through `tests/fuzz/seed.sh`). Deterministic: the same files every run.
+//!
+//! Where the seeds come from:
+//! - the frames the kernel's own vxlan device sent, captured by
+//!   `dataplane/src/wire/testdata/capture-kernel-vxlan.sh` and kept in
+//!   `vxmesh_dataplane::wire::vxlan::testdata` (outer IPv4 + UDP stripped:
+//!   what the underlay socket hands vxmeshd);
+//! - the PROXY v2 headers HAProxy sent, captured by
+//!   `dataplane/src/wire/testdata/capture-haproxy-proxy-v2.sh`;
+//! - `config/lab.toml` and variants of it with every optional key;
+//! - synthetic frames (built with etherparse) for what no capture holds:
+//!   TCP super-frames of a TSO sender, partial checksums (`CHECKSUM_PARTIAL`
+//!   as Linux leaves them), 802.1Q tags, IPv6.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use etherparse::PacketBuilder;
+use vxmesh_dataplane::wire::csum::{fold, sum};
+use vxmesh_dataplane::wire::proxy_v2::{self, Transport};
+use vxmesh_dataplane::wire::vxlan::{self, testdata};
+
+const MAC_H1: [u8; 6] = [0x02, 0x42, 10, 0, 9, 1];
+const MAC_H2: [u8; 6] = [0x02, 0x42, 10, 0, 9, 2];
+const IP_H1: [u8; 4] = [10, 0, 9, 1];
+const IP_H2: [u8; 4] = [10, 0, 9, 2];
+const IP6_A: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const IP6_B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+const VNI_FRONT: u32 = 4096;
+const VNI_BACK: u32 = 4097;
+const VNI_TINY: u32 = 4098;
+
+/// A VXLAN datagram from a kernel capture: outer IPv4 and UDP removed.
+fn captured(datagram: &[u8]) -> Vec<u8> {
+    datagram[testdata::OUTER_LEN..].to_vec()
+}
+
+/// The inner frame of a kernel capture.
+fn captured_frame(datagram: &[u8]) -> Vec<u8> {
+    captured(datagram)[vxlan::HEADER_LEN..].to_vec()
+}
+
+fn vxlan(vni: u32, frame: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; vxlan::HEADER_LEN];
+    vxlan::write_header(&mut d, vni);
+    d.extend_from_slice(frame);
+    d
+}
+
+/// Bytes `0, 1, 2, ...` (mod 251, so no period lines up with a header).
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn tcp_v4(vlan: bool, len: usize) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(MAC_H2, MAC_H1);
+    let tcp = |b: etherparse::PacketBuilderStep<etherparse::IpHeaders>| {
+        b.tcp(40000, 5201, 1_000_000, 64240).ack(7).psh()
+    };
+    let b = if vlan {
+        tcp(eth
+            .single_vlan(0x123.try_into().expect("12-bit VLAN id"))
+            .ipv4(IP_H2, IP_H1, 64))
+    } else {
+        tcp(eth.ipv4(IP_H2, IP_H1, 64))
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(len)).expect("frame builds");
+    out
+}
+
+fn tcp_v6(len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_H2, MAC_H1)
+        .ipv6(IP6_B, IP6_A, 64)
+        .tcp(40000, 5201, 2_000_000, 64240)
+        .ack(9)
+        .fin();
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(len)).expect("frame builds");
+    out
+}
+
+fn udp_v4(len: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_H2, MAC_H1)
+        .ipv4(IP_H2, IP_H1, 64)
+        .udp(5353, 53);
+    let mut out = Vec::new();
+    b.write(&mut out, &payload(len)).expect("frame builds");
+    out
+}
+
+/// IPv6 UDP to a multicast group (all-nodes), flooded like neighbour
+/// discovery.
+fn udp_v6_multicast() -> Vec<u8> {
+    let mut group = [0u8; 16];
+    group[0] = 0xff;
+    group[1] = 0x02;
+    group[15] = 1;
+    let b = PacketBuilder::ethernet2(MAC_H1, [0x33, 0x33, 0, 0, 0, 1])
+        .ipv6(IP6_A, group, 255)
+        .udp(546, 547);
+    let mut out = Vec::new();
+    b.write(&mut out, b"solicit").expect("frame builds");
+    out
+}
+
+/// Leaves the TCP/UDP checksum as Linux does under `CHECKSUM_PARTIAL`:
+/// the folded pseudo-header sum, not inverted.
+fn partial(mut frame: Vec<u8>) -> Vec<u8> {
+    let l3 = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let (l4, proto, pseudo) = if frame[l3] >> 4 == 4 {
+        let l4 = l3 + usize::from(frame[l3] & 0x0f) * 4;
+        let proto = frame[l3 + 9];
+        let len = frame.len() - l4;
+        (
+            l4,
+            proto,
+            sum(&frame[l3 + 12..l3 + 20], u32::from(proto) + len as u32),
+        )
+    } else {
+        let l4 = l3 + 40;
+        let proto = frame[l3 + 6];
+        let len = frame.len() - l4;
+        (
+            l4,
+            proto,
+            sum(&frame[l3 + 8..l3 + 40], u32::from(proto) + len as u32),
+        )
+    };
+    let field = l4 + if proto == 6 { 16 } else { 6 };
+    frame[field..field + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    frame
+}
+
+/// An ARP request frame: `sender` asks who has `target`.
+fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&MAC_H1);
+    f.extend_from_slice(&[0x08, 0x06]);
+    let body = etherparse::ArpEthIpv4Packet {
+        operation: etherparse::ArpOperation::REQUEST,
+        sender_mac: MAC_H1,
+        sender_ipv4: sender,
+        target_mac: [0; 6],
+        target_ipv4: target,
+    };
+    f.extend_from_slice(&body.to_bytes());
+    f
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// `name hex` lines of HAProxy's captured headers.
+fn haproxy_headers(file: &Path) -> Vec<(String, Vec<u8>)> {
+    fs::read_to_string(file)
+        .expect("captured PROXY v2 headers")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, h) = l.split_once(' ').expect("`name hex`");
+            (name.to_string(), hex(h.trim()))
+        })
+        .collect()
+}
+
+/// The lab's file with every optional key of the README's reference and a
+/// service as `tests/tests/mesh.rs` writes one.
+const LAB_EXTRAS: &str = r#"
+[[networks]]
+name = "back"
+vni = 4097
+subnet = "10.0.10.0/24"
+mtu = 1400
+nodes = ["h3"]
+learning = true
+fdb_cap = 16
+ageing_s = 60
+
+[[endpoints]]
+network = "back"
+node = "h1"
+ip = "10.0.10.1"
+mac = "02:42:0a:00:0a:01"
+name = "db-1"
+
+[[services]]
+name = "web"
+network = "front"
+tasks = ["10.0.9.2", "10.0.9.3"]
+ports = [{ published = 8080, target = 80, protocol = "tcp" },
+         { published = 5353, target = 53, protocol = "udp" }]
+balance = "maglev"
+health = { kind = "http", interval_ms = 200, timeout_ms = 100, rise = 2, fall = 2, path = "/health", status = 200 }
+mode = "ingress"
+proxy_protocol = "v2"
+drain_ms = 1000
+"#;
+
+/// Errors on several lines: validation collects them all.
+const LAB_ERRORS: &str = r#"
+[[networks]]
+name = "a-name-far-too-long"
+vni = 0
+subnet = "10.0.9.0/24"
+
+[[endpoints]]
+network = "nowhere"
+node = "h9"
+ip = "10.0.9.1"
+mac = "01:00:5e:00:00:01"
+"#;
+
+fn main() {
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = fuzz.join("../..");
+    let testdata_dir = root.join("dataplane/src/wire/testdata");
+    let lab = fs::read_to_string(root.join("config/lab.toml")).expect("config/lab.toml");
+
+    let icmp = captured(testdata::KERNEL_ICMP_DATAGRAM);
+    let mut no_i_flag = icmp.clone();
+    no_i_flag[0] = 0;
+    let mut unknown_vni = icmp.clone();
+    unknown_vni[4..7].copy_from_slice(&[0x00, 0x20, 0x00]);
+    let arp_req = captured_frame(testdata::KERNEL_ARP_REQUEST_DATAGRAM);
+    let mut arp_padded = arp_req.clone();
+    arp_padded.resize(60, 0);
+
+    let mut seeds: Vec<(&str, &str, Vec<u8>)> = vec![
+        // overlay_datagram: VXLAN datagrams ...
+        ("overlay_datagram", "kernel-icmp-echo.vxlan", icmp.clone()),
+        (
+            "overlay_datagram",
+            "kernel-arp-request.vxlan",
+            captured(testdata::KERNEL_ARP_REQUEST_DATAGRAM),
+        ),
+        (
+            "overlay_datagram",
+            "kernel-arp-reply.vxlan",
+            captured(testdata::KERNEL_ARP_REPLY_DATAGRAM),
+        ),
+        ("overlay_datagram", "no-i-flag.vxlan", no_i_flag),
+        ("overlay_datagram", "unknown-vni.vxlan", unknown_vni),
+        (
+            "overlay_datagram",
+            "tcp-partial-csum.vxlan",
+            vxlan(VNI_FRONT, &partial(tcp_v4(false, 100))),
+        ),
+        (
+            "overlay_datagram",
+            "udp-partial-csum.vxlan",
+            vxlan(VNI_BACK, &partial(udp_v4(64))),
+        ),
+        (
+            "overlay_datagram",
+            "tcp-vlan.vxlan",
+            vxlan(VNI_FRONT, &tcp_v4(true, 40)),
+        ),
+        (
+            "overlay_datagram",
+            "tcp-super-frame-mtu1450.vxlan",
+            vxlan(VNI_FRONT, &partial(tcp_v4(false, 3000))),
+        ),
+        (
+            "overlay_datagram",
+            "tcp-super-frame-tiny.vxlan",
+            vxlan(VNI_TINY, &tcp_v4(false, 200)),
+        ),
+        (
+            "overlay_datagram",
+            "tcp6-super-frame-tiny.vxlan",
+            vxlan(VNI_TINY, &tcp_v6(150)),
+        ),
+        // ... and TAP frames.
+        (
+            "overlay_datagram",
+            "kernel-icmp-echo.frame",
+            captured_frame(testdata::KERNEL_ICMP_DATAGRAM),
+        ),
+        (
+            "overlay_datagram",
+            "kernel-arp-request.frame",
+            arp_req.clone(),
+        ),
+        (
+            "overlay_datagram",
+            "udp6-multicast.frame",
+            udp_v6_multicast(),
+        ),
+        // arp
+        ("arp", "kernel-arp-request.frame", arp_req.clone()),
+        ("arp", "kernel-arp-request-padded.frame", arp_padded),
+        (
+            "arp",
+            "kernel-arp-reply.frame",
+            captured_frame(testdata::KERNEL_ARP_REPLY_DATAGRAM),
+        ),
+        ("arp", "gratuitous.frame", arp_request(IP_H1, IP_H1)),
+        ("arp", "probe.frame", arp_request([0; 4], IP_H2)),
+        // config
+        ("config", "lab.toml", lab.clone().into_bytes()),
+        (
+            "config",
+            "lab-every-key.toml",
+            format!("{lab}{LAB_EXTRAS}").into_bytes(),
+        ),
+        (
+            "config",
+            "lab-errors.toml",
+            format!("{lab}{LAB_ERRORS}").into_bytes(),
+        ),
+    ];
+
+    // proxy_v2: HAProxy's headers, one followed by the connection's bytes,
+    // and the kinds no capture holds.
+    let captured_proxy = haproxy_headers(&testdata_dir.join("haproxy-proxy-v2.txt"));
+    let mut proxy: Vec<(String, Vec<u8>)> = captured_proxy
+        .iter()
+        .map(|(n, b)| (format!("haproxy-{n}.bin"), b.clone()))
+        .collect();
+    let (_, v4) = captured_proxy
+        .iter()
+        .find(|(n, _)| n == "v4")
+        .expect("a v4 header");
+    let mut with_data = v4.clone();
+    with_data.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+    proxy.push(("haproxy-v4-then-request.bin".into(), with_data));
+    let (buf, len) = proxy_v2::encode(
+        "10.0.9.7:5353".parse().expect("address"),
+        "198.18.0.1:53".parse().expect("address"),
+        Transport::Dgram,
+    );
+    proxy.push(("emitted-v4-dgram.bin".into(), buf[..len].to_vec()));
+    let mut unix = v4[..12].to_vec();
+    unix.extend_from_slice(&[0x21, 0x31, 0x00, 0xd8]);
+    unix.extend_from_slice(&[0u8; 216]);
+    proxy.push(("unix-stream.bin".into(), unix));
+    proxy.push((
+        "v1-text.bin".into(),
+        b"PROXY TCP4 10.0.9.7 198.18.0.1 40000 80\r\n".to_vec(),
+    ));
+
+    // csum_gso: an MSS byte, then a frame.
+    let with_mss = |mss: u8, frame: Vec<u8>| {
+        let mut v = vec![mss];
+        v.extend(frame);
+        v
+    };
+    seeds.extend([
+        (
+            "csum_gso",
+            "tcp-partial-mss100.bin",
+            with_mss(100, partial(tcp_v4(false, 450))),
+        ),
+        (
+            "csum_gso",
+            "tcp-vlan-mss64.bin",
+            with_mss(64, tcp_v4(true, 200)),
+        ),
+        (
+            "csum_gso",
+            "tcp6-partial-mss200.bin",
+            with_mss(200, partial(tcp_v6(700))),
+        ),
+        (
+            "csum_gso",
+            "udp-partial.bin",
+            with_mss(1, partial(udp_v4(33))),
+        ),
+        (
+            "csum_gso",
+            "kernel-icmp-echo.bin",
+            with_mss(255, captured_frame(testdata::KERNEL_ICMP_DATAGRAM)),
+        ),
+    ]);
+
+    for target in ["overlay_datagram", "arp", "proxy_v2", "config", "csum_gso"] {
+        let dir = fuzz.join("corpus").join(target);
+        // The seed directories hold nothing but seeds (`run.sh` grows its
+        // corpus elsewhere), so they are rewritten whole.
+        if dir.exists() {
+            fs::remove_dir_all(&dir).expect("remove old seeds");
+        }
+        fs::create_dir_all(&dir).expect("corpus directory");
+    }
+    let all = seeds
+        .into_iter()
+        .map(|(t, n, b)| (t.to_string(), n.to_string(), b))
+        .chain(proxy.into_iter().map(|(n, b)| ("proxy_v2".into(), n, b)));
+    let mut count = 0;
+    for (target, name, bytes) in all {
+        fs::write(fuzz.join("corpus").join(&target).join(&name), bytes).expect("write seed");
+        count += 1;
+    }
+    println!(
+        "wrote {count} seeds under {}",
+        fuzz.join("corpus").display()
+    );
+}
