@@ -320,6 +320,35 @@ impl Collector for DaemonCollector {
                 (vec![("result", "failed".into())], status.reloads_failed),
             ],
         )?;
+        {
+            let inner = st.inner.lock().expect("state lock poisoned");
+            let o = inner.dataplane.offloads();
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            gauges(
+                e,
+                "vxmesh_offload",
+                "1 for each offload in use: TAP virtio-net header with TSO, UDP GSO on send, UDP GRO on receive.",
+                None,
+                vec![
+                    (vec![("offload", "tap_vnet_hdr".into())], flag(o.tap_vnet_hdr)),
+                    (vec![("offload", "udp_gso".into())], flag(o.udp_gso)),
+                    (vec![("offload", "udp_gro".into())], flag(o.udp_gro)),
+                ],
+            )?;
+            let (tap, udp) = inner.dataplane.batches();
+            let mut fam = e.encode_descriptor(
+                "vxmesh_worker_batch_reads",
+                "Reads a dataplane worker made per wake-up (TAP frames or underlay reads).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (side, h) in [("tap", tap), ("underlay", udp)] {
+                let (sum, count, buckets) = h.snapshot();
+                let l: Labels = vec![("side", side.into())];
+                fam.encode_family(&l)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
         let store = st.store_status();
         let sl = || vec![("store", store.backend.clone())];
         gauges(

@@ -85,10 +85,14 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
         "# TYPE vxmesh_fdb_entries gauge",
         "# TYPE vxmesh_reloads counter",
         "# TYPE vxmesh_worker_idle_seconds gauge",
+        "# TYPE vxmesh_worker_batch_reads histogram",
+        "vxmesh_offload{offload=\"udp_gro\"} 1",
         "# EOF",
     ] {
         assert!(b1.contains(family), "{family} missing");
     }
+    // Every ping went through both workers: batches were counted.
+    assert!(sample(&b1, "vxmesh_worker_batch_reads_count{side=\"underlay\"}") >= 10);
     // h2 and h3 (h3 is in the file even though it runs no daemon here).
     assert_eq!(
         sample(&b1, "vxmesh_fdb_entries{network=\"front\",kind=\"static\"}"),

@@ -48,6 +48,7 @@ pub struct Underlay {
     local: Ipv4Addr,
     /// UDP_SEGMENT works on these sockets (cleared on the first refusal).
     gso: std::sync::atomic::AtomicBool,
+    gro_on: std::sync::atomic::AtomicBool,
 }
 
 fn socket(local: Ipv4Addr, port: u16, buffer: usize) -> io::Result<UdpSocket> {
@@ -74,6 +75,7 @@ impl Underlay {
             port: cfg.port,
             local: cfg.local,
             gso: std::sync::atomic::AtomicBool::new(true),
+            gro_on: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -85,8 +87,16 @@ impl Underlay {
     /// one buffer (UDP_GRO); [`Underlay::recv`] reports the stride. False
     /// where the kernel refuses.
     pub fn enable_gro(&self) -> bool {
-        nix::sys::socket::setsockopt(&self.rx, nix::sys::socket::sockopt::UdpGroSegment, &true)
-            .is_ok()
+        let ok =
+            nix::sys::socket::setsockopt(&self.rx, nix::sys::socket::sockopt::UdpGroSegment, &true)
+                .is_ok();
+        self.gro_on.store(ok, std::sync::atomic::Ordering::Relaxed);
+        ok
+    }
+
+    /// True when UDP_GRO is on for the receiving socket.
+    pub fn gro(&self) -> bool {
+        self.gro_on.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Receives into `buf`: bytes, sender, and the datagram size when the

@@ -36,6 +36,56 @@ struct Shared {
     core: Core,
     underlay: Underlay,
     epoch: Instant,
+    /// Reads per wake-up, TAP side and underlay side.
+    tap_batches: BatchHistogram,
+    udp_batches: BatchHistogram,
+}
+
+/// Upper bounds of the batch-size buckets (reads per wake-up).
+pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// How many reads a worker made per wake-up: a histogram of relaxed
+/// atomics, one bucket per power of two up to [`BATCH`].
+#[derive(Default, Debug)]
+pub struct BatchHistogram {
+    counts: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    sum: AtomicU64,
+}
+
+impl BatchHistogram {
+    fn observe(&self, reads: usize) {
+        if reads == 0 {
+            return;
+        }
+        let r = reads as u64;
+        let i = BATCH_BUCKETS
+            .iter()
+            .position(|b| r <= *b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(r, Ordering::Relaxed);
+    }
+
+    /// (sum, count, per-bucket counts with upper bounds, the last infinite).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+            .iter()
+            .map(|b| *b as f64)
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        (self.sum.load(Ordering::Relaxed) as f64, count, buckets)
+    }
+}
+
+/// Which offloads are in use, for the status and `/metrics`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Offloads {
+    /// Every TAP has a virtio-net header (TSO on the TAP).
+    pub tap_vnet_hdr: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
 }
 
 struct Worker {
@@ -114,6 +164,8 @@ impl Dataplane {
             core,
             underlay,
             epoch: Instant::now(),
+            tap_batches: BatchHistogram::default(),
+            udp_batches: BatchHistogram::default(),
         });
         let udp = Worker::spawn("vxm-udp".into(), &shared, underlay_loop)?;
         let mut dp = Dataplane {
@@ -172,6 +224,21 @@ impl Dataplane {
         &self.shared.underlay
     }
 
+    /// Reads per wake-up of the TAP workers and of the underlay worker.
+    pub fn batches(&self) -> (&BatchHistogram, &BatchHistogram) {
+        (&self.shared.tap_batches, &self.shared.udp_batches)
+    }
+
+    /// The offloads in use now.
+    pub fn offloads(&self) -> Offloads {
+        let taps = self.shared.taps.load();
+        Offloads {
+            tap_vnet_hdr: !taps.is_empty() && taps.values().all(|t| t.vnet_hdr()),
+            udp_gso: self.shared.underlay.gso(),
+            udp_gro: self.shared.underlay.gro(),
+        }
+    }
+
     /// One entry per worker thread.
     pub fn workers(&self) -> Vec<WorkerStatus> {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
@@ -228,7 +295,9 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
     let mut reply = [0u8; arp::REPLY_LEN];
     let mut tx = TxBatch::new();
     let mut scratch = vec![0u8; BUF_LEN];
+    let mut got = 0usize;
     while !stop.load(Ordering::Relaxed) {
+        sh.tap_batches.observe(std::mem::take(&mut got));
         beat(&sh, hb);
         if !wait_readable(&tap.fd()) {
             continue;
@@ -243,7 +312,10 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
         for _ in 0..BATCH {
             let read_at = if vnet { 0 } else { HEADROOM };
             let n = match tap.recv(&mut buf[read_at..]) {
-                Ok(n) => read_at + n,
+                Ok(n) => {
+                    got += 1;
+                    read_at + n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     stats.drops.add(DropReason::TapError);
@@ -468,7 +540,9 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
         gso = sh.underlay.gso(),
         "underlay offloads"
     );
+    let mut got = 0usize;
     while !stop.load(Ordering::Relaxed) {
+        sh.udp_batches.observe(std::mem::take(&mut got));
         beat(&sh, hb);
         if !wait_readable(sh.underlay.rx()) {
             continue;
@@ -478,7 +552,10 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
         let now = Instant::now();
         for _ in 0..BATCH {
             let (n, src, stride) = match sh.underlay.recv(&mut buf[AT..], &mut cmsg) {
-                Ok(r) => r,
+                Ok(r) => {
+                    got += 1;
+                    r
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
             };
