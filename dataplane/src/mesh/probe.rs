@@ -63,3 +63,66 @@ pub async fn run(svc: Arc<Service>, task: Arc<Task>) {
         tokio::time::sleep(spec.health.interval).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// A one-shot HTTP server on loopback answering `status` to anything.
+    async fn server(status: u16) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut req = [0u8; 512];
+                let _ = s.read(&mut req).await;
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        addr
+    }
+
+    fn spec(kind: HealthKind) -> HealthSpec {
+        HealthSpec {
+            kind,
+            timeout: Duration::from_millis(500),
+            ..HealthSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_wants_the_configured_status() {
+        let ok = server(200).await;
+        let http = |status| {
+            spec(HealthKind::Http {
+                path: "/healthz".into(),
+                status,
+            })
+        };
+        assert!(probe_once(ok, &http(200)).await);
+        assert!(
+            !probe_once(ok, &http(204)).await,
+            "another status is a failure"
+        );
+        let teapot = server(418).await;
+        assert!(!probe_once(teapot, &http(200)).await);
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_is_a_connect() {
+        let up = server(200).await;
+        assert!(probe_once(up, &spec(HealthKind::Tcp)).await);
+        // A port nobody listens on (bound, then closed).
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(!probe_once(gone, &spec(HealthKind::Tcp)).await);
+    }
+}
