@@ -167,17 +167,36 @@ impl Mesh {
             }
         }
         let mut fresh = HashMap::new();
+        let mut skipped = Vec::new();
         for (key, (svc, _)) in &want {
             if self.listeners.contains_key(key) {
                 continue;
             }
-            let b = bind(key.0, key.1, free.contains(key)).map_err(|source| MeshError::Bind {
-                service: svc.clone(),
-                proto: key.0.as_str(),
-                addr: key.1,
-                source,
-            })?;
-            fresh.insert(*key, b);
+            match bind(key.0, key.1, free.contains(key)) {
+                Ok(b) => {
+                    fresh.insert(*key, b);
+                }
+                // A VIP listener that a local workload shadows (it listens
+                // on all addresses at the target port, as a task on this node
+                // may): the node runs on without it rather than refusing the
+                // whole config; its workloads reach that task directly.
+                Err(e) if free.contains(key) => {
+                    tracing::warn!(service = %svc, proto = key.0.as_str(), addr = %key.1, error = %e,
+                        "VIP listener unavailable on this node");
+                    skipped.push(*key);
+                }
+                Err(source) => {
+                    return Err(MeshError::Bind {
+                        service: svc.clone(),
+                        proto: key.0.as_str(),
+                        addr: key.1,
+                        source,
+                    })
+                }
+            }
+        }
+        for k in &skipped {
+            want.remove(k);
         }
         let mut fresh_dns = HashMap::new();
         for z in &zones {
