@@ -311,7 +311,7 @@ fn table_listens(table: &str, port: u16) -> bool {
 /// Waits until `p` listens on TCP `port`, reading its own namespace's view
 /// in `/proc/<pid>/net/tcp{,6}` (a probe connection would be taken by the
 /// one-off server as its test).
-fn wait_listening(p: &Proc, port: u16, max: Duration) -> anyhow::Result<()> {
+pub fn wait_listening(p: &Proc, port: u16, max: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + max;
     loop {
         for file in ["tcp", "tcp6"] {

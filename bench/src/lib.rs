@@ -25,6 +25,7 @@ pub mod chart;
 pub mod cpu;
 pub mod http;
 pub mod iperf;
+pub mod mesh;
 pub mod overlay;
 pub mod report;
 pub mod stats;

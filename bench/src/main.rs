@@ -4,6 +4,7 @@
 mod convergence;
 
 use clap::{Parser, Subcommand};
+use vxmesh_bench::mesh::{run_mesh, MeshArgs};
 use vxmesh_bench::overlay::{run_overlay, OverlayArgs};
 
 /// Benchmarks of vxmesh, measured in network namespaces built on this
@@ -22,6 +23,10 @@ enum Cmd {
     Overlay(OverlayArgs),
     /// Etcd store: time from a CLI change to it being live on every node.
     Convergence(convergence::ConvergenceArgs),
+    /// The routing mesh against nftables DNAT and HAProxy (with and without
+    /// splice), client -> h1:8080 -> tasks on h2 and h3, in one run: iperf3,
+    /// new connections/s, keep-alive requests/s and MB/s, CPU.
+    Mesh(MeshArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +35,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Overlay(args) => run_overlay(args),
         Cmd::Convergence(args) => convergence::run_convergence(args),
+        Cmd::Mesh(args) => run_mesh(args),
     }
 }
