@@ -408,3 +408,94 @@ impl Drop for OpenGuard<'_> {
         self.0.fetch_sub(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::balance::Algorithm;
+    use crate::mesh::spec::{EndpointMode, HealthSpec, Mode};
+    use std::time::Duration;
+
+    fn spec(slow_start: Duration) -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            network: "front".into(),
+            tasks: vec![],
+            ports: vec![],
+            balance: Algorithm::RoundRobin,
+            health: HealthSpec::default(),
+            mode: Mode::Ingress,
+            proxy_protocol: false,
+            drain: Duration::from_secs(30),
+            slow_start,
+            idle_timeout: Duration::from_secs(60),
+            udp_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            endpoint_mode: EndpointMode::Vip,
+            vip: None,
+            max_connections: 0,
+            max_sessions: 0,
+        }
+    }
+
+    /// Takes a task down and brings it back: it is then in slow start.
+    fn bounce(svc: &Service, task: &Task) {
+        let now = std::time::Instant::now();
+        for ok in [false, false, true, true] {
+            // The health lock must be released before `transition` takes it.
+            let change = task.health.lock().unwrap().observe_probe(ok, now);
+            if let Some(t) = change {
+                svc.transition(task, t);
+            }
+        }
+    }
+
+    #[test]
+    fn a_task_in_slow_start_gets_only_a_small_share_at_first() {
+        let a = Ipv4Addr::new(10, 0, 9, 2);
+        let b = Ipv4Addr::new(10, 0, 9, 3);
+        let svc = Service::new(spec(Duration::from_secs(3600)), &[a, b]);
+        let tb = svc
+            .tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| t.addr == b)
+            .cloned()
+            .unwrap();
+        bounce(&svc, &tb);
+        assert_eq!(tb.state(), State::SlowStart);
+        let mut out = Vec::new();
+        let mut to_b = 0;
+        for i in 0..1000u16 {
+            svc.candidates(SocketAddr::from(([198, 18, 0, 100], i)), &mut out);
+            to_b += usize::from(out[0].addr == b);
+        }
+        // Weight is about 0 right after it came up: almost all go to `a`.
+        assert!(to_b < 20, "{to_b} of 1000 went to the task in slow start");
+    }
+
+    #[test]
+    fn without_slow_start_a_returning_task_takes_its_full_share() {
+        let a = Ipv4Addr::new(10, 0, 9, 2);
+        let b = Ipv4Addr::new(10, 0, 9, 3);
+        let svc = Service::new(spec(Duration::ZERO), &[a, b]);
+        let tb = svc
+            .tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| t.addr == b)
+            .cloned()
+            .unwrap();
+        bounce(&svc, &tb);
+        assert_eq!(tb.state(), State::Up);
+        let mut out = Vec::new();
+        let mut to_b = 0;
+        for i in 0..1000u16 {
+            svc.candidates(SocketAddr::from(([198, 18, 0, 100], i)), &mut out);
+            to_b += usize::from(out[0].addr == b);
+        }
+        assert!((400..=600).contains(&to_b), "round robin: {to_b} of 1000");
+    }
+}
