@@ -450,6 +450,17 @@ mod tests {
         }
     }
 
+    /// How many of 1000 new connections (distinct client ports) pick `task` first.
+    fn picks_of(svc: &Service, task: Ipv4Addr) -> usize {
+        let mut out = Vec::new();
+        (0..1000u16)
+            .filter(|&port| {
+                svc.candidates(SocketAddr::from(([198, 18, 0, 100], port)), &mut out);
+                out[0].addr == task
+            })
+            .count()
+    }
+
     #[test]
     fn a_task_in_slow_start_gets_only_a_small_share_at_first() {
         let a = Ipv4Addr::new(10, 0, 9, 2);
@@ -465,12 +476,7 @@ mod tests {
             .unwrap();
         bounce(&svc, &tb);
         assert_eq!(tb.state(), State::SlowStart);
-        let mut out = Vec::new();
-        let mut to_b = 0;
-        for i in 0..1000u16 {
-            svc.candidates(SocketAddr::from(([198, 18, 0, 100], i)), &mut out);
-            to_b += usize::from(out[0].addr == b);
-        }
+        let to_b = picks_of(&svc, b);
         // Weight is about 0 right after it came up: almost all go to `a`.
         assert!(to_b < 20, "{to_b} of 1000 went to the task in slow start");
     }
@@ -490,12 +496,7 @@ mod tests {
             .unwrap();
         bounce(&svc, &tb);
         assert_eq!(tb.state(), State::Up);
-        let mut out = Vec::new();
-        let mut to_b = 0;
-        for i in 0..1000u16 {
-            svc.candidates(SocketAddr::from(([198, 18, 0, 100], i)), &mut out);
-            to_b += usize::from(out[0].addr == b);
-        }
+        let to_b = picks_of(&svc, b);
         assert!((400..=600).contains(&to_b), "round robin: {to_b} of 1000");
     }
 }
