@@ -137,6 +137,7 @@ struct RawSettings {
     underlay_mtu: Option<Spanned<u16>>,
     source_ports: Option<Spanned<usize>>,
     offloads: Option<bool>,
+    queues: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +254,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
     }
     if let Some(o) = raw.settings.offloads {
         settings.offloads = o;
+    }
+    if let Some(q) = &raw.settings.queues {
+        if *q.get_ref() > Settings::MAX_QUEUES {
+            err(
+                q.span(),
+                format!(
+                    "queues must be 0 (one per CPU) to {}, not {}",
+                    Settings::MAX_QUEUES,
+                    q.get_ref()
+                ),
+            );
+        }
+        settings.queues = *q.get_ref();
     }
     if let Some(n) = &raw.settings.source_ports {
         if !(1..=1024).contains(n.get_ref()) {
@@ -901,5 +915,22 @@ ip = "10.0.9.1"
         let on_dns = BASE.replace("ip = \"10.0.9.1\"", "ip = \"10.0.9.254\"");
         let errs = parse(Path::new("t"), &on_dns).unwrap_err().to_string();
         assert!(errs.contains("DNS address"), "{errs}");
+    }
+
+    #[test]
+    fn queues_default_to_the_cpus_and_too_many_are_refused_with_their_line() {
+        let c = parse(Path::new("t"), BASE).unwrap();
+        assert_eq!(c.settings.queues, 0);
+        assert!((1..=Settings::MAX_QUEUES).contains(&c.settings.effective_queues()));
+        let c = parse(Path::new("t"), &format!("[settings]\nqueues = 3\n{BASE}")).unwrap();
+        assert_eq!(c.settings.effective_queues(), 3);
+        let errs = parse(Path::new("t"), &format!("[settings]\nqueues = 99\n{BASE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(errs.contains("t:2"), "{errs}");
+        assert!(
+            errs.contains("queues must be 0 (one per CPU) to 16, not 99"),
+            "{errs}"
+        );
     }
 }

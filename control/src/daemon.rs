@@ -141,9 +141,10 @@ impl State {
             if node.address != cur.address
                 || next.settings.vxlan_port != inner.cluster.settings.vxlan_port
                 || next.settings.source_ports != inner.cluster.settings.source_ports
+                || next.settings.queues != inner.cluster.settings.queues
             {
                 return Err(
-                    "the node address, vxlan_port and source_ports change only with a restart"
+                    "the node address, vxlan_port, source_ports and queues change only with a restart"
                         .to_string(),
                 );
             }
@@ -215,6 +216,7 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
     let mut ucfg = UnderlayConfig::new(local);
     ucfg.port = cluster.settings.vxlan_port;
     ucfg.source_ports = cluster.settings.source_ports;
+    ucfg.receivers = cluster.settings.effective_queues();
     let underlay = Underlay::bind(&ucfg).context("binding the underlay socket")?;
     let (tables, taps, changes) = reconciler.plan(&cluster)?;
     for c in &changes {

@@ -312,6 +312,17 @@ impl Collector for DaemonCollector {
         )?;
         counters(
             e,
+            "vxmesh_worker_reads",
+            "Frames (TAP workers) or datagrams (underlay workers) a dataplane worker read.",
+            None,
+            status
+                .workers
+                .iter()
+                .map(|w| (vec![("worker", w.name.clone())], w.reads))
+                .collect(),
+        )?;
+        counters(
+            e,
             "vxmesh_reloads",
             "Config reloads, by result.",
             None,

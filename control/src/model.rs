@@ -20,6 +20,26 @@ pub struct Settings {
     pub source_ports: usize,
     /// TAPs with virtio-net headers and TSO, UDP GSO on the underlay.
     pub offloads: bool,
+    /// Worker threads on each side (TAP queues per network, receiving
+    /// underlay sockets); 0 means one per CPU the daemon may run on.
+    pub queues: usize,
+}
+
+impl Settings {
+    /// Most queues a setting (or the CPU count) may ask for.
+    pub const MAX_QUEUES: usize = 16;
+
+    /// The queue count in effect: `queues`, or with 0 the number of CPUs
+    /// available to this process (its affinity mask, cgroup quota), at
+    /// most [`Settings::MAX_QUEUES`].
+    pub fn effective_queues(&self) -> usize {
+        match self.queues {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(Self::MAX_QUEUES),
+            n => n,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -29,6 +49,7 @@ impl Default for Settings {
             underlay_mtu: 1500,
             source_ports: 16,
             offloads: true,
+            queues: 0,
         }
     }
 }

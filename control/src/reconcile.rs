@@ -121,6 +121,7 @@ impl Reconciler {
                     .tap_address(net, &self.node)
                     .map(|ip| (ip, net.subnet.prefix_len())),
                 offload: cluster.settings.offloads,
+                queues: cluster.settings.effective_queues(),
             };
             let state = match self.nets.get(&net.name) {
                 Some(old) => {

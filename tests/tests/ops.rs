@@ -93,6 +93,14 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
     }
     // Every ping went through both workers: batches were counted.
     assert!(sample(&b1, "vxmesh_worker_batch_reads_count{side=\"underlay\"}") >= 10);
+    // ... and by the underlay workers that read them (however many queues).
+    let udp_reads = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("vxmesh_worker_reads_total{worker=\"vxm-udp-"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(udp_reads(&b1) - udp_reads(&a1) >= 10.0, "per-worker reads");
     // h2 and h3 (h3 is in the file even though it runs no daemon here).
     assert_eq!(
         sample(&b1, "vxmesh_fdb_entries{network=\"front\",kind=\"static\"}"),

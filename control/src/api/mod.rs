@@ -56,6 +56,9 @@ pub struct WorkerInfo {
     pub name: String,
     pub idle_ms: u64,
     pub running: bool,
+    /// Frames (TAP workers) or datagrams (underlay workers) read so far.
+    #[serde(default)]
+    pub reads: u64,
 }
 
 /// One row of `GET /v1/fdb`.

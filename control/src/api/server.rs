@@ -148,6 +148,7 @@ pub fn build_status(st: &State) -> Status {
                 name: w.name,
                 idle_ms: w.idle_ms,
                 running: w.running,
+                reads: w.reads,
             })
             .collect(),
     }

@@ -22,12 +22,16 @@ pub struct TapConfig {
     /// Open with a virtio-net header and TSO (the kernel hands over TCP
     /// super-frames). Falls back to plain frames where the kernel refuses.
     pub offload: bool,
+    /// Queues to attach (one worker reads each); at least 1.
+    pub queues: usize,
 }
 
-/// One TAP device (one queue for now; the device is created multi-queue so
-/// more queues can be attached later).
+/// One TAP device with one or more queues (`IFF_MULTI_QUEUE`). The kernel
+/// picks the queue of each frame it hands over by the frame's flow hash
+/// (`tun_automq_select_queue`), so one flow always reaches the same queue
+/// and the same worker: no reordering.
 pub struct Tap {
-    dev: SyncDevice,
+    queues: Vec<SyncDevice>,
     name: String,
     vnet_hdr: bool,
 }
@@ -82,12 +86,21 @@ impl Tap {
         } else {
             (build(false).map_err(|e| named(cfg, e))?, false)
         };
-        if vnet_hdr {
-            super::sys::tap_tcp_offloads_only(&dev)?;
+        let mut queues = vec![dev];
+        while queues.len() < cfg.queues {
+            // tun-rs attaches a new queue to the same device (TUNSETIFF on a
+            // fresh descriptor) and repeats the offload setup on it.
+            let q = queues[0].try_clone().map_err(|e| named(cfg, e))?;
+            queues.push(q);
         }
-        dev.set_nonblocking(true)?;
+        for q in &queues {
+            if vnet_hdr {
+                super::sys::tap_tcp_offloads_only(q)?;
+            }
+            q.set_nonblocking(true)?;
+        }
         Ok(Tap {
-            dev,
+            queues,
             name: cfg.name.clone(),
             vnet_hdr,
         })
@@ -102,14 +115,20 @@ impl Tap {
         self.vnet_hdr
     }
 
-    /// Reads one frame; `WouldBlock` when none is waiting.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.recv(buf)
+    /// Number of queues attached.
+    pub fn queues(&self) -> usize {
+        self.queues.len()
     }
 
-    /// Writes one frame.
-    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        self.dev.send(frame)
+    /// Reads one frame from queue `q`; `WouldBlock` when none is waiting.
+    pub fn recv(&self, q: usize, buf: &mut [u8]) -> io::Result<usize> {
+        self.queues[q % self.queues.len()].recv(buf)
+    }
+
+    /// Writes one frame through queue `q` (any queue reaches the same
+    /// device; writers on different queues do not share a descriptor).
+    pub fn send(&self, q: usize, frame: &[u8]) -> io::Result<usize> {
+        self.queues[q % self.queues.len()].send(frame)
     }
 
     /// Applies a changed configuration to the live device (MTU, MAC,
@@ -127,16 +146,23 @@ impl Tap {
                 ),
             ));
         }
+        if old.queues != new.queues {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("changing {}'s queue count needs a restart", self.name),
+            ));
+        }
         if old.mtu != new.mtu {
-            self.dev.set_mtu(new.mtu)?;
+            self.queues[0].set_mtu(new.mtu)?;
         }
         if old.mac != new.mac {
-            self.dev.set_mac_address(new.mac.0)?;
+            self.queues[0].set_mac_address(new.mac.0)?;
         }
         Ok(())
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.dev.as_fd()
+    /// Queue `q`'s descriptor, to wait on.
+    pub fn fd(&self, q: usize) -> BorrowedFd<'_> {
+        self.queues[q % self.queues.len()].as_fd()
     }
 }

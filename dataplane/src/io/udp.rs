@@ -1,5 +1,8 @@
-//! The underlay sockets. One socket bound to `<data-path address>:<port>`
-//! receives every VXLAN datagram; a small pool of sending sockets, also
+//! The underlay sockets. One socket per receiving worker is bound to
+//! `<data-path address>:<port>` (with SO_REUSEPORT when there are several:
+//! the kernel spreads datagrams over them by a hash of the 4-tuple, and the
+//! sender's outer source port comes from the inner flow, so a flow stays on
+//! one socket and one worker); a small pool of sending sockets, also
 //! bound to the data-path address (so the outer source address is always
 //! the node's), gives each inner flow its own outer source port, the way the
 //! kernel's `udp_flow_src_port` spreads flows for ECMP and RSS.
@@ -25,6 +28,8 @@ pub struct UnderlayConfig {
     pub port: u16,
     /// Number of sending sockets (distinct outer source ports).
     pub source_ports: usize,
+    /// Number of receiving sockets, one per underlay worker; at least 1.
+    pub receivers: usize,
     /// Socket buffer sizes in bytes.
     pub buffer_bytes: usize,
 }
@@ -35,6 +40,7 @@ impl UnderlayConfig {
             local,
             port: crate::wire::vxlan::DEFAULT_PORT,
             source_ports: 16,
+            receivers: 1,
             buffer_bytes: 4 << 20,
         }
     }
@@ -42,7 +48,7 @@ impl UnderlayConfig {
 
 #[derive(Debug)]
 pub struct Underlay {
-    rx: UdpSocket,
+    rx: Vec<UdpSocket>,
     tx: Vec<UdpSocket>,
     port: u16,
     local: Ipv4Addr,
@@ -51,8 +57,11 @@ pub struct Underlay {
     gro_on: std::sync::atomic::AtomicBool,
 }
 
-fn socket(local: Ipv4Addr, port: u16, buffer: usize) -> io::Result<UdpSocket> {
+fn socket(local: Ipv4Addr, port: u16, buffer: usize, reuse: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse {
+        s.set_reuse_port(true)?;
+    }
     // Best effort: the kernel clamps to net.core.[rw]mem_max.
     let _ = s.set_recv_buffer_size(buffer);
     let _ = s.set_send_buffer_size(buffer);
@@ -65,9 +74,17 @@ fn socket(local: Ipv4Addr, port: u16, buffer: usize) -> io::Result<UdpSocket> {
 
 impl Underlay {
     pub fn bind(cfg: &UnderlayConfig) -> io::Result<Underlay> {
-        let rx = socket(cfg.local, cfg.port, cfg.buffer_bytes)?;
+        let n = cfg.receivers.max(1);
+        if n > 1 {
+            // A plain bind first: SO_REUSEPORT would let a second daemon on
+            // the same address share the port silently instead of failing.
+            drop(socket(cfg.local, cfg.port, 0, false)?);
+        }
+        let rx = (0..n)
+            .map(|_| socket(cfg.local, cfg.port, cfg.buffer_bytes, n > 1))
+            .collect::<io::Result<Vec<_>>>()?;
         let tx = (0..cfg.source_ports.max(1))
-            .map(|_| socket(cfg.local, 0, cfg.buffer_bytes))
+            .map(|_| socket(cfg.local, 0, cfg.buffer_bytes, false))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Underlay {
             rx,
@@ -79,17 +96,23 @@ impl Underlay {
         })
     }
 
-    pub fn rx(&self) -> &UdpSocket {
-        &self.rx
+    /// Receiving socket `i` (one per underlay worker).
+    pub fn rx(&self, i: usize) -> &UdpSocket {
+        &self.rx[i % self.rx.len()]
+    }
+
+    /// Number of receiving sockets.
+    pub fn receivers(&self) -> usize {
+        self.rx.len()
     }
 
     /// Asks the kernel to hand over runs of datagrams from one sender as
-    /// one buffer (UDP_GRO); [`Underlay::recv`] reports the stride. False
-    /// where the kernel refuses.
+    /// one buffer (UDP_GRO) on every receiving socket; [`Underlay::recv`]
+    /// reports the stride. False where the kernel refuses.
     pub fn enable_gro(&self) -> bool {
-        let ok =
-            nix::sys::socket::setsockopt(&self.rx, nix::sys::socket::sockopt::UdpGroSegment, &true)
-                .is_ok();
+        let ok = self.rx.iter().all(|s| {
+            nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::UdpGroSegment, &true).is_ok()
+        });
         self.gro_on.store(ok, std::sync::atomic::Ordering::Relaxed);
         ok
     }
@@ -99,17 +122,18 @@ impl Underlay {
         self.gro_on.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Receives into `buf`: bytes, sender, and the datagram size when the
+    /// Receives from socket `i` into `buf`: bytes, sender, and the datagram size when the
     /// kernel coalesced several of the same size (UDP_GRO) into `buf`.
     pub fn recv(
         &self,
+        i: usize,
         buf: &mut [u8],
         cmsg: &mut [u8],
     ) -> io::Result<(usize, Ipv4Addr, Option<usize>)> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
         let mut iov = [std::io::IoSliceMut::new(buf)];
         let msg = recvmsg::<SockaddrIn>(
-            std::os::fd::AsRawFd::as_raw_fd(&self.rx),
+            std::os::fd::AsRawFd::as_raw_fd(self.rx(i)),
             &mut iov,
             Some(cmsg),
             MsgFlags::empty(),

@@ -54,9 +54,6 @@ pub struct BatchHistogram {
 
 impl BatchHistogram {
     fn observe(&self, reads: usize) {
-        if reads == 0 {
-            return;
-        }
         let r = reads as u64;
         let i = BATCH_BUCKETS
             .iter()
@@ -88,11 +85,33 @@ pub struct Offloads {
     pub udp_gro: bool,
 }
 
+/// What a worker thread and its owner share: written only by the worker
+/// (apart from `stop`), so the counters cost no cache-line contention.
+#[derive(Default)]
+struct WorkerCtl {
+    stop: AtomicBool,
+    /// Milliseconds since `Shared::epoch` of the last loop turn.
+    heartbeat: AtomicU64,
+    /// Frames or datagrams read so far.
+    reads: AtomicU64,
+}
+
+impl WorkerCtl {
+    /// One turn of the loop: heartbeat, and the reads of the last wake-up
+    /// into the batch histogram and the worker's own counter.
+    fn turn(&self, sh: &Shared, hist: &BatchHistogram, got: usize) {
+        self.heartbeat
+            .store(sh.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if got > 0 {
+            hist.observe(got);
+            self.reads.fetch_add(got as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 struct Worker {
     name: String,
-    stop: Arc<AtomicBool>,
-    /// Milliseconds since `Shared::epoch` of the last loop turn.
-    heartbeat: Arc<AtomicU64>,
+    ctl: Arc<WorkerCtl>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -100,24 +119,22 @@ impl Worker {
     fn spawn(
         name: String,
         shared: &Arc<Shared>,
-        body: impl FnOnce(Arc<Shared>, &AtomicBool, &AtomicU64) + Send + 'static,
+        body: impl FnOnce(Arc<Shared>, &WorkerCtl) + Send + 'static,
     ) -> io::Result<Worker> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let heartbeat = Arc::new(AtomicU64::new(0));
-        let (s, h, sh) = (stop.clone(), heartbeat.clone(), shared.clone());
+        let ctl = Arc::new(WorkerCtl::default());
+        let (c, sh) = (ctl.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || body(sh, &s, &h))?;
+            .spawn(move || body(sh, &c))?;
         Ok(Worker {
             name,
-            stop,
-            heartbeat,
+            ctl,
             handle: Some(handle),
         })
     }
 
     fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.ctl.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -131,6 +148,8 @@ pub struct WorkerStatus {
     /// Time since the worker last went round its loop.
     pub idle_ms: u64,
     pub running: bool,
+    /// Frames (TAP workers) or datagrams (underlay workers) read so far.
+    pub reads: u64,
 }
 
 /// The watchdog's rule: every worker thread alive and round its loop
@@ -146,12 +165,14 @@ pub fn all_turning(workers: &[WorkerStatus], within: Duration) -> bool {
 /// The running packet path of one node.
 pub struct Dataplane {
     shared: Arc<Shared>,
-    udp: Worker,
-    taps: HashMap<u32, Worker>,
+    /// One per receiving underlay socket.
+    udp: Vec<Worker>,
+    /// One per queue of each network's TAP.
+    taps: HashMap<u32, Vec<Worker>>,
 }
 
 impl Dataplane {
-    /// Starts the underlay worker and one worker per TAP.
+    /// Starts one worker per underlay socket and one per TAP queue.
     pub fn start(
         underlay: Underlay,
         core: Core,
@@ -167,7 +188,20 @@ impl Dataplane {
             tap_batches: BatchHistogram::default(),
             udp_batches: BatchHistogram::default(),
         });
-        let udp = Worker::spawn("vxm-udp".into(), &shared, underlay_loop)?;
+        let gro_on = shared.underlay.enable_gro();
+        tracing::info!(
+            udp_gro = gro_on,
+            gso = shared.underlay.gso(),
+            receivers = shared.underlay.receivers(),
+            "underlay offloads"
+        );
+        let udp = (0..shared.underlay.receivers())
+            .map(|i| {
+                Worker::spawn(format!("vxm-udp-{i}"), &shared, move |sh, ctl| {
+                    underlay_loop(sh, i, ctl)
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let mut dp = Dataplane {
             shared,
             udp,
@@ -194,7 +228,7 @@ impl Dataplane {
             .copied()
             .collect();
         for vni in gone {
-            if let Some(mut w) = self.taps.remove(&vni) {
+            for mut w in self.taps.remove(&vni).unwrap_or_default() {
                 w.stop();
             }
         }
@@ -202,11 +236,16 @@ impl Dataplane {
             if self.taps.contains_key(&vni) {
                 continue;
             }
-            let name = format!("vxm-tap-{vni}");
-            let w = Worker::spawn(name, &self.shared, move |sh, stop, hb| {
-                tap_loop(sh, vni, tap, stop, hb)
-            })?;
-            self.taps.insert(vni, w);
+            let workers = (0..tap.queues())
+                .map(|q| {
+                    let tap = tap.clone();
+                    let name = format!("vxm-tap-{vni}-{q}");
+                    Worker::spawn(name, &self.shared, move |sh, ctl| {
+                        tap_loop(sh, vni, &tap, q, ctl)
+                    })
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            self.taps.insert(vni, workers);
         }
         Ok(())
     }
@@ -242,12 +281,14 @@ impl Dataplane {
     /// One entry per worker thread.
     pub fn workers(&self) -> Vec<WorkerStatus> {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
-        std::iter::once(&self.udp)
-            .chain(self.taps.values())
+        self.udp
+            .iter()
+            .chain(self.taps.values().flatten())
             .map(|w| WorkerStatus {
                 name: w.name.clone(),
-                idle_ms: now.saturating_sub(w.heartbeat.load(Ordering::Relaxed)),
+                idle_ms: now.saturating_sub(w.ctl.heartbeat.load(Ordering::Relaxed)),
                 running: w.handle.as_ref().is_some_and(|h| !h.is_finished()),
+                reads: w.ctl.reads.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -260,8 +301,10 @@ impl Dataplane {
 
     /// Stops every worker; the TAPs close when the last handle goes.
     pub fn stop(&mut self) {
-        self.udp.stop();
-        for (_, mut w) in self.taps.drain() {
+        for w in &mut self.udp {
+            w.stop();
+        }
+        for mut w in self.taps.drain().flat_map(|(_, ws)| ws) {
             w.stop();
         }
         self.shared.taps.store(Arc::new(TapSet::new()));
@@ -281,12 +324,8 @@ fn wait_readable(fd: &impl AsFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
 }
 
-fn beat(sh: &Shared, hb: &AtomicU64) {
-    hb.store(sh.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-}
-
-/// TAP -> underlay for one network.
-fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &AtomicU64) {
+/// TAP -> underlay for queue `q` of one network's TAP.
+fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
     let vnet = tap.vnet_hdr();
     // [VXLAN header room | frame], or with a virtio-net header:
     // [2 spare | virtio-net header (10), overwritten by the VXLAN header | frame].
@@ -296,10 +335,9 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
     let mut tx = TxBatch::new();
     let mut scratch = vec![0u8; BUF_LEN];
     let mut got = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        sh.tap_batches.observe(std::mem::take(&mut got));
-        beat(&sh, hb);
-        if !wait_readable(&tap.fd()) {
+    while !ctl.stop.load(Ordering::Relaxed) {
+        ctl.turn(&sh, &sh.tap_batches, std::mem::take(&mut got));
+        if !wait_readable(&tap.fd(q)) {
             continue;
         }
         let tables = sh.tables.load();
@@ -311,7 +349,7 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
         let now = Instant::now();
         for _ in 0..BATCH {
             let read_at = if vnet { 0 } else { HEADROOM };
-            let n = match tap.recv(&mut buf[read_at..]) {
+            let n = match tap.recv(q, &mut buf[read_at..]) {
                 Ok(n) => {
                     got += 1;
                     read_at + n
@@ -339,7 +377,7 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
                         // to their peer with one UDP GSO call.
                         let mss = usize::from(h.gso_size);
                         let cut = gso::segment_tcp(&buf[lead..n], mss, &mut scratch, |seg| {
-                            tx.push(&sh, nt, seg, &mut reply, now, &tap)
+                            tx.push(&sh, &tables, net, seg, &mut reply, now, (tap, q))
                         });
                         if cut.is_err() {
                             stats.drops.add(DropReason::Malformed);
@@ -370,7 +408,7 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: Arc<Tap>, stop: &AtomicBool, hb: &At
                         send(&sh, stats, ps, flow, *peer, &buf[d.clone()]);
                     }
                 }
-                Verdict::ArpReply { len } => write_frame(&tap, stats, &mut reply, len),
+                Verdict::ArpReply { len } => write_frame((tap, q), stats, &mut reply, len),
                 Verdict::Deliver { .. } | Verdict::DeliverSegmented { .. } | Verdict::Drop(_) => {}
             }
         }
@@ -385,6 +423,8 @@ struct TxBatch {
     seg: usize,
     count: usize,
     dest: Option<(std::net::Ipv4Addr, u32)>,
+    /// One flooded segment, encapsulated once and sent to every peer.
+    flood: Vec<u8>,
 }
 
 /// Largest payload of one UDP GSO send (the kernel's limit is 64 KiB of
@@ -399,24 +439,26 @@ impl TxBatch {
             seg: 0,
             count: 0,
             dest: None,
+            flood: Vec::with_capacity(BUF_LEN),
         }
     }
 
     /// Runs one segment through the core and queues, sends or floods it.
+    /// `tables` is the snapshot of this wake-up, `net` the index of the
+    /// TAP's network in it.
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         sh: &Shared,
-        nt: &crate::overlay::NetworkTable,
+        tables: &Tables,
+        net: usize,
         frame: &[u8],
         reply: &mut [u8; arp::REPLY_LEN],
         now: Instant,
-        tap: &Tap,
+        tap: (&Tap, usize),
     ) {
-        let tables = sh.tables.load();
-        let Some(net) = tables.network_by_vni(nt.vni) else {
-            return;
-        };
-        match sh.core.handle_frame(&tables, net, frame, reply, now) {
+        let nt = &tables.networks[net];
+        match sh.core.handle_frame(tables, net, frame, reply, now) {
             Verdict::Unicast { peer, vni, flow } => {
                 let len = HEADROOM + frame.len();
                 let fits = self.dest == Some((peer, flow))
@@ -437,11 +479,19 @@ impl TxBatch {
             }
             Verdict::Flood { peers, vni, flow } => {
                 self.flush(sh, nt);
-                let mut d = vec![0u8; HEADROOM + frame.len()];
-                vxlan::write_header(&mut d[..HEADROOM], vni);
-                d[HEADROOM..].copy_from_slice(frame);
+                self.flood.clear();
+                self.flood.resize(HEADROOM + frame.len(), 0);
+                vxlan::write_header(&mut self.flood[..HEADROOM], vni);
+                self.flood[HEADROOM..].copy_from_slice(frame);
                 for (i, peer) in peers.iter().enumerate() {
-                    send(sh, &nt.stats, nt.peer_stats.get(i), flow, *peer, &d);
+                    send(
+                        sh,
+                        &nt.stats,
+                        nt.peer_stats.get(i),
+                        flow,
+                        *peer,
+                        &self.flood,
+                    );
                 }
             }
             Verdict::ArpReply { len } => write_frame(tap, &nt.stats, reply, len),
@@ -473,12 +523,12 @@ impl TxBatch {
 /// Writes an ARP reply (or any frame the node itself makes) into a TAP,
 /// with an empty virtio-net header in front when the TAP wants one.
 fn write_frame(
-    tap: &Tap,
+    tap: (&Tap, usize),
     stats: &crate::overlay::NetStats,
     reply: &mut [u8; arp::REPLY_LEN],
     len: usize,
 ) {
-    if tap.vnet_hdr() {
+    if tap.0.vnet_hdr() {
         let mut b = [0u8; virtio::LEN + arp::REPLY_LEN];
         b[virtio::LEN..virtio::LEN + len].copy_from_slice(&reply[..len]);
         write_tap(tap, stats, &b[..virtio::LEN + len]);
@@ -508,8 +558,9 @@ fn send(
     }
 }
 
-fn write_tap(tap: &Tap, stats: &crate::overlay::NetStats, frame: &[u8]) {
-    match tap.send(frame) {
+/// Writes one frame into queue `tap.1` of TAP `tap.0`.
+fn write_tap(tap: (&Tap, usize), stats: &crate::overlay::NetStats, frame: &[u8]) {
+    match tap.0.send(tap.1, frame) {
         Ok(_) => {
             bump(&stats.tap_tx_packets, 1);
             bump(&stats.tap_tx_bytes, frame.len() as u64);
@@ -518,8 +569,9 @@ fn write_tap(tap: &Tap, stats: &crate::overlay::NetStats, frame: &[u8]) {
     }
 }
 
-/// Underlay -> TAPs, for every network.
-fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
+/// Underlay -> TAPs, for every network, from receiving socket `i`; it
+/// writes through TAP queue `i` (modulo the queue count).
+fn underlay_loop(sh: Arc<Shared>, i: usize, ctl: &WorkerCtl) {
     // Datagrams land at offset 2, so that the 8-byte VXLAN header plus
     // these 2 bytes give room for a 10-byte virtio-net header right in front
     // of the inner frame. With UDP_GRO a read may hold a run of datagrams;
@@ -532,26 +584,20 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
         seg: vec![0u8; BUF_LEN],
         single: vec![0u8; BUF_LEN + virtio::LEN],
         gro: gro::Gro::default(),
-        gro_vni: None,
+        gro_to: None,
+        queue: i,
     };
-    let gro_on = sh.underlay.enable_gro();
-    tracing::info!(
-        udp_gro = gro_on,
-        gso = sh.underlay.gso(),
-        "underlay offloads"
-    );
     let mut got = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        sh.udp_batches.observe(std::mem::take(&mut got));
-        beat(&sh, hb);
-        if !wait_readable(sh.underlay.rx()) {
+    while !ctl.stop.load(Ordering::Relaxed) {
+        ctl.turn(&sh, &sh.udp_batches, std::mem::take(&mut got));
+        if !wait_readable(sh.underlay.rx(i)) {
             continue;
         }
         let tables = sh.tables.load();
         let taps = sh.taps.load();
         let now = Instant::now();
         for _ in 0..BATCH {
-            let (n, src, stride) = match sh.underlay.recv(&mut buf[AT..], &mut cmsg) {
+            let (n, src, stride) = match sh.underlay.recv(i, &mut buf[AT..], &mut cmsg) {
                 Ok(r) => {
                     got += 1;
                     r
@@ -584,7 +630,7 @@ fn underlay_loop(sh: Arc<Shared>, stop: &AtomicBool, hb: &AtomicU64) {
                 off = end;
             }
         }
-        rx.flush(&taps, &tables);
+        rx.flush_gro();
     }
 }
 
@@ -595,26 +641,31 @@ struct Rx {
     /// A frame with a virtio-net header put in front.
     single: Vec<u8>,
     gro: gro::Gro,
-    /// The TAP (by VNI) the frame in `gro` is for.
-    gro_vni: Option<u32>,
+    /// Where the frame held in `gro` goes: its TAP and its network's
+    /// counters (a run never spans two networks).
+    gro_to: Option<(Arc<Tap>, Arc<crate::overlay::NetStats>)>,
+    /// The TAP queue this worker writes through.
+    queue: usize,
 }
 
 impl Rx {
     /// Writes one inner frame (or super-frame, `mss` given) into its TAP.
     fn deliver(
         &mut self,
-        tap: &Tap,
+        tap: &Arc<Tap>,
         nt: &crate::overlay::NetworkTable,
         inner: &mut [u8],
         mss: Option<usize>,
     ) {
         let stats = &nt.stats;
+        let q = self.queue;
         if !tap.vnet_hdr() {
             match mss {
-                None => write_tap(tap, stats, inner),
+                None => write_tap((tap, q), stats, inner),
                 Some(mss) => {
-                    let cut =
-                        gso::segment_tcp(inner, mss, &mut self.seg, |s| write_tap(tap, stats, s));
+                    let cut = gso::segment_tcp(inner, mss, &mut self.seg, |s| {
+                        write_tap((tap, q), stats, s)
+                    });
                     if cut.is_err() {
                         stats.drops.add(DropReason::Malformed);
                     }
@@ -624,7 +675,7 @@ impl Rx {
         }
         if let Some(mss) = mss {
             // A whole super-frame: into the TAP as one GSO frame.
-            self.flush_gro(tap, nt);
+            self.flush_gro();
             let Some(h) = gso::prepare_for_tap(inner, mss) else {
                 stats.drops.add(DropReason::Malformed);
                 return;
@@ -632,23 +683,34 @@ impl Rx {
             self.write_with(tap, stats, h, inner);
             return;
         }
-        if self.gro_vni.is_some_and(|v| v != nt.vni) {
-            self.flush_gro(tap, nt);
+        if self
+            .gro_to
+            .as_ref()
+            .is_some_and(|(t, _)| !Arc::ptr_eq(t, tap))
+        {
+            self.flush_gro();
         }
         match self.gro.push(inner) {
-            gro::Push::Joined => self.gro_vni = Some(nt.vni),
+            gro::Push::Joined => self.hold_for(tap, stats),
             gro::Push::Flush => {
-                self.flush_gro(tap, nt);
+                self.flush_gro();
                 if self.gro.push(inner) == gro::Push::Joined {
-                    self.gro_vni = Some(nt.vni);
+                    self.hold_for(tap, stats);
                 } else {
                     self.write_with(tap, stats, virtio::Header::default(), inner);
                 }
             }
             gro::Push::Single => {
-                self.flush_gro(tap, nt);
+                self.flush_gro();
                 self.write_with(tap, stats, virtio::Header::default(), inner);
             }
+        }
+    }
+
+    /// Notes where the run now held in `gro` goes, when it just started.
+    fn hold_for(&mut self, tap: &Arc<Tap>, stats: &Arc<crate::overlay::NetStats>) {
+        if self.gro_to.is_none() {
+            self.gro_to = Some((tap.clone(), stats.clone()));
         }
     }
 
@@ -666,29 +728,16 @@ impl Rx {
         }
         h.emit(&mut self.single[..virtio::LEN]);
         self.single[virtio::LEN..len].copy_from_slice(frame);
-        write_tap(tap, stats, &self.single[..len]);
+        write_tap((tap, self.queue), stats, &self.single[..len]);
     }
 
-    fn flush_gro(&mut self, tap: &Tap, nt: &crate::overlay::NetworkTable) {
-        if let Some(out) = self.gro.finish() {
-            write_tap(tap, &nt.stats, out);
-        }
-        self.gro_vni = None;
-    }
-
-    /// End of a wake-up: nothing may wait in the GRO buffer.
-    fn flush(&mut self, taps: &TapSet, tables: &Tables) {
-        let Some(vni) = self.gro_vni else {
-            return;
-        };
-        let tap = taps.get(&vni);
-        let nt = tables.network_by_vni(vni).map(|i| &tables.networks[i]);
-        match (tap, nt) {
-            (Some(tap), Some(nt)) => self.flush_gro(tap, nt),
-            _ => {
-                let _ = self.gro.finish();
-                self.gro_vni = None;
-            }
+    /// Writes out the run held in `gro`, into the TAP it belongs to. Called
+    /// before anything else goes out and at the end of every wake-up, so
+    /// nothing waits in the buffer.
+    fn flush_gro(&mut self) {
+        let out = self.gro.finish();
+        if let (Some(out), Some((tap, stats))) = (out, self.gro_to.take()) {
+            write_tap((&tap, self.queue), &stats, out);
         }
     }
 }
@@ -702,6 +751,7 @@ mod tests {
             name: "w".into(),
             idle_ms,
             running,
+            reads: 0,
         }
     }
 
