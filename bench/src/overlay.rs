@@ -97,6 +97,10 @@ pub struct OverlayArgs {
     /// Smoke run: 2 s runs, 1 repetition, 200 pings.
     #[arg(long)]
     pub quick: bool,
+    /// vxmeshd's `[settings] queues` (workers per side) [default: the
+    /// daemon's, one per CPU].
+    #[arg(long)]
+    pub queues: Option<usize>,
 }
 
 /// The settings in force after defaults and `--quick`.
@@ -112,6 +116,8 @@ pub struct Settings {
     pub udp_rate: String,
     /// Output directory.
     pub out: PathBuf,
+    /// `[settings] queues` given to vxmeshd, when set.
+    pub queues: Option<usize>,
 }
 
 impl Settings {
@@ -124,6 +130,18 @@ impl Settings {
             pings: a.pings.unwrap_or(pings).max(1),
             udp_rate: a.udp_rate.clone(),
             out: a.out.clone(),
+            queues: a.queues,
+        }
+    }
+
+    /// The cluster file vxmeshd gets: [`CLUSTER`], with `queues` when set.
+    pub fn cluster(&self) -> String {
+        match self.queues {
+            Some(q) => CLUSTER.replace(
+                "underlay_mtu = 1500\n",
+                &format!("underlay_mtu = 1500\nqueues = {q}\n"),
+            ),
+            None => CLUSTER.to_string(),
         }
     }
 
@@ -676,9 +694,13 @@ fn kernel_down(tb: &Testbed) -> anyhow::Result<()> {
 
 /// Writes the cluster file and starts vxmeshd in h1 and h2, each waited for
 /// until READY=1.
-fn vxmesh_up(tb: &mut Testbed, vxmeshd: &Path) -> anyhow::Result<Vec<(String, Proc, PathBuf)>> {
+fn vxmesh_up(
+    tb: &mut Testbed,
+    vxmeshd: &Path,
+    cluster: &str,
+) -> anyhow::Result<Vec<(String, Proc, PathBuf)>> {
     let cfg = tb.dir().join("vxmesh.toml");
-    std::fs::write(&cfg, CLUSTER).with_context(|| format!("writing {}", cfg.display()))?;
+    std::fs::write(&cfg, cluster).with_context(|| format!("writing {}", cfg.display()))?;
     let cfg_s = cfg.to_str().context("temp path is not UTF-8")?.to_string();
     let bin = vxmeshd.to_str().context("vxmeshd path is not UTF-8")?;
     let mut procs = Vec::new();
@@ -781,7 +803,7 @@ fn measure_all(
             break;
         }
 
-        let daemons = match vxmesh_up(&mut tb, vxmeshd) {
+        let daemons = match vxmesh_up(&mut tb, vxmeshd, &s.cluster()) {
             Ok(d) => d,
             Err(e) => {
                 vxmesh.fail(round, format!("{e:#}"));
@@ -790,7 +812,7 @@ fn measure_all(
         };
         let pids: Vec<u32> = daemons.iter().map(|(_, p, _)| p.pid).collect();
         if round == 1 {
-            vxmesh.setup.insert("cluster".into(), CLUSTER.into());
+            vxmesh.setup.insert("cluster".into(), s.cluster().into());
             if let Ok(a) = run(&tb, "h1", &["ip", "-d", "addr", "show"]) {
                 vxmesh.setup.insert("h1: ip -d addr show".into(), a.into());
             }
@@ -1110,7 +1132,18 @@ mod tests {
             udp_rate: "2G".into(),
             out: "x".into(),
             quick,
+            queues: None,
         }
+    }
+
+    #[test]
+    fn queues_reach_the_cluster_file_only_when_given() {
+        let s = Settings::from_args(&args(true));
+        assert_eq!(s.cluster(), CLUSTER);
+        let mut a = args(true);
+        a.queues = Some(1);
+        let c = Settings::from_args(&a).cluster();
+        assert!(c.contains("underlay_mtu = 1500\nqueues = 1\n"), "{c}");
     }
 
     #[test]

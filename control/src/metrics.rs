@@ -85,7 +85,28 @@ impl Collector for DaemonCollector {
             return Ok(());
         };
         let status = crate::api::server::build_status(&st);
-        let services = st.inner.lock().expect("state lock poisoned").mesh.status();
+        let (services, dns) = {
+            let inner = st.inner.lock().expect("state lock poisoned");
+            let dns: Vec<(String, [u64; 5])> = inner
+                .mesh
+                .dns_status()
+                .into_iter()
+                .map(|(net, _, c)| {
+                    let n = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    let all = [
+                        n(&c.queries),
+                        n(&c.answered),
+                        n(&c.nxdomain),
+                        n(&c.refused),
+                        n(&c.malformed),
+                    ];
+                    (net, all)
+                })
+                .collect();
+            (inner.mesh.status(), dns)
+        };
         let e = &mut enc;
         gauges(
             e,
@@ -308,6 +329,29 @@ impl Collector for DaemonCollector {
                 .workers
                 .iter()
                 .map(|w| (vec![("worker", w.name.clone())], w.idle_ms as f64 / 1000.0))
+                .collect(),
+        )?;
+        counters(
+            e,
+            "vxmesh_dns_queries",
+            "Datagrams the network's DNS responder received.",
+            None,
+            dns.iter()
+                .map(|(net, c)| (vec![("network", net.clone())], c[0]))
+                .collect(),
+        )?;
+        counters(
+            e,
+            "vxmesh_dns_responses",
+            "What the network's DNS responder did with a query, by result.",
+            None,
+            dns.iter()
+                .flat_map(|(net, c)| {
+                    ["answered", "nxdomain", "refused", "malformed"]
+                        .into_iter()
+                        .zip(&c[1..])
+                        .map(|(r, v)| (vec![("network", net.clone()), ("result", r.into())], *v))
+                })
                 .collect(),
         )?;
         counters(

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::backend::{self, get};
-use common::{Lab, FRONT_ONLY};
+use common::{sample, Lab, FRONT_ONLY};
 use vxmesh_dataplane::mesh::dns::proto::op::{Message, Query, ResponseCode};
 use vxmesh_dataplane::mesh::dns::proto::rr::{Name, RData, RecordType};
 use vxmesh_testbed::require_root;
@@ -288,4 +288,19 @@ fn names_are_scoped_dnsrr_answers_tasks_and_junk_is_survived() {
         (ResponseCode::NoError, vec![ov(2), ov(3)]),
         "the responder still answers"
     );
+    // The operator sees the same in /metrics, per network and result.
+    let m = lab.scrape("h1");
+    let front = |r: &str| {
+        sample(
+            &m,
+            &format!("vxmesh_dns_responses_total{{network=\"front\",result=\"{r}\"}}"),
+        )
+    };
+    assert!(front("answered") >= 3, "db twice, web-2");
+    assert!(front("nxdomain") >= 2, "api, nope");
+    assert!(front("refused") >= 1, "example.com");
+    assert!(front("malformed") >= 4, "the junk");
+    assert!(sample(&m, "vxmesh_dns_queries_total{network=\"front\"}") >= 10);
+    let back = "vxmesh_dns_responses_total{network=\"back\",result=\"nxdomain\"}";
+    assert!(sample(&m, back) >= 1, "web from back");
 }

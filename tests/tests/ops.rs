@@ -6,29 +6,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{Lab, FRONT_ONLY};
+use common::{sample, Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
 use vxmesh_testbed::{icmp_ping, require_root, workspace_bin};
-
-/// The value of one sample line `name{labels} value` of a scrape.
-fn sample(scrape: &str, name_and_labels: &str) -> u64 {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{scrape}")) as u64
-}
-
-fn scrape(lab: &Lab, host: &str) -> String {
-    let out = lab.cli(host, &["metrics"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[test]
 fn metrics_count_exactly_what_crossed_the_overlay() {
@@ -42,7 +22,7 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
     }
     let tx = "vxmesh_vxlan_tx_packets_total{network=\"front\"}";
     let rx = "vxmesh_vxlan_rx_packets_total{network=\"front\"}";
-    let (a1, a2) = (scrape(&lab, "h1"), scrape(&lab, "h2"));
+    let (a1, a2) = (lab.scrape("h1"), lab.scrape("h2"));
     let p = icmp_ping(
         &lab.tb,
         &lab.tb.ns("h1"),
@@ -53,7 +33,7 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
     )
     .unwrap();
     assert_eq!(p.received, 10);
-    let (b1, b2) = (scrape(&lab, "h1"), scrape(&lab, "h2"));
+    let (b1, b2) = (lab.scrape("h1"), lab.scrape("h2"));
     // Ten echo requests out of h1 into h2, ten replies back; ARP never
     // crossed (answered on each node).
     assert_eq!(sample(&b1, tx) - sample(&a1, tx), 10);

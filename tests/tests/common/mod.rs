@@ -118,6 +118,17 @@ impl Lab {
             .expect("run vxmesh")
     }
 
+    /// `host`'s `/metrics`, through `vxmesh metrics`.
+    pub fn scrape(&self, host: &str) -> String {
+        let out = self.cli(host, &["metrics"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// `/v1/status` of `host`.
     pub fn status(&self, host: &str) -> Value {
         self.cli_json(host, &["status"])
@@ -168,4 +179,14 @@ impl Lab {
                 .expect("sysctl");
         }
     }
+}
+
+/// The value of one sample line `name{labels} value` of a scrape.
+pub fn sample(scrape: &str, name_and_labels: &str) -> u64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{scrape}")) as u64
 }
