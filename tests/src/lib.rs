@@ -13,6 +13,8 @@
 //!   bounded waits.
 //! - [`measure`]: measurements run inside the namespaces: [`ping()`] and
 //!   [`icmp_ping()`], [`tcp_bulk()`] (pure Rust) and [`iperf3_tcp()`].
+//! - [`flood`]: hostile traffic in bulk, [`UdpFlood`] (`sendmmsg` batches
+//!   paced by what the receiver has read, [`udp_stats()`]).
 //!
 //! ## Call protocol
 //! Build a [`Testbed`] with [`Testbed::new`], add hosts and links, run or
@@ -35,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod echo;
+pub mod flood;
 pub mod measure;
 pub mod process;
 pub mod testbed;
@@ -45,6 +48,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use echo::echo;
+pub use flood::{udp_stats, Flood, UdpFlood, UdpStats};
 pub use measure::{icmp_ping, iperf3_tcp, ping, tcp_bulk, PingStats, Transfer};
 pub use process::Proc;
 pub use testbed::{Testbed, SWITCH};

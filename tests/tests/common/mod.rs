@@ -7,11 +7,13 @@
 pub mod backend;
 pub mod etcd;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use vxmesh_testbed::{workspace_bin, Proc, Testbed};
+use vxmesh_testbed::{workspace_bin, PingStats, Proc, Testbed};
 
 pub const FRONT_ONLY: &str = r#"
 [[nodes]]
@@ -178,6 +180,41 @@ impl Lab {
                 .exec(&self.tb.ns(host), &["sysctl", "-qw", key])
                 .expect("sysctl");
         }
+    }
+
+    /// Runs `f` while host `from` pings `to` (one echo request every 20 ms,
+    /// each waiting up to 1 s for its reply): legitimate traffic alongside
+    /// whatever `f` does. Returns `f`'s result and the pings.
+    pub fn pinging<T>(&self, from: &str, to: Ipv4Addr, f: impl FnOnce() -> T) -> (T, PingStats) {
+        let done = AtomicBool::new(false);
+        let ns = self.tb.ns(from);
+        std::thread::scope(|s| {
+            let pings = s.spawn(|| {
+                let mut all = PingStats {
+                    sent: 0,
+                    received: 0,
+                    rtt_us: Vec::new(),
+                };
+                while !done.load(Ordering::SeqCst) {
+                    let p = vxmesh_testbed::echo(
+                        &self.tb,
+                        &ns,
+                        to,
+                        1,
+                        Duration::from_millis(20),
+                        Duration::from_secs(1),
+                    )
+                    .expect("echo");
+                    all.sent += p.sent;
+                    all.received += p.received;
+                    all.rtt_us.extend(p.rtt_us);
+                }
+                all
+            });
+            let out = f();
+            done.store(true, Ordering::SeqCst);
+            (out, pings.join().expect("pinger"))
+        })
     }
 }
 
