@@ -1,6 +1,7 @@
 //! Hostile input and faults under traffic: a crash and restart, the
 //! underlay link cut and restored, a flood of forged source MACs with
-//! learning on, and what listens where.
+//! learning on, what listens where, a connection flood, broadcast and ARP
+//! storms. Faults on the mesh's connections are in `faults.rs`.
 
 mod common;
 
@@ -263,6 +264,28 @@ fn a_connection_flood_is_refused_cleanly_at_the_service_limit() {
     assert!(body.starts_with("task2"));
 }
 
+/// Three hosts with daemons, the network's floods limited to 100 frames/s.
+fn flood_limited_lab(tag: &str) -> Lab {
+    let config = FRONT_ONLY.replace(
+        "subnet = \"10.0.9.0/24\"",
+        "subnet = \"10.0.9.0/24\"\nflood_pps = 100",
+    );
+    let mut lab = Lab::new(tag, 3, &config);
+    for h in ["h1", "h2", "h3"] {
+        lab.start(h);
+    }
+    lab
+}
+
+/// What `flood_limited_lab` floods in `elapsed` seconds: 100 frames/s plus
+/// the bucket's burst (100) and a margin.
+fn assert_within_flood_rate(flooded: u64, elapsed: f64) {
+    assert!(
+        (flooded as f64) <= 100.0 + 100.0 * elapsed + 20.0,
+        "what was flooded stayed within 100 frames/s plus the burst: {flooded} in {elapsed:.1} s"
+    );
+}
+
 const BROADCAST: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -277,14 +300,7 @@ fn a_broadcast_storm_is_rate_limited_and_unicast_goes_on() {
     if !require_root() {
         return;
     }
-    let config = FRONT_ONLY.replace(
-        "subnet = \"10.0.9.0/24\"",
-        "subnet = \"10.0.9.0/24\"\nflood_pps = 100",
-    );
-    let mut lab = Lab::new("bstorm", 3, &config);
-    for h in ["h1", "h2", "h3"] {
-        lab.start(h);
-    }
+    let lab = flood_limited_lab("bstorm");
     // 5,000 ARP requests for an address nobody has, as fast as python sends.
     lab.tb
         .exec(&lab.tb.ns("h1"), &["python3", "-c", BROADCAST, "5000"])
@@ -311,9 +327,117 @@ fn a_broadcast_storm_is_rate_limited_and_unicast_goes_on() {
         limited >= 1000,
         "the storm was cut at h1: {limited} dropped, {flooded} flooded"
     );
-    assert!(
-        (flooded as f64) <= 100.0 + 100.0 * elapsed + 20.0,
-        "what was flooded stayed within 100 frames/s plus the burst: {flooded} in {elapsed:.1} s"
-    );
+    assert_within_flood_rate(flooded, elapsed);
     assert_eq!(replies(&lab, "h1", ov(2), 3), 3, "unicast goes on");
+}
+
+/// An ARP storm from the workload on a host's TAP: argv[1] requests at
+/// argv[2] per second, every other one for a known endpoint (10.0.9.2 and
+/// .3, answered on the host) and the rest for 100 addresses nobody has
+/// (flooded, so rate limited). Prints the known and unknown requests the
+/// kernel took.
+const ARP_STORM: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("vxm-front", 0))
+me = bytes.fromhex("02420a000901")
+def request(last):
+    return b"\xff" * 6 + me + b"\x08\x06" + bytes.fromhex("0001080006040001") + me + bytes([10, 0, 9, 1]) + bytes(6) + bytes([10, 0, 9, last])
+known = [request(2), request(3)]
+unknown = [request(n) for n in range(100, 200)]
+total, rate = int(sys.argv[1]), float(sys.argv[2])
+sent = [0, 0]
+t0 = time.monotonic()
+for i in range(total):
+    frame = known[(i // 2) % 2] if i % 2 else unknown[(i // 2) % 100]
+    try:
+        s.send(frame)
+        sent[i % 2] += 1
+    except OSError:
+        pass
+    if i % 100 == 99:
+        time.sleep(max(0.0, t0 + (i + 1) / rate - time.monotonic()))
+print(sent[1], sent[0])
+"#;
+
+#[test]
+fn an_arp_storm_is_answered_or_limited_and_known_endpoints_resolve() {
+    if !require_root() {
+        return;
+    }
+    let lab = flood_limited_lab("arpstorm");
+    let h1 = lab.tb.ns("h1");
+    let answered_before = lab.counter("h1", "front", "arp_answered");
+    // 60,000 requests over 3 s from h1's workload, while h1 pings h2 and,
+    // in a loop, forgets h3's address and resolves it again.
+    let t0 = Instant::now();
+    let ((storm, resolved), pings) = lab.pinging("h1", ov(2), || {
+        std::thread::scope(|s| {
+            let storm = s.spawn(|| {
+                lab.tb
+                    .exec_timeout(
+                        &h1,
+                        &["python3", "-c", ARP_STORM, "60000", "20000"],
+                        Duration::from_secs(30),
+                    )
+                    .expect("the storm ran")
+            });
+            let mut resolved = (0, 0);
+            while !storm.is_finished() {
+                lab.tb
+                    .exec(&h1, &["ip", "neigh", "flush", "to", "10.0.9.3"])
+                    .unwrap();
+                resolved.0 += replies(&lab, "h1", ov(3), 1);
+                resolved.1 += 1;
+            }
+            (storm.join().unwrap(), resolved)
+        })
+    });
+    let out = String::from_utf8_lossy(&storm.stdout).to_string();
+    let (known, unknown): (u64, u64) = out
+        .split_once(' ')
+        .map(|(k, u)| (k.trim().parse().unwrap(), u.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("storm output: {out:?}"));
+    // Wait (bounded) until the counters settle.
+    let counters = |lab: &Lab| {
+        (
+            lab.counter("h1", "front", "arp_answered") - answered_before,
+            lab.net_drops("h1", "front", "flood_rate"),
+            lab.counter("h1", "front", "flooded_frames"),
+        )
+    };
+    let mut last = counters(&lab);
+    lab.until(Duration::from_secs(5), || {
+        let now = counters(&lab);
+        std::mem::replace(&mut last, now) == now
+    });
+    let (answered, limited, flooded) = last;
+    let elapsed = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "storm: {known} known + {unknown} unknown in {elapsed:.1} s; answered {answered}, \
+         limited {limited}, flooded {flooded}; h1 resolved h3 {}/{}; pings {}/{}",
+        resolved.0, resolved.1, pings.received, pings.sent
+    );
+    assert!(known + unknown >= 50_000, "the storm was sent: {out}");
+    assert!(
+        answered * 10 >= known * 9,
+        "requests for known endpoints are answered on the host: {answered} of {known}"
+    );
+    assert!(
+        (limited + flooded) * 10 >= unknown * 9 && limited > flooded * 10,
+        "requests for unknown addresses are cut at h1: {limited} dropped, {flooded} flooded of {unknown}"
+    );
+    assert_within_flood_rate(flooded, elapsed);
+    assert!(
+        resolved.1 >= 3 && resolved.0 == resolved.1,
+        "h1 resolved h3 again each time during the storm: {resolved:?}"
+    );
+    assert!(
+        pings.sent >= 10 && pings.received * 100 >= pings.sent * 95,
+        "h1 -> h2 during the storm: {}/{} replies",
+        pings.received,
+        pings.sent
+    );
+    assert!(lab.daemons[0].1.exit_status().is_none(), "h1 stayed up");
+    assert_eq!(replies(&lab, "h3", ov(1), 3), 3);
 }
