@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-use super::service::{ActiveGuard, Task};
+use super::service::{ActiveGuard, Service, Task};
 use super::tcp::Route;
 
 struct Session {
@@ -101,6 +101,7 @@ async fn open(
         sock.clone(),
         up.clone(),
         client,
+        svc.clone(),
         task.clone(),
         last.clone(),
         sessions.clone(),
@@ -124,6 +125,7 @@ async fn reply_loop(
     sock: Arc<UdpSocket>,
     up: Arc<UdpSocket>,
     client: SocketAddr,
+    svc: Arc<Service>,
     task: Arc<Task>,
     last: Arc<AtomicU64>,
     sessions: Sessions,
@@ -151,6 +153,8 @@ async fn reply_loop(
             _ = async { let _ = cut.wait_for(|c| *c).await; } => break,
         }
     }
-    // Remove this session unless the client was already moved to another.
+    // Remove this session unless the client was already moved to another,
+    // and say so in the service's gauge (an expired session is reclaimed).
     sessions.remove_if(&client, |_, s| Arc::ptr_eq(&s.up, &up));
+    svc.open_sessions.store(sessions.len() as u64, Relaxed);
 }
