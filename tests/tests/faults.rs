@@ -1,16 +1,17 @@
 //! Faults on the routing mesh's connections, each under legitimate traffic
 //! that must go on unharmed: idle and half-open connections reclaimed by
-//! the service's timeouts.
+//! the service's timeouts, and a task killed in the middle of transfers.
 
 mod common;
 
-use std::io::Read;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::backend::{self, get, udp_ask};
 use common::{Lab, FRONT_ONLY};
+use nix::sys::signal::Signal;
 use vxmesh_testbed::require_root;
 
 fn ov(n: u8) -> Ipv4Addr {
@@ -171,4 +172,174 @@ fn idle_and_half_open_connections_are_reclaimed_by_the_timeouts() {
         served >= 5 && failed.is_empty(),
         "legitimate requests: {served} served, failed: {failed:?}"
     );
+}
+
+/// A task as its own process (so it can be SIGKILLed): listens on
+/// argv[1]:argv[2], says READY=1 on $NOTIFY_SOCKET, and per connection
+/// reads one byte: `D` streams 64 KiB chunks to the client, anything else
+/// holds the connection without reading. Stops by itself after 60 s.
+const TASK: &str = r#"
+import os, socket, sys, threading, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+end = time.monotonic() + 60
+chunk = b"x" * 65536
+def serve(c):
+    cmd = c.recv(1)
+    try:
+        while cmd and time.monotonic() < end:
+            if cmd == b"D":
+                c.sendall(chunk)
+            else:
+                time.sleep(0.05)
+    except OSError:
+        pass
+    c.close()
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while time.monotonic() < end:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// How a client's stream through the mesh ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The mesh closed it: EOF or a reset.
+    Closed(ErrorKind),
+    /// Nothing happened for 10 s.
+    Hung,
+}
+
+fn ended(r: std::io::Result<usize>) -> Option<End> {
+    match r {
+        Ok(0) => Some(End::Closed(ErrorKind::UnexpectedEof)),
+        Ok(_) => None,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Some(End::Hung)
+        }
+        Err(e) => Some(End::Closed(e.kind())),
+    }
+}
+
+/// A client of h1:8081 in `cl` that sends `hello`, says on `ready` when
+/// bytes flow, then sends `more` (a byte the task never reads, if any) and
+/// keeps reading (`D`) or writing (`U`) until the stream ends. Returns how
+/// and when it ended.
+fn stream_client(
+    lab: &Lab,
+    hello: &'static [u8],
+    more: &'static [u8],
+    ready: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<Result<(End, Instant), vxmesh_testbed::Error>> {
+    lab.tb
+        .thread_in_ns(&lab.tb.ns("cl"), move || {
+            let mut s = TcpStream::connect_timeout(&h1(8081), Duration::from_secs(3)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(hello).unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut first = true;
+            loop {
+                let r = if hello == b"D" {
+                    s.read(&mut buf)
+                } else {
+                    s.write(&buf)
+                };
+                if let Some(end) = ended(r) {
+                    return (end, Instant::now());
+                }
+                if first {
+                    first = false;
+                    if !more.is_empty() {
+                        s.write_all(more).unwrap();
+                    }
+                    ready.send(()).unwrap();
+                }
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_task_killed_mid_transfer_closes_its_clients_cleanly() {
+    if !require_root() {
+        return;
+    }
+    // `stream` on the task that dies (h2), `web` on one that lives (h3).
+    let config = FRONT_ONLY.to_string()
+        + &service("web", ov(3), "{ published = 8080, target = 80 }", "")
+        + &service("stream", ov(2), "{ published = 8081, target = 81 }", "");
+    let mut lab = Lab::new("taskkill", 3, &config);
+    lab.tb.add_host("cl", "198.18.0.100/24", 1500).unwrap();
+    for h in ["h1", "h2", "h3"] {
+        lab.start(h);
+    }
+    let _web = backend::start(&lab.tb, &lab.tb.ns("h3"), "task3", ov(3), false);
+    let h2 = lab.tb.ns("h2");
+    let task = lab
+        .tb
+        .spawn_notify(
+            &h2,
+            &["python3", "-c", TASK, "10.0.9.2", "81"],
+            &[],
+            Duration::from_secs(10),
+        )
+        .expect("the stream task is ready");
+    until_served(&lab, 8080);
+    let cl = lab.tb.ns("cl");
+
+    let (ready, streaming) = std::sync::mpsc::channel();
+    // Downloading; downloading with a byte the task never reads (so its
+    // death is a reset, not a FIN); uploading to a task that never reads.
+    let clients = [
+        ("download", stream_client(&lab, b"D", b"", ready.clone())),
+        (
+            "download+unread",
+            stream_client(&lab, b"D", b"?", ready.clone()),
+        ),
+        ("upload", stream_client(&lab, b"U", b"", ready.clone())),
+    ];
+    for _ in &clients {
+        streaming
+            .recv_timeout(Duration::from_secs(5))
+            .expect("every client streams");
+    }
+    // A long transfer on the other task runs across the kill, and
+    // requests to it go on throughout.
+    let (ends, served, failed, slow) = std::thread::scope(|s| {
+        let slow = s.spawn(|| get(&lab.tb, &cl, h1(8080), "/slow"));
+        lab.until(Duration::from_secs(5), || open(&lab, "web").0 == 1)
+            .expect("the long transfer started");
+        let (ends, served, failed) = serving(&lab, || {
+            lab.tb.signal(&task, Signal::SIGKILL).unwrap();
+            let killed = Instant::now();
+            lab.tb
+                .wait_exit(&task, Duration::from_secs(5))
+                .expect("the task died");
+            let ends = clients.map(|(name, c)| {
+                let (end, at) = c.join().unwrap().unwrap();
+                (name, end, at.saturating_duration_since(killed))
+            });
+            (ends, slow.join().unwrap())
+        });
+        (ends.0, served, failed, ends.1)
+    });
+    eprintln!("after the kill: {ends:?}; {served} requests served on the other task");
+    for (name, end, after) in &ends {
+        assert!(
+            matches!(end, End::Closed(_)) && *after < Duration::from_secs(3),
+            "{name}: a clean close soon after the kill, got {end:?} after {after:?}"
+        );
+    }
+    let (body, _) = slow.expect("the other task's transfer");
+    assert_eq!(body.len(), 6_553_600, "the other task's transfer completed");
+    assert!(
+        served >= 3 && failed.is_empty(),
+        "the other task's clients: {served} served, failed: {failed:?}"
+    );
+    let (open_conns, _) = open(&lab, "stream");
+    assert_eq!(open_conns, 0, "the dead task's connections are gone");
 }

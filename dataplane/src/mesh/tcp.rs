@@ -186,8 +186,9 @@ async fn pump(
     }
 }
 
-/// Relays until both directions ended, the connection was idle for
-/// `idle`, or the task's connections are cut.
+/// Relays until both directions ended, one failed (then both sockets are
+/// reset), the connection was idle for `idle`, or the task's connections
+/// are cut.
 async fn relay(
     client: TcpStream,
     up: TcpStream,
@@ -200,11 +201,17 @@ async fn relay(
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let both = async {
-        let (a, b) = tokio::join!(
-            pump(&client, &up, &task.bytes_in, &last, epoch),
-            pump(&up, &client, &task.bytes_out, &last, epoch)
-        );
-        a.and(b)
+        let to_task = pump(&client, &up, &task.bytes_in, &last, epoch);
+        let to_client = pump(&up, &client, &task.bytes_out, &last, epoch);
+        tokio::pin!(to_task, to_client);
+        // A direction that ends (EOF, passed on as a half-close) leaves the
+        // other running; one that fails (a reset: the task died, the client
+        // vanished) ends both, or the other side would wait for bytes that
+        // never come until the idle timeout.
+        tokio::select! {
+            r = &mut to_task => { r?; to_client.await }
+            r = &mut to_client => { r?; to_task.await }
+        }
     };
     let idle_watch = async {
         loop {
@@ -216,9 +223,17 @@ async fn relay(
         }
     };
     let mut cut = task.cut.subscribe();
-    tokio::select! {
+    let r = tokio::select! {
         r = both => r,
         _ = idle_watch => Ok(()),
         _ = async { let _ = cut.wait_for(|c| *c).await; } => Ok(()),
+    };
+    if r.is_err() {
+        // Pass the failure on as a reset, so that a transfer cut short
+        // never looks to the other side like one that ended (FIN).
+        for s in [&client, &up] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
     }
+    r
 }
