@@ -304,3 +304,54 @@ fn names_are_scoped_dnsrr_answers_tasks_and_junk_is_survived() {
     let back = "vxmesh_dns_responses_total{network=\"back\",result=\"nxdomain\"}";
     assert!(sample(&m, back) >= 1, "web from back");
 }
+
+#[test]
+fn a_task_listening_on_every_address_shadows_the_vip_and_the_node_runs_on() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("dnsshd", 3, &config());
+    // h2's task holds 0.0.0.0:80 (and :53) before h2's daemon starts: the
+    // daemon cannot have VIP:80 (nor its DNS responder) on h2, and must
+    // still come up.
+    let _b2 = backend::start(
+        &lab.tb,
+        &lab.tb.ns("h2"),
+        "task2",
+        Ipv4Addr::UNSPECIFIED,
+        false,
+    );
+    for h in ["h1", "h2", "h3"] {
+        lab.start(h);
+    }
+    // h3's task binds its overlay address, which exists once h3's TAP does.
+    let _b3 = backend::start(&lab.tb, &lab.tb.ns("h3"), "task3", ov(3), false);
+    let log = std::fs::read_to_string(&lab.daemons[1].1.log).unwrap();
+    assert!(
+        log.contains("VIP listener unavailable on this node"),
+        "h2 says why it has no VIP listener:\n{log}"
+    );
+    // The task's :53 on every address takes the responder's port too.
+    assert!(
+        log.contains("DNS responder unavailable on this node"),
+        "h2 says why it has no DNS responder:\n{log}"
+    );
+    let (rc, vip) = resolve(&lab, "h1", FRONT_DNS, "web");
+    assert_eq!(rc, ResponseCode::NoError);
+    let vip = SocketAddr::new(vip[0].into(), 80);
+    // On h2 the VIP reaches the local task directly; h1 still balances.
+    let h2 = lab.tb.ns("h2");
+    for _ in 0..3 {
+        let (body, _) = get(&lab.tb, &h2, vip, "/").expect("served on h2");
+        assert_eq!(who(&body), "task2");
+    }
+    let h1 = lab.tb.ns("h1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = HashSet::new();
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "h1 saw only {seen:?}");
+        if let Ok((body, _)) = get(&lab.tb, &h1, vip, "/") {
+            seen.insert(who(&body));
+        }
+    }
+}

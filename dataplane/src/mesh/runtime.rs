@@ -59,13 +59,14 @@ struct Listener {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
-    #[error("service {service}: cannot listen on {proto}/{addr}: {source}")]
+    /// The reason is in the message and not chained as a `source` too,
+    /// so that `{:#}` printers do not repeat it.
+    #[error("service {service}: cannot listen on {proto}/{addr}: {error}")]
     Bind {
         service: String,
         proto: &'static str,
         addr: SocketAddr,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -185,12 +186,12 @@ impl Mesh {
                         "VIP listener unavailable on this node");
                     skipped.push(*key);
                 }
-                Err(source) => {
+                Err(error) => {
                     return Err(MeshError::Bind {
                         service: svc.clone(),
                         proto: key.0.as_str(),
                         addr: key.1,
-                        source,
+                        error,
                     })
                 }
             }
@@ -209,13 +210,26 @@ impl Mesh {
                 Ok(Bound::Tcp(_)) => Err(io::Error::other("not a UDP socket")),
                 Err(e) => Err(e),
             };
-            let sock = sock.map_err(|source| MeshError::Bind {
-                service: format!("dns of network {}", z.network),
-                proto: "udp",
-                addr,
-                source,
-            })?;
-            fresh_dns.insert(addr, sock);
+            match sock {
+                Ok(sock) => {
+                    fresh_dns.insert(addr, sock);
+                }
+                // A workload on this node holds port 53 on every address
+                // (a DNS server of its own): its neighbours on this node
+                // lose vxmesh names, the node and its other networks run on.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    tracing::warn!(network = %z.network, %addr, error = %e,
+                        "DNS responder unavailable on this node");
+                }
+                Err(error) => {
+                    return Err(MeshError::Bind {
+                        service: format!("dns of network {}", z.network),
+                        proto: "udp",
+                        addr,
+                        error,
+                    })
+                }
+            }
         }
         // 2. Services: update or create; tasks that leave drain.
         let names: HashSet<&str> = desired.iter().map(|d| d.spec.name.as_str()).collect();
