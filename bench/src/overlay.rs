@@ -889,6 +889,35 @@ fn ratios(m: &Metric, v: &[Option<f64>]) -> [Option<f64>; 2] {
 }
 
 /// The text report: header, table, notes.
+/// What vxmeshd ran with, from h1's and h2's status after the last round:
+/// offloads, queues, and how well it batched (means over the round).
+fn vxmesh_in_effect(results: &[PathResult]) -> Option<String> {
+    let vx = results.iter().find(|r| r.name == "vxmesh")?;
+    let last = |h: &str| {
+        let prefix = format!("{h}: vxmesh status after round ");
+        vx.setup
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.parse::<u32>().ok()?, v)))
+            .max_by_key(|(round, _)| *round)
+            .map(|(_, v)| v["dataplane"].clone())
+            .filter(|d| d.is_object())
+    };
+    let (h1, h2) = (last("h1")?, last("h2")?);
+    let f = |d: &Value, k: &str| d[k].as_f64().unwrap_or(f64::NAN);
+    Some(format!(
+        "vxmesh in effect: TAP vnet header (TSO) {}, UDP GSO {}, UDP GRO {}, {} queue(s); \
+         h1 (sender) read {:.1} TAP frames per wake-up and sent {:.1} datagrams per sendmsg; \
+         h2 (receiver) made {:.1} underlay reads per wake-up",
+        h1["tap_vnet_hdr"],
+        h1["udp_gso"],
+        h1["udp_gro"],
+        h1["queues"],
+        f(&h1, "tap_reads_per_wakeup"),
+        f(&h1, "datagrams_per_send"),
+        f(&h2, "underlay_reads_per_wakeup"),
+    ))
+}
+
 fn table(s: &Settings, machine: &Machine, results: &[PathResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -943,6 +972,9 @@ fn table(s: &Settings, machine: &Machine, results: &[PathResult]) -> String {
         rows.push(cells);
     }
     out += &format_table(&headers, &rows);
+    if let Some(line) = vxmesh_in_effect(results) {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,

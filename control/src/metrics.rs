@@ -390,19 +390,29 @@ impl Collector for DaemonCollector {
                     (vec![("offload", "udp_gro".into())], flag(o.udp_gro)),
                 ],
             )?;
-            let (tap, udp) = inner.dataplane.batches();
+            let b = inner.dataplane.batches();
             let mut fam = e.encode_descriptor(
                 "vxmesh_worker_batch_reads",
                 "Reads a dataplane worker made per wake-up (TAP frames or underlay reads).",
                 None,
                 MetricType::Histogram,
             )?;
-            for (side, h) in [("tap", tap), ("underlay", udp)] {
+            for (side, h) in [("tap", b.tap_reads), ("underlay", b.underlay_reads)] {
                 let (sum, count, buckets) = h.snapshot();
                 let l: Labels = vec![("side", side.into())];
                 fam.encode_family(&l)?
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
+            let mut fam = e.encode_descriptor(
+                "vxmesh_underlay_send_datagrams",
+                "Datagrams per send to one peer (one sendmsg with UDP GSO when it is on).",
+                None,
+                MetricType::Histogram,
+            )?;
+            let (sum, count, buckets) = b.tx_datagrams.snapshot();
+            let none: Labels = vec![];
+            fam.encode_family(&none)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
         let store = st.store_status();
         let sl = || vec![("store", store.backend.clone())];

@@ -66,6 +66,7 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
         "# TYPE vxmesh_reloads counter",
         "# TYPE vxmesh_worker_idle_seconds gauge",
         "# TYPE vxmesh_worker_batch_reads histogram",
+        "# TYPE vxmesh_underlay_send_datagrams histogram",
         "vxmesh_offload{offload=\"udp_gro\"} 1",
         "# EOF",
     ] {
@@ -81,6 +82,12 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
             .sum()
     };
     assert!(udp_reads(&b1) - udp_reads(&a1) >= 10.0, "per-worker reads");
+    // Each echo request left h1 in a send of its own (nothing else queued).
+    let sends = "vxmesh_underlay_send_datagrams_count";
+    assert!(sample(&b1, sends) - sample(&a1, sends) >= 10);
+    let dp = &lab.status("h1")["dataplane"];
+    assert_eq!(dp["udp_gro"], true, "{dp}");
+    assert!(dp["datagrams_per_send"].as_f64().unwrap() >= 1.0, "{dp}");
     // h2 and h3 (h3 is in the file even though it runs no daemon here).
     assert_eq!(
         sample(&b1, "vxmesh_fdb_entries{network=\"front\",kind=\"static\"}"),

@@ -32,6 +32,25 @@ pub struct Status {
     pub networks: Vec<NetworkStatus>,
     pub global: GlobalStatsSnapshot,
     pub workers: Vec<WorkerInfo>,
+    /// Offloads and batching in effect.
+    #[serde(default)]
+    pub dataplane: DataplaneInfo,
+}
+
+/// What the packet path runs with and how well it batches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DataplaneInfo {
+    /// TAPs with a virtio-net header (TSO from the kernel).
+    pub tap_vnet_hdr: bool,
+    pub udp_gso: bool,
+    pub udp_gro: bool,
+    /// Underlay receiving sockets (and TAP queues per network).
+    pub queues: usize,
+    /// Means since start: frames read from a TAP per wake-up, underlay
+    /// reads per wake-up, datagrams per send to a peer.
+    pub tap_reads_per_wakeup: f64,
+    pub underlay_reads_per_wakeup: f64,
+    pub datagrams_per_send: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::{
-    ApiError, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status, WorkerInfo,
+    ApiError, DataplaneInfo, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status,
+    WorkerInfo,
 };
 use crate::daemon::State;
 use crate::store::{StoreError, Write};
@@ -151,6 +152,19 @@ pub fn build_status(st: &State) -> Status {
                 reads: w.reads,
             })
             .collect(),
+        dataplane: {
+            let o = inner.dataplane.offloads();
+            let b = inner.dataplane.batches();
+            DataplaneInfo {
+                tap_vnet_hdr: o.tap_vnet_hdr,
+                udp_gso: o.udp_gso,
+                udp_gro: o.udp_gro,
+                queues: inner.dataplane.underlay().receivers(),
+                tap_reads_per_wakeup: b.tap_reads.mean(),
+                underlay_reads_per_wakeup: b.underlay_reads.mean(),
+                datagrams_per_send: b.tx_datagrams.mean(),
+            }
+        },
     }
 }
 

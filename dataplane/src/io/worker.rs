@@ -39,6 +39,8 @@ struct Shared {
     /// Reads per wake-up, TAP side and underlay side.
     tap_batches: BatchHistogram,
     udp_batches: BatchHistogram,
+    /// Datagrams per flush of a [`TxBatch`] (one `sendmsg` with UDP GSO).
+    tx_batches: BatchHistogram,
 }
 
 /// Upper bounds of the batch-size buckets (reads per wake-up).
@@ -73,6 +75,29 @@ impl BatchHistogram {
             .collect();
         let count = buckets.iter().map(|b| b.1).sum();
         (self.sum.load(Ordering::Relaxed) as f64, count, buckets)
+    }
+}
+
+/// The batching histograms, for the status and `/metrics`.
+pub struct Batches<'a> {
+    /// Frames read from a TAP per wake-up.
+    pub tap_reads: &'a BatchHistogram,
+    /// Reads of the underlay socket per wake-up (each may hold several
+    /// datagrams with UDP GRO).
+    pub underlay_reads: &'a BatchHistogram,
+    /// Datagrams per send to one peer (one `sendmsg` with UDP GSO).
+    pub tx_datagrams: &'a BatchHistogram,
+}
+
+impl BatchHistogram {
+    /// Mean per observation; 0 before the first.
+    pub fn mean(&self) -> f64 {
+        let (sum, count, _) = self.snapshot();
+        if count == 0 {
+            0.0
+        } else {
+            sum / count as f64
+        }
     }
 }
 
@@ -187,6 +212,7 @@ impl Dataplane {
             epoch: Instant::now(),
             tap_batches: BatchHistogram::default(),
             udp_batches: BatchHistogram::default(),
+            tx_batches: BatchHistogram::default(),
         });
         let gro_on = shared.underlay.enable_gro();
         tracing::info!(
@@ -264,8 +290,12 @@ impl Dataplane {
     }
 
     /// Reads per wake-up of the TAP workers and of the underlay worker.
-    pub fn batches(&self) -> (&BatchHistogram, &BatchHistogram) {
-        (&self.shared.tap_batches, &self.shared.udp_batches)
+    pub fn batches(&self) -> Batches<'_> {
+        Batches {
+            tap_reads: &self.shared.tap_batches,
+            underlay_reads: &self.shared.udp_batches,
+            tx_datagrams: &self.shared.tx_batches,
+        }
     }
 
     /// The offloads in use now.
@@ -325,11 +355,16 @@ fn wait_readable(fd: &impl AsFd) -> bool {
 }
 
 /// TAP -> underlay for queue `q` of one network's TAP.
+///
+/// Every frame of a wake-up goes through [`TxBatch`]: consecutive frames to
+/// the same peer and flow (the segments of a TSO super-frame, a run of
+/// same-sized UDP datagrams or ACKs) leave in one `sendmsg` with
+/// UDP_SEGMENT, the rest one by one; what is queued leaves before anything
+/// else does and at the end of the wake-up, so nothing is reordered or held.
 fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
     let vnet = tap.vnet_hdr();
-    // [VXLAN header room | frame], or with a virtio-net header:
-    // [2 spare | virtio-net header (10), overwritten by the VXLAN header | frame].
-    let lead = if vnet { virtio::LEN } else { HEADROOM };
+    // The frame, or with a virtio-net header: [virtio-net header (10) | frame].
+    let lead = if vnet { virtio::LEN } else { 0 };
     let mut buf = vec![0u8; lead + BUF_LEN];
     let mut reply = [0u8; arp::REPLY_LEN];
     let mut tx = TxBatch::new();
@@ -348,11 +383,10 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
         let stats = &nt.stats;
         let now = Instant::now();
         for _ in 0..BATCH {
-            let read_at = if vnet { 0 } else { HEADROOM };
-            let n = match tap.recv(q, &mut buf[read_at..]) {
+            let n = match tap.recv(q, &mut buf) {
                 Ok(n) => {
                     got += 1;
-                    read_at + n
+                    n
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -373,8 +407,8 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
                         }
                     }
                     virtio::GSO_TCPV4 | virtio::GSO_TCPV6 => {
-                        // A TSO super-frame: cut it here, send the pieces
-                        // to their peer with one UDP GSO call.
+                        // A TSO super-frame: cut it here; the pieces queue
+                        // up for one UDP GSO send to their peer.
                         let mss = usize::from(h.gso_size);
                         let cut = gso::segment_tcp(&buf[lead..n], mss, &mut scratch, |seg| {
                             tx.push(&sh, &tables, net, seg, &mut reply, now, (tap, q))
@@ -382,7 +416,6 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
                         if cut.is_err() {
                             stats.drops.add(DropReason::Malformed);
                         }
-                        tx.flush(&sh, nt);
                         continue;
                     }
                     _ => {
@@ -391,32 +424,15 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
                     }
                 }
             }
-            let frame_at = lead;
-            let frame = &buf[frame_at..n];
-            let verdict = sh.core.handle_frame(&tables, net, frame, &mut reply, now);
-            let d = frame_at - HEADROOM..n;
-            match verdict {
-                Verdict::Unicast { peer, vni, flow } => {
-                    vxlan::write_header(&mut buf[d.start..frame_at], vni);
-                    let ps = nt.peer_index(peer).and_then(|i| nt.peer_stats.get(i));
-                    send(&sh, stats, ps, flow, peer, &buf[d]);
-                }
-                Verdict::Flood { peers, vni, flow } => {
-                    vxlan::write_header(&mut buf[d.start..frame_at], vni);
-                    for (i, peer) in peers.iter().enumerate() {
-                        let ps = nt.peer_stats.get(i);
-                        send(&sh, stats, ps, flow, *peer, &buf[d.clone()]);
-                    }
-                }
-                Verdict::ArpReply { len } => write_frame((tap, q), stats, &mut reply, len),
-                Verdict::Deliver { .. } | Verdict::DeliverSegmented { .. } | Verdict::Drop(_) => {}
-            }
+            tx.push(&sh, &tables, net, &buf[lead..n], &mut reply, now, (tap, q));
         }
+        tx.flush(&sh, nt);
     }
 }
 
-/// Encapsulated segments of one super-frame on their way to one peer, laid
-/// out back to back for a single UDP GSO send.
+/// Encapsulated frames on their way to one peer, from one flow, laid out
+/// back to back for a single UDP GSO send: every datagram but the last of
+/// the same size, as UDP_SEGMENT requires.
 struct TxBatch {
     buf: Vec<u8>,
     /// Length of every datagram but possibly the last.
@@ -503,6 +519,7 @@ impl TxBatch {
     fn flush(&mut self, sh: &Shared, nt: &crate::overlay::NetworkTable) {
         if let Some((peer, flow)) = self.dest.take() {
             let stats = &nt.stats;
+            sh.tx_batches.observe(self.count);
             match sh.underlay.send_segments(flow, peer, &self.buf, self.seg) {
                 Ok(n) => {
                     bump(&stats.vxlan_tx_packets, n as u64);
