@@ -10,12 +10,20 @@
 //! here is a finding like a panic in the product.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::body::Body as HttpBody;
+use axum::http::{header, Method, Request, StatusCode, Uri};
+use serde_json::{json, Value};
+use tower::ServiceExt;
 use vxmesh_control::config;
+use vxmesh_control::daemon::{self, Options};
+use vxmesh_control::model::Node;
 use vxmesh_control::reconcile::mesh_desired;
+use vxmesh_control::store::doc::{self, Doc, Snapshot, View};
+use vxmesh_control::store::Store;
 use vxmesh_dataplane::overlay::{
     Core, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables, Verdict,
 };
@@ -34,6 +42,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("proxy_v2", proxy_v2),
     ("config", config),
     ("csum_gso", csum_gso),
+    ("admin_api", admin_api),
 ];
 
 /// What the UDP worker segments into (`dataplane/src/io/worker.rs`).
@@ -367,4 +376,192 @@ pub fn csum_gso(data: &[u8]) {
             }
         }
     }
+}
+
+/// The cluster the admin API fuzzer's daemon runs: its node `me` on
+/// loopback (an ephemeral VXLAN port, one queue) is a member of no network,
+/// so nothing needs root, no TAP is made and no packet leaves the process;
+/// the network and its endpoints still fill `/v1/networks` and `/v1/nodes`.
+const API_CLUSTER: &str = r#"
+settings = { vxlan_port = 0, source_ports = 1, queues = 1 }
+nodes = [{ name = "me", address = "127.0.0.1" }, { name = "h2", address = "198.18.0.2" }]
+networks = [{ name = "front", vni = 4096, subnet = "10.0.9.0/24" }]
+endpoints = [{ network = "front", node = "h2", ip = "10.0.9.2", name = "web-1" }]
+"#;
+
+/// The admin API over a daemon state built once per process (file store:
+/// every write is refused as read-only), and the runtime its handlers run on.
+fn api() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static API: OnceLock<(tokio::runtime::Runtime, axum::Router)> = OnceLock::new();
+    API.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let path = PathBuf::from("fuzz-admin.toml");
+        let cluster = config::parse(&path, API_CLUSTER).expect("the fuzz cluster is valid");
+        let opts = Options {
+            config: path.clone(),
+            node: "me".into(),
+            socket: PathBuf::from("/nonexistent/vxmeshd.sock"),
+            admin_addr: None,
+            etcd: None,
+        };
+        let state = rt
+            .block_on(async { daemon::start(&opts, cluster, Store::File(path)) })
+            .expect("the daemon state starts without root");
+        let router = vxmesh_control::api::server::router(state);
+        (rt, router)
+    })
+}
+
+/// The resources `GET` must always serve (200, JSON).
+const API_RESOURCES: &[&str] = &[
+    "/v1/status",
+    "/v1/networks",
+    "/v1/nodes",
+    "/v1/fdb",
+    "/v1/services",
+];
+
+/// One admin API request: the first byte picks the method (low 3 bits) and
+/// whether the body is declared JSON (bit 3); up to the first newline is
+/// the request target, the rest the body. The router must answer every
+/// request without a panic or a 5xx; the known resources answer `GET` with
+/// 200 and JSON (`/metrics` with OpenMetrics text). A `POST` body also goes
+/// through what the etcd store checks before it writes (`doc::assemble` of
+/// the snapshot with the new document), which must not panic either, and
+/// a document of one kind never brings in nodes or objects of another.
+pub fn admin_api(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let method = [
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::PUT,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::GET,
+    ][usize::from(sel & 7)]
+    .clone();
+    let (target, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    // What hyper would refuse before the router sees it is out of scope.
+    let Ok(uri) = Uri::try_from(target) else {
+        return;
+    };
+    let path = uri.path().to_string();
+    let mut req = Request::builder().method(method.clone()).uri(uri);
+    if sel & 8 != 0 {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(HttpBody::from(body.to_vec()))
+        .expect("method and URI are valid");
+    let (rt, router) = api();
+    let resp = rt
+        .block_on(router.clone().oneshot(req))
+        .expect("the router is infallible");
+    let status = resp.status();
+    let bytes = rt
+        .block_on(axum::body::to_bytes(resp.into_body(), 64 << 20))
+        .expect("the answer's body");
+    assert!(
+        !status.is_server_error(),
+        "{method} {path} -> {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    if method == Method::GET && API_RESOURCES.contains(&path.as_str()) {
+        assert_eq!(status, StatusCode::OK, "GET {path}");
+        serde_json::from_slice::<Value>(&bytes).expect("a resource is JSON");
+    }
+    if method == Method::GET && path == "/metrics" {
+        assert_eq!(status, StatusCode::OK, "GET /metrics");
+        assert!(bytes.ends_with(b"# EOF\n"), "OpenMetrics ends with # EOF");
+    }
+    if method == Method::POST {
+        store_create(&path, body);
+    }
+}
+
+/// What the etcd store does with a `POST` before it writes: the key from
+/// the spec, then the snapshot with the new document assembled and
+/// validated like a cluster file (`View::Declared`).
+fn store_create(path: &str, body: &[u8]) {
+    let Ok(spec) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let field = |f: &str| spec.get(f).and_then(Value::as_str).map(str::to_string);
+    let (kind, key) = match path {
+        "/v1/networks" => ("networks", field("name").map(|n| doc::network_key(&n))),
+        "/v1/services" => ("services", field("name").map(|n| doc::service_key(&n))),
+        "/v1/endpoints" => (
+            "endpoints",
+            field("network")
+                .zip(field("ip").and_then(|ip| ip.parse::<Ipv4Addr>().ok()))
+                .map(|(net, ip)| doc::endpoint_key(&net, ip)),
+        ),
+        _ => return,
+    };
+    let Some(key) = key else {
+        return;
+    };
+    let docs = [
+        ("nodes/h2", json!({"name": "h2", "address": "198.18.0.2"})),
+        (
+            "networks/front",
+            json!({"name": "front", "vni": 4096, "subnet": "10.0.9.0/24"}),
+        ),
+        (
+            "endpoints/front/10.0.9.2",
+            json!({"network": "front", "node": "h2", "ip": "10.0.9.2"}),
+        ),
+        (
+            "services/web",
+            json!({"name": "web", "network": "front", "tasks": ["10.0.9.2"],
+                   "ports": [{"published": 8080, "target": 80}]}),
+        ),
+    ];
+    let mut snap = Snapshot {
+        docs: docs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Doc::new(v.clone())))
+            .collect(),
+        revision: 1,
+    };
+    if snap.docs.contains_key(&key) {
+        return; // 409 Conflict, before any validation
+    }
+    snap.docs.insert(key, Doc::new(spec.clone()));
+    let me = Node {
+        name: "h1".into(),
+        address: Ipv4Addr::new(198, 18, 0, 1),
+    };
+    let Ok((cluster, _)) = doc::assemble(&snap, &me, View::Declared, "fuzz") else {
+        return;
+    };
+    // h1, h2, and for an endpoint its owner (a placeholder when unknown).
+    let nodes = cluster.nodes.len();
+    let (networks, services) = (cluster.networks.len(), cluster.services.len());
+    let fits = match kind {
+        "networks" => nodes == 2 && networks <= 2 && services == 1,
+        "services" => nodes == 2 && networks == 1 && services <= 2,
+        _ => nodes <= 3 && networks == 1 && services == 1,
+    };
+    assert!(
+        fits,
+        "a {kind} document made {nodes} nodes, {networks} networks, {services} services"
+    );
+    assert!(
+        cluster.nodes.iter().all(|n| n.name == "h1"
+            || n.name == "h2"
+            || (kind == "endpoints" && Some(&n.name) == field("node").as_ref())),
+        "a {kind} document brought in node(s) {:?}",
+        cluster.nodes
+    );
 }

@@ -86,6 +86,11 @@ fn csum_gso() {
     replay("csum_gso");
 }
 
+#[test]
+fn admin_api() {
+    replay("admin_api");
+}
+
 /// A target added to `tests/fuzz/Cargo.toml` gets a replay here too.
 #[test]
 fn every_fuzz_target_is_replayed() {

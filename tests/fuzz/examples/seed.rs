@@ -11,7 +11,10 @@
 //! - `config/lab.toml` and variants of it with every optional key;
 //! - synthetic frames (built with etherparse) for what no capture holds:
 //!   TCP super-frames of a TSO sender, partial checksums (`CHECKSUM_PARTIAL`
-//!   as Linux leaves them), 802.1Q tags, IPv6.
+//!   as Linux leaves them), 802.1Q tags, IPv6;
+//! - for the admin API, the requests the `vxmesh` CLI sends (see
+//!   `control/src/bin/vxmesh.rs`), each as a method byte, the target, a
+//!   newline and the body.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -385,7 +388,79 @@ fn main() {
         ),
     ]);
 
-    for target in ["overlay_datagram", "arp", "proxy_v2", "config", "csum_gso"] {
+    // admin_api: method byte (0 GET, 1 POST, 2 PATCH, 3 DELETE; +8 with
+    // `content-type: application/json`, as the CLI sends), target, body.
+    let request = |method: u8, target: &str, body: &str| {
+        let mut v = vec![method];
+        v.extend_from_slice(target.as_bytes());
+        v.push(b'\n');
+        v.extend_from_slice(body.as_bytes());
+        v
+    };
+    for (name, bytes) in [
+        ("get-status.bin", request(8, "/v1/status", "")),
+        ("get-networks.bin", request(8, "/v1/networks", "")),
+        ("get-nodes.bin", request(8, "/v1/nodes", "")),
+        ("get-fdb.bin", request(8, "/v1/fdb", "")),
+        ("get-services.bin", request(8, "/v1/services", "")),
+        ("get-metrics.bin", request(8, "/metrics", "")),
+        ("get-unknown.bin", request(8, "/v2/anything?x=1", "")),
+        (
+            "network-create.bin",
+            request(
+                9,
+                "/v1/networks",
+                r#"{"name":"back","vni":4097,"subnet":"10.0.10.0/24","learning":true}"#,
+            ),
+        ),
+        ("network-rm.bin", request(11, "/v1/networks/front", "")),
+        (
+            "endpoint-add.bin",
+            request(
+                9,
+                "/v1/endpoints",
+                r#"{"network":"front","ip":"10.0.9.4","node":"h3","name":"web-4"}"#,
+            ),
+        ),
+        (
+            "endpoint-rm.bin",
+            request(11, "/v1/endpoints/front/10.0.9.2", ""),
+        ),
+        (
+            "endpoint-rm-bad-ip.bin",
+            request(11, "/v1/endpoints/front/10.0.9.300", ""),
+        ),
+        (
+            "service-create.bin",
+            request(
+                9,
+                "/v1/services",
+                r#"{"name":"api","network":"front","tasks":["10.0.9.2"],"ports":[{"published":9090,"target":90,"protocol":"tcp"}],"balance":"least-conn","health":{"kind":"http","path":"/healthz","interval_ms":500}}"#,
+            ),
+        ),
+        (
+            "service-update.bin",
+            request(
+                10,
+                "/v1/services/web",
+                r#"{"tasks":["10.0.9.2"],"drain_ms":null}"#,
+            ),
+        ),
+        ("service-rm.bin", request(11, "/v1/services/web", "")),
+        ("post-not-json.bin", request(1, "/v1/networks", "name=back")),
+        ("put-status.bin", request(12, "/v1/status", "{}")),
+    ] {
+        seeds.push(("admin_api", name, bytes));
+    }
+
+    for target in [
+        "overlay_datagram",
+        "arp",
+        "proxy_v2",
+        "config",
+        "csum_gso",
+        "admin_api",
+    ] {
         let dir = fuzz.join("corpus").join(target);
         // The seed directories hold nothing but seeds (`run.sh` grows its
         // corpus elsewhere), so they are rewritten whole.
