@@ -21,9 +21,11 @@ use tower::ServiceExt;
 use vxmesh_control::config;
 use vxmesh_control::daemon::{self, Options};
 use vxmesh_control::model::Node;
-use vxmesh_control::reconcile::mesh_desired;
+use vxmesh_control::reconcile::{dns_zones, mesh_desired};
 use vxmesh_control::store::doc::{self, Doc, Snapshot, View};
 use vxmesh_control::store::Store;
+use vxmesh_dataplane::mesh::dns;
+use vxmesh_dataplane::mesh::service::Service;
 use vxmesh_dataplane::overlay::{
     Core, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables, Verdict,
 };
@@ -38,6 +40,7 @@ pub type Body = fn(&[u8]);
 /// its body.
 pub const TARGETS: &[(&str, Body)] = &[
     ("overlay_datagram", overlay_datagram),
+    ("dns", dns),
     ("arp", arp),
     ("proxy_v2", proxy_v2),
     ("config", config),
@@ -564,4 +567,79 @@ fn store_create(path: &str, body: &[u8]) {
         "a {kind} document brought in node(s) {:?}",
         cluster.nodes
     );
+}
+
+/// The names a node serves, built the way the daemon builds them: a
+/// cluster file through `dns_zones` and `mesh_desired`, a `vip` service,
+/// a `dnsrr` one and named endpoints.
+const DNS_CLUSTER: &str = r#"
+[[nodes]]
+name = "h1"
+address = "198.18.0.1"
+[[nodes]]
+name = "h2"
+address = "198.18.0.2"
+[[networks]]
+name = "front"
+vni = 4096
+subnet = "10.0.9.0/24"
+[[endpoints]]
+network = "front"
+node = "h1"
+ip = "10.0.9.1"
+name = "one"
+[[endpoints]]
+network = "front"
+node = "h2"
+ip = "10.0.9.2"
+name = "two"
+[[services]]
+name = "web"
+network = "front"
+tasks = ["10.0.9.1", "10.0.9.2"]
+ports = [{ published = 8080, target = 80, protocol = "tcp" }]
+[[services]]
+name = "db"
+network = "front"
+endpoint_mode = "dnsrr"
+tasks = ["10.0.9.2"]
+ports = [{ published = 5432, target = 5432, protocol = "tcp" }]
+"#;
+
+fn dns_zone() -> &'static (dns::Zone, dns::DnsStats) {
+    static ZONE: OnceLock<(dns::Zone, dns::DnsStats)> = OnceLock::new();
+    ZONE.get_or_init(|| {
+        let cluster = config::parse(Path::new("dns.toml"), DNS_CLUSTER).expect("valid cluster");
+        let services: Vec<Arc<Service>> = mesh_desired(&cluster, "h1")
+            .into_iter()
+            .map(|d| Arc::new(Service::new(d.spec, &d.tasks)))
+            .collect();
+        let spec = dns_zones(&cluster, "h1").pop().expect("front's zone");
+        let zone = dns::Zone::new(&spec, |name| {
+            services
+                .iter()
+                .find(|s| s.spec.load().name == name)
+                .cloned()
+        });
+        (zone, dns::DnsStats::default())
+    })
+}
+
+/// One datagram to a network's DNS responder: whatever it sends back is a
+/// well-formed response to the same ID that fits a plain or EDNS UDP
+/// answer, and every datagram is counted once by what became of it.
+pub fn dns(data: &[u8]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use vxmesh_dataplane::mesh::dns::proto::op::{Message, MessageType};
+    let (zone, stats) = dns_zone();
+    let before = stats.queries.load(Relaxed);
+    let reply = zone.respond(data, data.len(), stats);
+    assert!(stats.queries.load(Relaxed) > before, "not counted");
+    let Some(reply) = reply else {
+        return;
+    };
+    assert!(reply.len() <= 1232, "a reply of {} bytes", reply.len());
+    let m = Message::from_vec(&reply).expect("every reply parses");
+    assert_eq!(m.message_type(), MessageType::Response);
+    assert_eq!(m.id(), u16::from_be_bytes([data[0], data[1]]), "same ID");
 }

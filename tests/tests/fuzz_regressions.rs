@@ -91,6 +91,11 @@ fn admin_api() {
     replay("admin_api");
 }
 
+#[test]
+fn dns() {
+    replay("dns");
+}
+
 /// A target added to `tests/fuzz/Cargo.toml` gets a replay here too.
 #[test]
 fn every_fuzz_target_is_replayed() {

@@ -453,6 +453,12 @@ fn main() {
         seeds.push(("admin_api", name, bytes));
     }
 
+    // dns: queries as a stub resolver sends them (hickory builds them), an
+    // EDNS one, a non-query opcode, and a response where a query belongs.
+    for (name, bytes) in dns_seeds() {
+        seeds.push(("dns", name, bytes));
+    }
+
     for target in [
         "overlay_datagram",
         "arp",
@@ -460,6 +466,7 @@ fn main() {
         "config",
         "csum_gso",
         "admin_api",
+        "dns",
     ] {
         let dir = fuzz.join("corpus").join(target);
         // The seed directories hold nothing but seeds (`run.sh` grows its
@@ -482,4 +489,36 @@ fn main() {
         "wrote {count} seeds under {}",
         fuzz.join("corpus").display()
     );
+}
+
+fn dns_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use vxmesh_dataplane::mesh::dns::proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use vxmesh_dataplane::mesh::dns::proto::rr::{Name, RecordType};
+    let query = |id: u16, name: &str, t: RecordType| {
+        let mut m = Message::new();
+        m.set_id(id)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_ascii(name).expect("a name"), t));
+        m
+    };
+    let bytes = |m: &Message| m.to_vec().expect("a message encodes");
+    let mut edns = query(5, "tasks.web.vxmesh.", RecordType::A);
+    let mut e = Edns::new();
+    e.set_max_payload(4096);
+    edns.set_edns(e);
+    let mut notify = query(6, "web", RecordType::A);
+    notify.set_op_code(OpCode::Notify);
+    let mut response = query(7, "web", RecordType::A);
+    response.set_message_type(MessageType::Response);
+    vec![
+        ("a-web.bin", bytes(&query(1, "web", RecordType::A))),
+        ("a-tasks-web.bin", bytes(&query(2, "tasks.web", RecordType::A))),
+        ("a-db-fqdn.bin", bytes(&query(3, "db.vxmesh.", RecordType::A))),
+        ("aaaa-one.bin", bytes(&query(4, "one", RecordType::AAAA))),
+        ("a-tasks-edns.bin", bytes(&edns)),
+        ("a-outside.bin", bytes(&query(8, "example.com.", RecordType::A))),
+        ("a-unknown.bin", bytes(&query(9, "nope.vxmesh.", RecordType::A))),
+        ("notify.bin", bytes(&notify)),
+        ("response.bin", bytes(&response)),
+    ]
 }
