@@ -512,12 +512,24 @@ fn dns_seeds() -> Vec<(&'static str, Vec<u8>)> {
     response.set_message_type(MessageType::Response);
     vec![
         ("a-web.bin", bytes(&query(1, "web", RecordType::A))),
-        ("a-tasks-web.bin", bytes(&query(2, "tasks.web", RecordType::A))),
-        ("a-db-fqdn.bin", bytes(&query(3, "db.vxmesh.", RecordType::A))),
+        (
+            "a-tasks-web.bin",
+            bytes(&query(2, "tasks.web", RecordType::A)),
+        ),
+        (
+            "a-db-fqdn.bin",
+            bytes(&query(3, "db.vxmesh.", RecordType::A)),
+        ),
         ("aaaa-one.bin", bytes(&query(4, "one", RecordType::AAAA))),
         ("a-tasks-edns.bin", bytes(&edns)),
-        ("a-outside.bin", bytes(&query(8, "example.com.", RecordType::A))),
-        ("a-unknown.bin", bytes(&query(9, "nope.vxmesh.", RecordType::A))),
+        (
+            "a-outside.bin",
+            bytes(&query(8, "example.com.", RecordType::A)),
+        ),
+        (
+            "a-unknown.bin",
+            bytes(&query(9, "nope.vxmesh.", RecordType::A)),
+        ),
         ("notify.bin", bytes(&notify)),
         ("response.bin", bytes(&response)),
     ]
