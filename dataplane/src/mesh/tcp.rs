@@ -1,9 +1,10 @@
 //! TCP through the mesh: accept on a published port, pick a task, connect
 //! over the overlay (retrying other tasks within the same client
 //! connection), optionally send a PROXY v2 header, then relay both ways with
-//! half-close, an idle timeout and the task's cut signal. The relay moves
-//! bytes with splice(2) through a pipe per direction (no copy through
-//! userspace) and falls back to a buffer copy where splice is refused.
+//! half-close, an idle timeout and the task's cut signal. The relay copies
+//! a direction's first bytes through a small buffer and, once it turns out
+//! to be bulk, moves the rest with splice(2) through a pipe (no copy through
+//! userspace), falling back to copying where splice is refused.
 
 use std::io;
 use std::net::SocketAddr;
@@ -147,20 +148,29 @@ async fn pump_splice(
     }
 }
 
-/// One direction with a userspace buffer: the fallback where splice(2) is
-/// not available.
-async fn pump_copy(
+/// Bytes of each direction's first reads, copied through a small buffer:
+/// most connections (a request, a response) end within it and never pay
+/// for two pipes (pipe2 and closes, four descriptors). A read that fills
+/// the buffer means a bulk transfer, which then moves by splice(2), as
+/// HAProxy's `option splice-auto` decides.
+const COPY_CHUNK: usize = 16 * 1024;
+
+/// Copies one direction through `buf` until EOF, passed on as a half-close
+/// (`Ok(true)`), or with `until_full` until a read fills `buf` (`Ok(false)`).
+async fn copy(
     r: &TcpStream,
     w: &TcpStream,
+    buf: &mut [u8],
+    until_full: bool,
     bytes: &AtomicU64,
     last: &AtomicU64,
     epoch: Instant,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; PIPE_CHUNK];
+) -> io::Result<bool> {
     loop {
-        let n = io_ready(r, Interest::READABLE, || r.try_read(&mut buf)).await?;
+        let n = io_ready(r, Interest::READABLE, || r.try_read(buf)).await?;
         if n == 0 {
-            return shutdown_write(w);
+            shutdown_write(w)?;
+            return Ok(true);
         }
         let mut off = 0;
         while off < n {
@@ -168,9 +178,14 @@ async fn pump_copy(
         }
         bytes.fetch_add(n as u64, Relaxed);
         last.store(ms(epoch), Relaxed);
+        if until_full && n == buf.len() {
+            return Ok(false);
+        }
     }
 }
 
+/// One direction: copied while it is small, spliced once it is bulk, and
+/// copied again where the kernel refuses splice(2).
 async fn pump(
     r: &TcpStream,
     w: &TcpStream,
@@ -178,9 +193,17 @@ async fn pump(
     last: &AtomicU64,
     epoch: Instant,
 ) -> io::Result<()> {
+    let mut small = vec![0u8; COPY_CHUNK];
+    if copy(r, w, &mut small, true, bytes, last, epoch).await? {
+        return Ok(());
+    }
+    drop(small);
     match pump_splice(r, w, bytes, last, epoch).await {
         Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-            pump_copy(r, w, bytes, last, epoch).await
+            let mut big = vec![0u8; PIPE_CHUNK];
+            copy(r, w, &mut big, false, bytes, last, epoch)
+                .await
+                .map(drop)
         }
         other => other,
     }
