@@ -2,6 +2,7 @@
 //! Validated on the way in (see [`crate::config`]); everything here may
 //! assume names resolve and addresses are unique.
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -140,20 +141,38 @@ impl Cluster {
     /// Names of the nodes that take part in a network: owners of its
     /// endpoints and the nodes listed for it.
     pub fn members(&self, net: &Network) -> Vec<&Node> {
+        // One pass over the endpoints (1,000 nodes x 100,000 endpoints
+        // must not be a product).
+        let owners: HashSet<&str> = self
+            .endpoints_of(&net.name)
+            .map(|e| e.node.as_str())
+            .collect();
         self.nodes
             .iter()
-            .filter(|n| {
-                net.extra_nodes.contains(&n.name)
-                    || self.endpoints_of(&net.name).any(|e| e.node == n.name)
-            })
+            .filter(|n| net.extra_nodes.contains(&n.name) || owners.contains(n.name.as_str()))
             .collect()
+    }
+
+    /// True when `node` is a member of `net`.
+    pub fn is_member(&self, net: &Network, node: &str) -> bool {
+        self.node(node).is_some()
+            && (net.extra_nodes.iter().any(|n| n == node)
+                || self.endpoints_of(&net.name).any(|e| e.node == node))
     }
 
     /// The networks `node` is a member of.
     pub fn networks_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Network> + 'a {
         self.networks
             .iter()
-            .filter(move |net| self.members(net).iter().any(|m| m.name == node))
+            .filter(move |net| self.is_member(net, node))
+    }
+
+    /// Underlay address of every node, by name (for lookups in bulk).
+    pub fn addresses(&self) -> HashMap<&str, Ipv4Addr> {
+        self.nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.address))
+            .collect()
     }
 
     /// The address this node puts on its TAP in `net`: its first endpoint

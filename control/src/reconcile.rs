@@ -112,6 +112,7 @@ impl Reconciler {
         let mut changes = Vec::new();
         let mut next: HashMap<String, NetState> = HashMap::new();
         let mut tables = Vec::new();
+        let addresses = cluster.addresses();
         for net in cluster.networks_of(&self.node) {
             let tap_cfg = TapConfig {
                 name: net.tap_name(),
@@ -185,10 +186,10 @@ impl Reconciler {
             let endpoints: Vec<EndpointEntry> = cluster
                 .endpoints_of(&net.name)
                 .filter_map(|e| {
-                    cluster.node(&e.node).map(|n| EndpointEntry {
+                    addresses.get(e.node.as_str()).map(|vtep| EndpointEntry {
                         ip: e.ip,
                         mac: e.mac,
-                        vtep: n.address,
+                        vtep: *vtep,
                     })
                 })
                 .collect();

@@ -37,6 +37,13 @@ use crate::model::Node;
 pub const COALESCE: Duration = Duration::from_millis(20);
 /// How long start-up waits for etcd before giving up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keys per request when reading the whole prefix (a page stays far below
+/// gRPC's 4 MiB message limit).
+pub const LOAD_PAGE: i64 = 5000;
+/// Largest watch message taken. A watcher that falls behind (while a large
+/// state applies) gets up to 1,000 revisions in one message: 1,000
+/// transactions of 128 puts are about 30 MB.
+pub const WATCH_MESSAGE_MAX: usize = 256 << 20;
 
 /// How to reach etcd and who this node is.
 #[derive(Debug, Clone)]
@@ -284,19 +291,36 @@ impl EtcdStore {
         Ok(lease)
     }
 
-    /// Reads the whole prefix.
+    /// Reads the whole prefix, [`LOAD_PAGE`] keys per request, every page
+    /// at the revision of the first (one consistent state).
     async fn load(&self, c: &mut Client) -> Result<Snapshot, StoreError> {
-        let resp = c
-            .get(self.key(""), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut snap = Snapshot {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            ..Snapshot::default()
-        };
-        for kv in resp.kvs() {
-            self.put_doc(&mut snap, kv.key(), kv.value());
+        let start = self.key("");
+        // The end of the prefix range: `<prefix>/` with its `/` made `0`.
+        let end = format!("{}0", self.opts.prefix);
+        let mut from = start.into_bytes();
+        let mut snap = Snapshot::default();
+        loop {
+            let mut o = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LOAD_PAGE);
+            if snap.revision > 0 {
+                o = o.with_revision(snap.revision);
+            }
+            let resp = c.get(from.clone(), Some(o)).await?;
+            if snap.revision == 0 {
+                snap.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                self.put_doc(&mut snap, kv.key(), kv.value());
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(snap),
+            }
         }
-        Ok(snap)
     }
 
     fn put_doc(&self, snap: &mut Snapshot, key: &[u8], value: &[u8]) {
@@ -373,6 +397,8 @@ impl EtcdStore {
         let mut c = self.client().await?;
         let from = self.snapshot.lock().expect("snapshot lock").revision + 1;
         let mut stream = c
+            .watch_client()
+            .max_decoding_message_size(WATCH_MESSAGE_MAX)
             .watch(
                 self.key(""),
                 Some(
