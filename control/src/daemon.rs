@@ -23,6 +23,7 @@ use crate::model::Cluster;
 use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
 use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::{doc, Store, StoreStatus, View};
+use crate::timing::ApplyTimes;
 use vxmesh_dataplane::mesh::runtime::Mesh;
 
 /// How the daemon was started.
@@ -47,6 +48,8 @@ pub struct State {
     pub inner: Mutex<Inner>,
     /// The store the desired state comes from; API writes go there.
     pub store: Store,
+    /// How long validating and applying desired states took.
+    pub times: ApplyTimes,
 }
 
 pub struct Inner {
@@ -94,7 +97,12 @@ impl State {
     /// On any error the running state stays and the error is counted.
     pub fn reload(&self) -> Result<Vec<String>, String> {
         let next = match &self.store {
-            Store::File(path) => config::load(path).map_err(|e| e.to_string()),
+            Store::File(path) => {
+                let t = Instant::now();
+                let c = config::load(path).map_err(|e| e.to_string());
+                self.times.validated(t.elapsed());
+                c
+            }
             Store::Etcd(e) => self.assemble(e, &e.snapshot()),
         };
         match next {
@@ -108,8 +116,10 @@ impl State {
 
     /// The effective cluster of an etcd snapshot.
     fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, String> {
-        let (c, skipped) = doc::assemble(snap, e.node(), View::Effective, &e.describe())
-            .map_err(|errs| errs.join("; "))?;
+        let t = Instant::now();
+        let r = doc::assemble(snap, e.node(), View::Effective, &e.describe());
+        self.times.validated(t.elapsed());
+        let (c, skipped) = r.map_err(|errs| errs.join("; "))?;
         for s in skipped {
             warn!(document = %s, "store document skipped");
         }
@@ -129,6 +139,8 @@ impl State {
     /// and returned.
     pub fn apply(&self, next: Cluster) -> Result<Vec<String>, String> {
         let mut inner = self.inner.lock().expect("state lock poisoned");
+        let started = Instant::now();
+        let (endpoints, nodes) = (next.endpoints.len(), next.nodes.len());
         let result = (|| {
             let node = next.node(&self.node).ok_or_else(|| {
                 format!(
@@ -169,6 +181,7 @@ impl State {
         })();
         match &result {
             Ok(_) => {
+                self.times.applied(started.elapsed(), endpoints, nodes);
                 inner.reloads_ok += 1;
                 inner.last_reload_error = None;
             }
@@ -178,6 +191,15 @@ impl State {
             }
         }
         result
+    }
+
+    /// The table snapshot the dataplane runs now.
+    pub fn tables(&self) -> Arc<vxmesh_dataplane::overlay::Tables> {
+        self.inner
+            .lock()
+            .expect("state lock poisoned")
+            .dataplane
+            .tables()
     }
 
     /// The store's health: for etcd, whether the watch runs (false: fail
@@ -218,6 +240,10 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
     ucfg.source_ports = cluster.settings.source_ports;
     ucfg.receivers = cluster.settings.effective_queues();
     let underlay = Underlay::bind(&ucfg).context("binding the underlay socket")?;
+    // The first build counts as an apply (a daemon restarted into a large
+    // cluster builds everything at once).
+    let times = ApplyTimes::default();
+    let built = Instant::now();
     let (tables, taps, changes) = reconciler.plan(&cluster)?;
     for c in &changes {
         info!(change = ?c, "applied");
@@ -230,6 +256,11 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
     )? {
         info!(change = %c, "applied");
     }
+    times.applied(
+        built.elapsed(),
+        cluster.endpoints.len(),
+        cluster.nodes.len(),
+    );
     Ok(Arc::new(State {
         node: opts.node.clone(),
         config_path: match &store {
@@ -238,6 +269,7 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
         },
         started: Instant::now(),
         store,
+        times,
         inner: Mutex::new(Inner {
             cluster,
             dataplane,
@@ -279,12 +311,7 @@ struct LimitWatch {
 
 impl LimitWatch {
     fn check(&mut self, st: &State) {
-        let tables = st
-            .inner
-            .lock()
-            .expect("state lock poisoned")
-            .dataplane
-            .tables();
+        let tables = st.tables();
         for n in &tables.networks {
             let now = [
                 (
@@ -353,12 +380,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         .map_err(|e| format!("applying revision {rev}: {e}"))
                 });
                 match &r {
-                    Ok(changes) => info!(
-                        revision = rev,
-                        ?changes,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "store change applied"
-                    ),
+                    Ok(changes) => {
+                        let t = st.times.last();
+                        info!(
+                            revision = rev,
+                            ?changes,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            validate_ms = (t.validate_s * 1000.0) as u64,
+                            apply_ms = (t.apply_s * 1000.0) as u64,
+                            endpoints = t.endpoints,
+                            "store change applied"
+                        )
+                    }
                     Err(e) => {
                         if !e.starts_with("applying") {
                             st.reject(e.clone());
@@ -423,7 +456,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
                 match state.reload() {
-                    Ok(changes) => info!(?changes, "reload applied"),
+                    Ok(changes) => {
+                        let t = state.times.last();
+                        info!(
+                            ?changes,
+                            validate_ms = (t.validate_s * 1000.0) as u64,
+                            apply_ms = (t.apply_s * 1000.0) as u64,
+                            endpoints = t.endpoints,
+                            "reload applied"
+                        )
+                    }
                     Err(e) => error!(error = %e, "reload rejected; the running config stays in place"),
                 }
                 let line = summary(&state);

@@ -7,6 +7,7 @@
 //! - [`reconcile`]: desired state -> table snapshots and TAP devices, as a diff;
 //! - [`api`]: the local admin API (HTTP on a unix socket) and its client;
 //! - [`daemon`]: start-up, systemd notify, SIGHUP reload, SIGTERM stop;
+//! - [`timing`]: how long validating and applying a desired state takes;
 //! - [`lab`]: the namespace lab behind `vxmesh lab`.
 //!
 //! The control plane never touches a packet.
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod store;
+pub mod timing;

@@ -16,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::daemon::State;
+use vxmesh_dataplane::mesh::service::HistogramSnapshot;
 
 type Labels = Vec<(&'static str, String)>;
 /// Name, help, unit and rows of one counter family.
@@ -75,6 +76,25 @@ fn gauges(
     let mut fam = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for (labels, v) in rows {
         ConstGauge::new(v).encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A histogram family of durations (seconds), one row per label set.
+fn durations(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: Vec<(Labels, HistogramSnapshot)>,
+) -> fmt::Result {
+    let mut fam = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (labels, h) in rows {
+        fam.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            h.sum_seconds,
+            h.count,
+            &h.buckets,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -414,6 +434,15 @@ impl Collector for DaemonCollector {
             fam.encode_family(&none)?
                 .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
+        durations(
+            e,
+            "vxmesh_table_apply",
+            "Time to turn a desired state into running tables: validate (read and check it), apply (build the table snapshot and swap it in).",
+            [("validate", &st.times.validate), ("apply", &st.times.apply)]
+                .into_iter()
+                .map(|(step, h)| (vec![("step", step.into())], h.snapshot()))
+                .collect(),
+        )?;
         let store = st.store_status();
         let sl = || vec![("store", store.backend.clone())];
         gauges(
@@ -523,24 +552,20 @@ impl Collector for DaemonCollector {
                 gauges(e, f.name, f.help, f.unit.as_ref(), f.rows)?;
             }
         }
-        let mut fam = e.encode_descriptor(
+        durations(
+            e,
             "vxmesh_health_check_duration",
             "How long active health checks of a task took.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
+            services
+                .iter()
+                .flat_map(|s| {
+                    s.tasks.iter().map(|t| {
+                        let l = vec![("service", s.name.clone()), ("task", t.addr.clone())];
+                        (l, t.probe_duration.clone())
+                    })
+                })
+                .collect(),
         )?;
-        for s in &services {
-            for t in &s.tasks {
-                let l: Labels = vec![("service", s.name.clone()), ("task", t.addr.clone())];
-                let h = &t.probe_duration;
-                fam.encode_family(&l)?.encode_histogram::<NoLabelSet>(
-                    h.sum_seconds,
-                    h.count,
-                    &h.buckets,
-                    None,
-                )?;
-            }
-        }
         counters(
             e,
             "vxmesh_service_refused",
@@ -579,4 +604,66 @@ pub fn render(state: &Arc<State>) -> String {
     prometheus_client::encoding::text::encode(&mut out, &registry(state))
         .expect("writing to a String cannot fail");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::config;
+    use crate::daemon::{self, Options};
+    use crate::store::Store;
+
+    /// A node on loopback that is a member of no network: no TAP, no root.
+    fn cluster(endpoints: usize) -> crate::model::Cluster {
+        let mut text = String::from(
+            r#"settings = { vxlan_port = 0, source_ports = 1, queues = 1 }
+nodes = [{ name = "me", address = "127.0.0.1" }, { name = "h2", address = "198.18.0.2" }]
+networks = [{ name = "front", vni = 4096, subnet = "10.0.0.0/16" }]
+"#,
+        );
+        for i in 0..endpoints {
+            text.push_str(&format!(
+                "[[endpoints]]\nnetwork = \"front\"\nnode = \"h2\"\nip = \"10.0.{}.{}\"\n",
+                1 + i / 200,
+                1 + i % 200
+            ));
+        }
+        config::parse(Path::new("t.toml"), &text).expect("valid")
+    }
+
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn table_apply_time_is_exported_and_moves() {
+        let opts = Options {
+            config: PathBuf::from("t.toml"),
+            node: "me".into(),
+            socket: PathBuf::from("/nonexistent/vxmeshd.sock"),
+            admin_addr: None,
+            etcd: None,
+        };
+        let st = daemon::start(&opts, cluster(1), Store::File(opts.config.clone()))
+            .expect("starts without root");
+        let count = r#"vxmesh_table_apply_seconds_count{step="apply"}"#;
+        let before = super::render(&st);
+        assert!(
+            before.contains("# TYPE vxmesh_table_apply_seconds histogram"),
+            "{before}"
+        );
+        // The start-up build counts as the first apply.
+        assert_eq!(sample(&before, count), 1.0);
+        st.apply(cluster(2000)).expect("applies");
+        let after = super::render(&st);
+        assert_eq!(sample(&after, count), 2.0);
+        let sum = r#"vxmesh_table_apply_seconds_sum{step="apply"}"#;
+        assert!(sample(&after, sum) > sample(&before, sum));
+        let last = crate::api::server::build_status(&st).last_apply;
+        assert_eq!((last.endpoints, last.nodes), (2000, 2));
+        assert!(last.apply_s > 0.0);
+    }
 }

@@ -29,6 +29,10 @@ pub struct Status {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload_error: Option<String>,
+    /// The last desired state applied: how long validating and applying it
+    /// took, and its size.
+    #[serde(default)]
+    pub last_apply: crate::timing::LastApply,
     pub networks: Vec<NetworkStatus>,
     pub global: GlobalStatsSnapshot,
     pub workers: Vec<WorkerInfo>,

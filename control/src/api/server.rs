@@ -139,6 +139,7 @@ pub fn build_status(st: &State) -> Status {
         reloads_ok: inner.reloads_ok,
         reloads_failed: inner.reloads_failed,
         last_reload_error: inner.last_reload_error.clone(),
+        last_apply: st.times.last(),
         networks,
         global: tables.global.snapshot(),
         workers: inner

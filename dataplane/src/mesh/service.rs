@@ -21,16 +21,18 @@ use super::spec::ServiceSpec;
 /// Upper bounds (seconds) of the health-check duration histogram.
 pub const PROBE_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// A fixed-bucket histogram of probe durations (relaxed atomics).
-#[derive(Default)]
-pub struct ProbeHistogram {
-    /// One count per bucket of [`PROBE_BUCKETS`], then one for +Inf.
-    counts: [AtomicU64; PROBE_BUCKETS.len() + 1],
+/// A fixed-bucket histogram of durations (relaxed atomics): health probes
+/// here, table applies in the control plane.
+pub struct DurationHistogram {
+    /// Upper bounds of the buckets, in seconds, ascending.
+    bounds: &'static [f64],
+    /// One count per bucket of `bounds`, then one for +Inf.
+    counts: Box<[AtomicU64]>,
     sum_us: AtomicU64,
 }
 
-/// A copy of a [`ProbeHistogram`]: per-bucket (not cumulative) counts with
-/// their upper bounds, the last one infinite.
+/// A copy of a [`DurationHistogram`]: per-bucket (not cumulative) counts
+/// with their upper bounds, the last one infinite.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HistogramSnapshot {
     pub sum_seconds: f64,
@@ -38,19 +40,30 @@ pub struct HistogramSnapshot {
     pub buckets: Vec<(f64, u64)>,
 }
 
-impl ProbeHistogram {
+impl DurationHistogram {
+    /// An empty histogram with these bucket upper bounds (seconds).
+    pub fn new(bounds: &'static [f64]) -> DurationHistogram {
+        DurationHistogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, d: std::time::Duration) {
         let s = d.as_secs_f64();
-        let i = PROBE_BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|b| s <= *b)
-            .unwrap_or(PROBE_BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let buckets: Vec<(f64, u64)> = PROBE_BUCKETS
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
             .iter()
             .copied()
             .chain([f64::INFINITY])
@@ -77,7 +90,7 @@ pub struct Task {
     pub connect_failures: AtomicU64,
     pub ejections: AtomicU64,
     /// How long health checks of this task took.
-    pub probe_duration: ProbeHistogram,
+    pub probe_duration: DurationHistogram,
     /// Set to true when the task's connections must be cut (drain time
     /// over, or the node stops); every connection to it watches this.
     pub cut: watch::Sender<bool>,
@@ -94,7 +107,7 @@ impl Task {
             bytes_out: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
-            probe_duration: ProbeHistogram::default(),
+            probe_duration: DurationHistogram::new(&PROBE_BUCKETS),
             cut: watch::channel(false).0,
         }
     }
