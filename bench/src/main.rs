@@ -2,6 +2,7 @@
 //! namespaces (run as root). See `vxmesh-bench overlay --help`.
 
 mod convergence;
+mod simulated;
 
 use clap::{Parser, Subcommand};
 use vxmesh_bench::mesh::{run_mesh, MeshArgs};
@@ -21,7 +22,8 @@ enum Cmd {
     /// h1 -> h2 over the underlay, the kernel's vxlan (with and without
     /// offloads) and vxmesh, in one run: iperf3 TCP and UDP, ping, CPU.
     Overlay(OverlayArgs),
-    /// Etcd store: time from a CLI change to it being live on every node.
+    /// Etcd store: time from a CLI change to it being live on every node
+    /// (--simulated: with 1,000 simulated nodes and 100,000 endpoints).
     Convergence(convergence::ConvergenceArgs),
     /// The routing mesh against nftables DNAT and HAProxy (with and without
     /// splice), client -> h1:8080 -> tasks on h2 and h3, in one run: iperf3,

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -153,6 +153,37 @@ impl Testbed {
     /// drops.
     pub fn spawn(&mut self, ns: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Proc, Error> {
         self.spawn_inner(ns, args, envs, None)
+    }
+
+    /// Spawns a one-member etcd (Debian's `etcd-server`) in namespace `ns`,
+    /// serving clients on `client_url` (e.g. `http://198.18.0.250:2379`),
+    /// its peer port on loopback, its data in `data` (kept across restarts
+    /// on the same directory). Does not wait for it to be healthy.
+    pub fn spawn_etcd(&mut self, ns: &str, client_url: &str, data: &Path) -> Result<Proc, Error> {
+        let peer = "http://127.0.0.1:2380";
+        let data = data.to_string_lossy();
+        let cluster = format!("e0={peer}");
+        self.spawn(
+            ns,
+            &[
+                "etcd",
+                "--name",
+                "e0",
+                "--data-dir",
+                &data,
+                "--listen-client-urls",
+                client_url,
+                "--advertise-client-urls",
+                client_url,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                &cluster,
+            ],
+            &[],
+        )
     }
 
     /// Like [`Testbed::spawn`], with `NOTIFY_SOCKET` set to a fresh unix

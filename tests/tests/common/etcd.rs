@@ -39,29 +39,8 @@ impl Etcd {
     /// Starts etcd (again, on the same data directory) and waits for
     /// `/health` to say true (at most 20 s).
     pub fn restart(&mut self, tb: &mut Testbed) {
-        let peer = "http://127.0.0.1:2380";
         let p = tb
-            .spawn(
-                &tb.ns("etcd"),
-                &[
-                    "etcd",
-                    "--name",
-                    "e0",
-                    "--data-dir",
-                    self.data.to_str().unwrap(),
-                    "--listen-client-urls",
-                    ETCD_URL,
-                    "--advertise-client-urls",
-                    ETCD_URL,
-                    "--listen-peer-urls",
-                    peer,
-                    "--initial-advertise-peer-urls",
-                    peer,
-                    "--initial-cluster",
-                    &format!("e0={peer}"),
-                ],
-                &[],
-            )
+            .spawn_etcd(&tb.ns("etcd"), ETCD_URL, &self.data)
             .expect("spawn etcd");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
