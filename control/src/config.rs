@@ -162,6 +162,10 @@ struct RawNetwork {
     fdb_cap: Option<usize>,
     ageing_s: Option<u64>,
     flood_pps: Option<u32>,
+    /// Announce local workload addresses learned from the TAP (etcd store).
+    #[serde(default)]
+    announce: bool,
+    announce_cap: Option<Spanned<usize>>,
     /// The DNS responder's address (default: the last usable address).
     dns: Option<Spanned<Ipv4Addr>>,
     /// The cluster domain names may end in (default `vxmesh`).
@@ -184,6 +188,8 @@ pub const OVERHEAD: u16 = 50;
 /// Longest network name: the TAP is `vxm-<name>` and interface names stop
 /// at 15 bytes.
 pub const MAX_NETWORK_NAME: usize = 11;
+/// Most addresses a node may announce in one network.
+pub const MAX_ANNOUNCE_CAP: usize = 65536;
 
 struct Lines<'a> {
     file: &'a Path,
@@ -401,8 +407,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             }
             None => Network::DEFAULT_DOMAIN.to_string(),
         };
+        let announce_cap = match &n.announce_cap {
+            Some(c) if *c.get_ref() == 0 || *c.get_ref() > MAX_ANNOUNCE_CAP => {
+                err(
+                    c.span(),
+                    format!(
+                        "announce_cap {} must be 1 to {MAX_ANNOUNCE_CAP}",
+                        c.get_ref()
+                    ),
+                );
+                Network::DEFAULT_ANNOUNCE_CAP
+            }
+            Some(c) => *c.get_ref(),
+            None => Network::DEFAULT_ANNOUNCE_CAP,
+        };
         net_by_name.insert(name.clone(), subnet);
         networks.push(Network {
+            announce: n.announce,
+            announce_cap,
             dns,
             domain,
             name: name.clone(),

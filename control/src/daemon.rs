@@ -233,7 +233,12 @@ fn watchdog_period() -> Option<Duration> {
 
 /// Builds the dataplane for `opts` from an already validated cluster.
 pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<Arc<State>> {
-    let mut reconciler = Reconciler::new(opts.node.clone());
+    // Announced addresses can only be published to etcd.
+    let etcd = matches!(store, Store::Etcd(_));
+    if !etcd && cluster.networks.iter().any(|n| n.announce) {
+        warn!("`announce = true` needs the etcd store; with the cluster file it does nothing");
+    }
+    let mut reconciler = Reconciler::new(opts.node.clone()).with_announce(etcd);
     let local = reconciler.local_address(&cluster)?;
     let mut ucfg = UnderlayConfig::new(local);
     ucfg.port = cluster.settings.vxlan_port;
@@ -404,6 +409,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             store_tasks.push(tokio::spawn(
                 etcd.clone().run_watch(applier, store_stop_rx.clone()),
             ));
+            store_tasks.push(tokio::spawn(crate::store::announce::run(
+                Arc::downgrade(&state),
+                etcd.clone(),
+                store_stop_rx.clone(),
+            )));
             store_tasks.push(tokio::spawn(etcd.run_lease(store_stop_rx.clone())));
             state
         }

@@ -236,6 +236,18 @@ impl Collector for DaemonCollector {
             fdb_full
         );
         per_network!(
+            "vxmesh_announced",
+            "Local workload addresses seen on the TAP for the first time, to announce (announce = true).",
+            None,
+            announced
+        );
+        per_network!(
+            "vxmesh_announce_refused",
+            "Local workload addresses not announced: at announce_cap, or over 100 new a second.",
+            None,
+            announce_refused
+        );
+        per_network!(
             "vxmesh_csum_completed",
             "Inner checksums a sender left partial, completed here.",
             None,

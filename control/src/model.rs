@@ -82,6 +82,11 @@ pub struct Network {
     /// Broadcast, multicast and unknown-unicast frames per second this node
     /// replicates into the network; more are dropped (0: no limit).
     pub flood_pps: u32,
+    /// Nodes learn their local workloads' addresses from the TAP and
+    /// publish them as endpoints under their lease (etcd store only).
+    pub announce: bool,
+    /// Most addresses one node announces in this network.
+    pub announce_cap: usize,
     /// The DNS responder's address on every member node.
     pub dns: Ipv4Addr,
     /// Names may end in `.<domain>` (lowercase, no dots at the ends).
@@ -92,6 +97,7 @@ impl Network {
     pub const DEFAULT_FDB_CAP: usize = 4096;
     pub const DEFAULT_AGEING_S: u64 = 300;
     pub const DEFAULT_FLOOD_PPS: u32 = 1000;
+    pub const DEFAULT_ANNOUNCE_CAP: usize = 256;
     pub const DEFAULT_DOMAIN: &'static str = "vxmesh";
 
     /// The default DNS address: the subnet's last usable address.

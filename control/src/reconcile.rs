@@ -14,7 +14,7 @@ use vxmesh_dataplane::io::worker::TapSet;
 use vxmesh_dataplane::io::{Tap, TapConfig};
 use vxmesh_dataplane::mesh::dns::ZoneSpec;
 use vxmesh_dataplane::overlay::{
-    EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
+    Announcements, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
 };
 use vxmesh_dataplane::wire::MacAddr;
 
@@ -31,11 +31,16 @@ struct NetState {
     ageing_s: u64,
     /// Addresses added to the TAP beyond its own (VIPs, DNS).
     extra: BTreeSet<Ipv4Addr>,
+    /// Local workload addresses to announce (`announce = true`).
+    announce: Option<Arc<Announcements>>,
 }
 
 /// The reconciler of one node.
 pub struct Reconciler {
     node: String,
+    /// Networks with `announce = true` record local workload addresses
+    /// (only where they can be published: the etcd store).
+    announce: bool,
     global: Arc<GlobalStats>,
     nets: HashMap<String, NetState>,
 }
@@ -84,9 +89,17 @@ impl Reconciler {
     pub fn new(node: impl Into<String>) -> Reconciler {
         Reconciler {
             node: node.into(),
+            announce: false,
             global: Arc::new(GlobalStats::default()),
             nets: HashMap::new(),
         }
+    }
+
+    /// Lets networks with `announce = true` record local workload
+    /// addresses from their TAPs (off by default).
+    pub fn with_announce(mut self, on: bool) -> Reconciler {
+        self.announce = on;
+        self
     }
 
     pub fn global(&self) -> &Arc<GlobalStats> {
@@ -158,6 +171,7 @@ impl Reconciler {
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
                         extra: old.extra.clone(),
+                        announce: old.announce.clone(),
                     }
                 }
                 None => {
@@ -178,11 +192,13 @@ impl Reconciler {
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
                         extra: BTreeSet::new(),
+                        announce: None,
                     }
                 }
             };
             let mut state = state;
             state.extra = self.sync_addresses(net, &state, local_addresses(cluster, net))?;
+            state.announce = self.announcements(net, &state);
             let endpoints: Vec<EndpointEntry> = cluster
                 .endpoints_of(&net.name)
                 .filter_map(|e| {
@@ -206,6 +222,7 @@ impl Reconciler {
                 .with_peers(local, peers)
                 .with_endpoints(local, &endpoints)
                 .with_learning(net.learning)
+                .with_announce(state.announce.clone())
                 .with_flood_limit(net.flood_pps),
             );
             next.insert(net.name.clone(), state);
@@ -222,6 +239,25 @@ impl Reconciler {
             taps,
             changes,
         ))
+    }
+
+    /// The announcement table of `net`: the one it had if its settings
+    /// stayed, a new one if they changed, none when announcing is off.
+    fn announcements(&self, net: &Network, state: &NetState) -> Option<Arc<Announcements>> {
+        if !(self.announce && net.announce) {
+            return None;
+        }
+        let fresh = Announcements::new(
+            net.subnet.network(),
+            net.subnet.prefix_len(),
+            state.tap_cfg.address.map(|(ip, _)| ip),
+            net.announce_cap,
+            Duration::from_secs(net.ageing_s),
+        );
+        match &state.announce {
+            Some(old) if old.same_settings(&fresh) => Some(old.clone()),
+            _ => Some(Arc::new(fresh)),
+        }
     }
 
     /// Puts `want` on the network's TAP as /32s and removes what it had

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
 use vxmesh_dataplane::overlay::{
-    Core, DropReason, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
-    Verdict,
+    Announcements, Core, DropReason, EndpointEntry, GlobalStats, LearnedFdb, NetStats,
+    NetworkTable, Tables, Verdict,
 };
 use vxmesh_dataplane::wire::{arp, gso, vxlan, MacAddr};
 
@@ -461,4 +461,51 @@ fn a_broadcast_storm_is_cut_at_the_flood_limit_and_unicast_goes_on() {
     assert_eq!(n.tap_send(0, VNI_FRONT, &f), None, "unicast is not limited");
     n.now += Duration::from_millis(100);
     assert_eq!(n.tap_send(0, VNI_FRONT, &storm), None, "the bucket refills");
+}
+
+#[test]
+fn local_workload_sources_are_recorded_for_announcement_within_the_cap() {
+    let mut n = cluster(false, 16);
+    let table = Arc::new(Announcements::new(
+        Ipv4Addr::new(10, 0, 9, 0),
+        24,
+        Some(ov(1)),
+        1,
+        Duration::from_secs(300),
+    ));
+    let h1 = &mut n.hosts[0].tables;
+    let front = h1.network_by_vni(VNI_FRONT).unwrap();
+    let net = std::mem::replace(
+        &mut h1.networks[front],
+        network("x", 1, ul(1), &[], &[], false, 1),
+    );
+    h1.networks[front] = net.with_announce(Some(table.clone()));
+    // The TAP itself (10.0.9.1, its own MAC) and a known endpoint's
+    // address are never recorded.
+    for f in [
+        arp_request(ov(1), ov(3)),
+        udp_frame(ov(2), ov(3), MacAddr::from_ipv4(ov(3)), b"x"),
+    ] {
+        let _ = n.tap_send(0, VNI_FRONT, &f);
+    }
+    assert!(table.is_empty());
+    // A workload behind the TAP: its ARP request is answered locally and
+    // its address recorded, once.
+    assert_eq!(n.tap_send(0, VNI_FRONT, &arp_request(ov(50), ov(3))), None);
+    let f = udp_frame(ov(50), ov(3), MacAddr::from_ipv4(ov(3)), b"hi");
+    assert_eq!(n.tap_send(0, VNI_FRONT, &f), None);
+    assert_eq!(
+        table.entries(n.now),
+        vec![(ov(50), MacAddr::from_ipv4(ov(50)))]
+    );
+    assert_eq!(n.stats(0, VNI_FRONT).announced.load(Relaxed), 1);
+    // A second one is over the cap of 1: refused and counted, still sent.
+    let f = udp_frame(ov(51), ov(3), MacAddr::from_ipv4(ov(3)), b"hi");
+    assert_eq!(n.tap_send(0, VNI_FRONT, &f), None);
+    assert_eq!(table.len(), 1);
+    assert_eq!(n.stats(0, VNI_FRONT).announce_refused.load(Relaxed), 1);
+    // Outside the subnet: ignored.
+    let f = udp_frame(ov_back(9), ov(3), MacAddr::from_ipv4(ov(3)), b"hi");
+    let _ = n.tap_send(0, VNI_FRONT, &f);
+    assert_eq!(n.stats(0, VNI_FRONT).announce_refused.load(Relaxed), 1);
 }

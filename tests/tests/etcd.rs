@@ -51,6 +51,37 @@ fn who(body: &str) -> String {
     body.split_whitespace().next().unwrap_or("").to_string()
 }
 
+/// Creates network `front` (10.0.9.0/24, VNI 4096, `extra` flags) from the
+/// CLI on h1 with an endpoint 10.0.9.<n> on each host hn, and waits until
+/// every host has the three.
+fn front_on_three_hosts(lab: &Lab, extra: &[&str]) {
+    let mut net = vec![
+        "network",
+        "create",
+        "front",
+        "--vni",
+        "4096",
+        "--subnet",
+        "10.0.9.0/24",
+    ];
+    net.extend(extra);
+    assert_eq!(ok(lab, "h1", &net)["ok"], true);
+    for n in 1..=3u8 {
+        let (ip, node) = (ov(n).to_string(), format!("h{n}"));
+        ok(
+            lab,
+            "h1",
+            &["endpoint", "add", "front", &ip, "--node", &node],
+        );
+    }
+    for h in ["h1", "h2", "h3"] {
+        let three = lab.until(Duration::from_secs(5), || {
+            lab.endpoint_ips(h, "front").len() == 3
+        });
+        assert!(three.is_some(), "{h} did not get the three endpoints");
+    }
+}
+
 /// Which tasks answer on `n`:8080 over `tries` requests; panics on a failure.
 fn answering(lab: &Lab, n: u8, tries: usize) -> HashSet<String> {
     let cl = lab.tb.ns("cl");
@@ -90,38 +121,7 @@ fn etcd_cluster_converges_survives_a_dead_host_and_an_etcd_outage() {
     assert_eq!(st["store"]["connected"], true);
 
     // 1. A network and its endpoints, from the CLI only: ping works.
-    let r = ok(
-        &lab,
-        "h1",
-        &[
-            "network",
-            "create",
-            "front",
-            "--vni",
-            "4096",
-            "--subnet",
-            "10.0.9.0/24",
-        ],
-    );
-    assert_eq!(r["ok"], true);
-    for n in 1..=3u8 {
-        let ip = ov(n).to_string();
-        ok(
-            &lab,
-            "h1",
-            &["endpoint", "add", "front", &ip, "--node", &format!("h{n}")],
-        );
-    }
-    for h in ["h1", "h2", "h3"] {
-        assert!(
-            lab.until(Duration::from_secs(5), || lab
-                .endpoint_ips(h, "front")
-                .len()
-                == 3)
-                .is_some(),
-            "{h} did not get the three endpoints"
-        );
-    }
+    front_on_three_hosts(&lab, &[]);
     for (from, to) in [("h1", 2), ("h2", 3), ("h3", 1)] {
         ping_ok(&lab, from, ov(to));
     }
@@ -446,4 +446,123 @@ fn cli_against_the_file_store_names_the_file() {
     }
     let none = lab.cli("h1", &["network", "inspect", "nope"]);
     assert_eq!(none.status.code(), Some(4));
+}
+
+/// The workload's MAC behind h1's TAP, and its address, which no key
+/// declares.
+const WL_MAC: &str = "02:aa:00:00:00:32";
+const WL_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 50);
+
+/// True when `host`'s forwarding table sends `mac` to node `node`.
+fn fdb_owner(lab: &Lab, host: &str, mac: &str) -> Option<String> {
+    let rows = ok(lab, host, &["fdb", "show"]);
+    rows.as_array()?
+        .iter()
+        .find(|r| r["mac"] == mac)
+        .and_then(|r| r["node"].as_str().map(str::to_string))
+}
+
+#[test]
+fn announced_workload_is_reached_without_flooding_and_withdrawn_when_idle() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("etcdann", 3, "");
+    let _etcd = etcd::start(&mut lab.tb);
+    let prefix = format!("/vxmesh-{}", lab.tb.suffix());
+    for h in ["h1", "h2", "h3"] {
+        lab.no_ipv6(h);
+        lab.start_etcd(h, &prefix, TTL);
+    }
+    front_on_three_hosts(&lab, &["--announce", "--ageing-s", "4"]);
+
+    // A workload behind h1's TAP (a macvlan on it, in its own namespace)
+    // with an address that is in no key.
+    let (h1, h3) = (lab.tb.ns("h1"), lab.tb.ns("h3"));
+    lab.tb.add_namespace("w1").expect("namespace w1");
+    lab.no_ipv6("w1");
+    let w1 = lab.tb.ns("w1");
+    let wl = WL_IP.to_string();
+    for (ns, args) in [
+        (
+            &h1,
+            &[
+                "ip",
+                "link",
+                "add",
+                "link",
+                "vxm-front",
+                "name",
+                "wl0",
+                "address",
+                WL_MAC,
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ][..],
+        ),
+        (&h1, &["ip", "link", "set", "wl0", "netns", &w1]),
+        (
+            &w1,
+            &["ip", "addr", "add", &format!("{wl}/24"), "dev", "wl0"],
+        ),
+        (&w1, &["ip", "link", "set", "wl0", "up"]),
+    ] {
+        lab.tb.exec(ns, args).expect("workload interface");
+    }
+    assert!(!lab.endpoint_ips("h2", "front").contains(&wl));
+
+    // It talks: h1 learns it from the TAP and announces it; h2 and h3
+    // install it as h1's, as an endpoint like a configured one.
+    ping_ok(&lab, "w1", ov(3));
+    for h in ["h2", "h3"] {
+        let owned = lab.until(Duration::from_secs(5), || {
+            fdb_owner(&lab, h, WL_MAC).as_deref() == Some("h1")
+        });
+        assert!(
+            owned.is_some(),
+            "{h}: no entry for {WL_MAC} owned by h1: {}",
+            ok(&lab, h, &["fdb", "show"])
+        );
+    }
+    let eps = ok(&lab, "h3", &["endpoint", "ls", "front"]);
+    let e = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == wl.as_str())
+        .unwrap_or_else(|| panic!("{wl} is not an endpoint: {eps}"));
+    assert_eq!(
+        (e["node"].as_str(), e["mac"].as_str()),
+        (Some("h1"), Some(WL_MAC))
+    );
+    let st = lab.status("h1");
+    assert_eq!(st["networks"][0]["announced"], 1, "{st}");
+
+    // Unicast to it is never flooded: h3 forgets its neighbour entry and
+    // pings again; its ARP request is answered on h3 and the echo goes
+    // straight to h1.
+    lab.tb
+        .exec(&h3, &["ip", "neigh", "flush", "dev", "vxm-front"])
+        .expect("neigh flush");
+    let flooded = |h: &str| lab.counter(h, "front", "flooded_frames");
+    let before = [flooded("h1"), flooded("h3")];
+    let answered = lab.counter("h3", "front", "arp_answered");
+    ping_ok(&lab, "h3", WL_IP);
+    assert_eq!(
+        [flooded("h1"), flooded("h3")],
+        before,
+        "unicast was flooded"
+    );
+    assert!(lab.counter("h3", "front", "arp_answered") > answered);
+
+    // Idle for longer than ageing_s: h1 withdraws it, everyone drops it.
+    let gone = lab.until(Duration::from_secs(20), || {
+        ["h2", "h3"]
+            .iter()
+            .all(|h| fdb_owner(&lab, h, WL_MAC).is_none())
+    });
+    assert!(gone.is_some(), "{WL_MAC} not withdrawn after going idle");
+    assert!(!lab.endpoint_ips("h2", "front").contains(&wl));
 }

@@ -71,6 +71,9 @@ pub struct NetworkStatus {
     pub endpoints: usize,
     pub fdb_static: usize,
     pub fdb_learned: usize,
+    /// Local workload addresses this node announces (`announce = true`).
+    #[serde(default)]
+    pub announced: usize,
     pub stats: NetStatsSnapshot,
 }
 
@@ -91,6 +94,9 @@ pub struct FdbEntry {
     pub mac: String,
     /// Underlay address of the node behind the MAC.
     pub vtep: String,
+    /// The node with that address (the entry's owner), if known.
+    #[serde(default)]
+    pub node: Option<String>,
     /// `static` (from the store) or `learned`.
     pub kind: String,
     /// Seconds since last seen (learned entries only).

@@ -123,6 +123,7 @@ pub fn build_status(st: &State) -> Status {
                 endpoints: n.arp.len(),
                 fdb_static: n.fdb.len(),
                 fdb_learned: n.learned.len(),
+                announced: n.announce.as_ref().map(|a| a.len()).unwrap_or(0),
                 stats: n.stats.snapshot(),
             }
         })
@@ -228,12 +229,17 @@ async fn nodes(AxState(st): AxState<Shared>) -> Json<Vec<NodeInfo>> {
 }
 
 async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
-    let tables = st
-        .inner
-        .lock()
-        .expect("state lock poisoned")
-        .dataplane
-        .tables();
+    let (tables, owners) = {
+        let inner = st.inner.lock().expect("state lock poisoned");
+        let owners: std::collections::HashMap<Ipv4Addr, String> = inner
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| (n.address, n.name.clone()))
+            .collect();
+        (inner.dataplane.tables(), owners)
+    };
+    let owner = |vtep: &Ipv4Addr| owners.get(vtep).cloned();
     let now = Instant::now();
     let mut rows = Vec::new();
     for n in &tables.networks {
@@ -243,6 +249,7 @@ async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
             network: n.name.clone(),
             mac: mac.to_string(),
             vtep: vtep.to_string(),
+            node: owner(vtep),
             kind: "static".into(),
             age_s: None,
         }));
@@ -252,6 +259,7 @@ async fn fdb(AxState(st): AxState<Shared>) -> Json<Vec<FdbEntry>> {
             network: n.name.clone(),
             mac: mac.to_string(),
             vtep: vtep.to_string(),
+            node: owner(&vtep),
             kind: "learned".into(),
             age_s: Some(age.as_secs_f64()),
         }));

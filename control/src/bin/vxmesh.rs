@@ -78,6 +78,13 @@ enum NetworkCmd {
         /// Learn remote MACs from traffic.
         #[arg(long)]
         learning: bool,
+        /// Nodes announce the addresses their workloads use on the TAP as
+        /// endpoints (under their lease).
+        #[arg(long)]
+        announce: bool,
+        /// Learned and announced entries expire after this idle time.
+        #[arg(long)]
+        ageing_s: Option<u64>,
         /// Member nodes that own no endpoint (repeat).
         #[arg(long = "node")]
         nodes: Vec<String>,
@@ -406,6 +413,8 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     subnet,
                     mtu,
                     learning,
+                    announce,
+                    ageing_s,
                     nodes,
                 },
         } => {
@@ -415,6 +424,12 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             }
             if learning {
                 spec["learning"] = true.into();
+            }
+            if announce {
+                spec["announce"] = true.into();
+            }
+            if let Some(a) = ageing_s {
+                spec["ageing_s"] = a.into();
             }
             if !nodes.is_empty() {
                 spec["nodes"] = nodes.into();
@@ -744,8 +759,9 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 // In the spirit of `bridge fdb show`.
                 for r in rows {
                     let age = r.age_s.map(|a| format!(" age {a:.0}s")).unwrap_or_default();
+                    let node = r.node.map(|n| format!(" node {n}")).unwrap_or_default();
                     println!(
-                        "{} dev vxm-{} dst {} {}{}",
+                        "{} dev vxm-{} dst {}{node} {}{}",
                         r.mac, r.network, r.vtep, r.kind, age
                     );
                 }

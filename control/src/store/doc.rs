@@ -36,10 +36,11 @@ pub const VERSION: u32 = 1;
 pub struct Doc {
     pub version: u32,
     pub spec: Value,
-    /// The lease the key is attached to (node documents only).
+    /// The lease the key is attached to: node documents, and endpoints a
+    /// node announced (see [`crate::store::announce`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<i64>,
-    /// The lease's TTL in seconds (node documents only).
+    /// The lease's TTL in seconds (node documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<i64>,
 }

@@ -541,6 +541,61 @@ impl EtcdStore {
         }
     }
 
+    /// This node's lease now (0 while it has none).
+    pub fn lease_id(&self) -> i64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` over the last snapshot seen, without copying it.
+    pub fn with_snapshot<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
+        f(&self.snapshot.lock().expect("snapshot lock"))
+    }
+
+    /// Publishes a local workload's address as an endpoint owned by this
+    /// node, under `lease` (it goes when the lease does), if the key is
+    /// free and the result passes the file's rules.
+    pub async fn announce(
+        &self,
+        network: &str,
+        ip: std::net::Ipv4Addr,
+        mac: vxmesh_dataplane::wire::MacAddr,
+        lease: i64,
+    ) -> Result<(), StoreError> {
+        let doc = Doc {
+            lease: Some(lease),
+            ..Doc::new(serde_json::json!({
+                "network": network,
+                "node": self.opts.node.name,
+                "ip": ip.to_string(),
+                "mac": mac.to_string(),
+            }))
+        };
+        let what = format!("endpoint {ip} in network `{network}`");
+        self.create_doc(doc::endpoint_key(network, ip), doc, what)
+            .await
+            .map(|_| ())
+    }
+
+    /// Withdraws an address this node announced under `lease` (nothing if
+    /// the key is no longer under that lease).
+    pub async fn withdraw(
+        &self,
+        network: &str,
+        ip: std::net::Ipv4Addr,
+        lease: i64,
+    ) -> Result<(), StoreError> {
+        let full = self.key(&doc::endpoint_key(network, ip));
+        self.client()
+            .await?
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(full.clone(), CompareOp::Equal, lease)])
+                    .and_then([TxnOp::delete(full, None)]),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Revokes this node's lease (a clean stop): the others drop it now.
     pub async fn leave(&self) {
         let id = self.lease.swap(0, Ordering::Relaxed);
@@ -579,20 +634,26 @@ impl EtcdStore {
 
     /// Creates `key` with `spec` if absent; the new revision.
     async fn create(&self, key: String, spec: Value, what: String) -> Result<i64, StoreError> {
+        self.create_doc(key, Doc::new(spec), what).await
+    }
+
+    /// Creates `key` with `doc` (under its lease, if it names one).
+    async fn create_doc(&self, key: String, doc: Doc, what: String) -> Result<i64, StoreError> {
         let mut candidate = self.snapshot();
         if candidate.docs.contains_key(&key) {
             return Err(StoreError::Exists(what));
         }
-        candidate.docs.insert(key.clone(), Doc::new(spec.clone()));
+        candidate.docs.insert(key.clone(), doc.clone());
         self.validate(&candidate)?;
         let full = self.key(&key);
+        let put = doc.lease.map(|l| PutOptions::new().with_lease(l));
         let r = self
             .client()
             .await?
             .txn(
                 Txn::new()
                     .when([Compare::version(full.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(full, Doc::new(spec).to_bytes(), None)]),
+                    .and_then([TxnOp::put(full, doc.to_bytes(), put)]),
             )
             .await?;
         if !r.succeeded() {

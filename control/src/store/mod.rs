@@ -9,8 +9,10 @@
 //!   etcd and come back through the watch, like everyone else's.
 //!
 //! Both speak the same documents ([`doc`]): each value is the JSON form of
-//! the file's table, validated by the same code.
+//! the file's table, validated by the same code. On etcd a node may also
+//! publish the addresses its workloads use ([`announce`]).
 
+pub mod announce;
 pub mod doc;
 pub mod etcd;
 

@@ -16,6 +16,7 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use super::announce::{self, Announcements};
 use super::fdb::Learn;
 use super::stats::{bump, DropReason};
 use super::tables::{NetworkTable, Tables};
@@ -99,6 +100,9 @@ impl Core {
         };
         if frame.len() - hlen > usize::from(n.mtu) {
             return drop(n, DropReason::Mtu);
+        }
+        if let Some(a) = &n.announce {
+            note_source(n, a, frame, hlen, now);
         }
         let dst = MacAddr::from_slice(&frame[0..6]);
         if dst.is_multicast() {
@@ -204,6 +208,24 @@ impl Core {
             net,
             offset: vxlan::HEADER_LEN,
         }
+    }
+}
+
+/// Records the source of a local workload's frame for announcement: a new
+/// address in the subnet that is no endpoint yet (see [`announce`]).
+fn note_source(n: &NetworkTable, a: &Announcements, frame: &[u8], hlen: usize, now: Instant) {
+    let Some((ip, mac)) = announce::source(frame, hlen) else {
+        return;
+    };
+    if mac.is_multicast() || mac == n.tap_mac || !a.candidate(ip) {
+        return;
+    }
+    if a.refresh(ip, mac, now) || n.arp.contains_key(&ip) {
+        return;
+    }
+    match a.add(ip, mac, now) {
+        announce::Add::Added => bump(&n.stats.announced, 1),
+        announce::Add::Full | announce::Add::RateLimited => bump(&n.stats.announce_refused, 1),
     }
 }
 

@@ -124,6 +124,10 @@ pub struct NetStats {
     pub learned: AtomicU64,
     /// Learning refused because the table was at its cap.
     pub fdb_full: AtomicU64,
+    /// Local workload addresses seen on the TAP for the first time (to be
+    /// announced), and those refused (at the cap or over the rate).
+    pub announced: AtomicU64,
+    pub announce_refused: AtomicU64,
     /// Inner TCP/UDP checksums the sender left partial, completed here.
     pub csum_completed: AtomicU64,
     /// TCP super-frames received whole and cut to the MTU here.
@@ -160,6 +164,10 @@ pub struct NetStatsSnapshot {
     pub arp_answered: u64,
     pub learned: u64,
     pub fdb_full: u64,
+    #[serde(default)]
+    pub announced: u64,
+    #[serde(default)]
+    pub announce_refused: u64,
     pub csum_completed: u64,
     pub gso_segmented: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
@@ -201,6 +209,8 @@ impl NetStats {
             arp_answered: self.arp_answered.load(Relaxed),
             learned: self.learned.load(Relaxed),
             fdb_full: self.fdb_full.load(Relaxed),
+            announced: self.announced.load(Relaxed),
+            announce_refused: self.announce_refused.load(Relaxed),
             csum_completed: self.csum_completed.load(Relaxed),
             gso_segmented: self.gso_segmented.load(Relaxed),
             drops: drops_map(&self.drops),

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use super::announce::Announcements;
 use super::fdb::LearnedFdb;
 use super::limit::FloodLimiter;
 use super::stats::{GlobalStats, NetStats, PeerStats};
@@ -45,6 +46,9 @@ pub struct NetworkTable {
     pub flood: FloodLimiter,
     /// Learned entries; kept across snapshots like `stats`.
     pub learned: Arc<LearnedFdb>,
+    /// Local workload addresses seen on the TAP, to announce (`announce =
+    /// true`, etcd store); kept across snapshots like `learned`.
+    pub announce: Option<Arc<Announcements>>,
     pub stats: Arc<NetStats>,
 }
 
@@ -70,6 +74,7 @@ impl NetworkTable {
             learning: false,
             flood: FloodLimiter::new(0, 1),
             learned,
+            announce: None,
             stats,
         }
     }
@@ -104,6 +109,12 @@ impl NetworkTable {
     /// (0: no limit).
     pub fn with_flood_limit(mut self, pps: u32) -> Self {
         self.flood = FloodLimiter::new(pps, pps);
+        self
+    }
+
+    /// Records local workload addresses seen on the TAP in `a`.
+    pub fn with_announce(mut self, a: Option<Arc<Announcements>>) -> Self {
+        self.announce = a;
         self
     }
 
