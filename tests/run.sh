@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole vxmesh test suite, as CI runs it: installs the packages the
 # tests need, checks formatting and lints, builds the binaries the
-# end-to-end tests start, and runs every test (none is skipped: CI=true).
+# end-to-end tests start, runs every test (none is skipped: CI=true), then
+# runs every fuzz target for a short bounded time (FUZZ_SECONDS per target,
+# default 15; 0 skips it) and fails on a crash.
 # Needs root: the end-to-end tests build hosts from network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +35,20 @@ echo "== cargo test"
 # Two test threads: the machine has two cores and the end-to-end tests run
 # real traffic; more in parallel only makes them slower.
 cargo test --workspace -- --test-threads=2
+
+fuzz_seconds=${FUZZ_SECONDS:-15}
+if [ "$fuzz_seconds" != 0 ]; then
+    # cargo-fuzz needs nightly (sanitizer flags); install what is missing.
+    if ! rustup toolchain list | grep '^nightly-' >/dev/null; then
+        echo "== installing the nightly toolchain"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        echo "== installing cargo-fuzz"
+        cargo install cargo-fuzz --locked
+    fi
+    echo "== fuzzing: every target ${fuzz_seconds} s (tests/fuzz/run.sh)"
+    # Exits 1 on a crash (the input is copied into tests/fuzz/regressions/),
+    # 2 if the targets do not build.
+    bash tests/fuzz/run.sh "$fuzz_seconds"
+fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (or the ones named) for a bounded time each and
-# prints what each did. CI runs it with a short time:
+# prints what each did. CI (tests/run.sh) runs it with a short time:
 #
-#     tests/fuzz/run.sh 20                  # 20 s per target
+#     tests/fuzz/run.sh 15                  # 15 s per target
 #     tests/fuzz/run.sh 180 overlay_datagram
 #
 # Exits 1 if any target crashed (a panic, a failed check, a timeout or an
@@ -29,7 +29,10 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 # -a: debug assertions and overflow checks, as in the test suite.
-flags=(--fuzz-dir . -a)
+# 16 codegen units instead of cargo-fuzz's 1: a cold build of every target
+# takes about half as long (8 instead of 14 minutes on two cores) for no
+# measurable loss of executions per second.
+flags=(--fuzz-dir . -a --codegen-units 16)
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
