@@ -88,11 +88,17 @@ pub fn until_all(
     let deadline = Instant::now() + limit;
     for s in socks {
         loop {
-            if f(&cli(s, args)?) {
+            let v = cli(s, args)?;
+            if f(&v) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("change not live on {} within {limit:?}", s.display());
+                let mut last = v.to_string();
+                last.truncate(600);
+                bail!(
+                    "change not live on {} within {limit:?}; last answer: {last}",
+                    s.display()
+                );
             }
         }
     }
