@@ -37,17 +37,14 @@ pub async fn serve(l: TcpListener, route: Arc<ArcSwap<Route>>, mut stop: watch::
             r = l.accept() => {
                 let Ok((client, peer)) = r else { continue };
                 let route = route.load_full();
-                tokio::spawn(async move {
-                    let local = client.local_addr().unwrap_or(peer);
-                    handle(client, peer, local, route).await;
-                });
+                tokio::spawn(handle(client, peer, route));
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, local: SocketAddr, route: Arc<Route>) {
+async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
     let svc = &route.service;
     let spec = svc.spec.load_full();
     let Some(_open) = OpenGuard::take(&svc.open_connections, spec.max_connections) else {
@@ -69,6 +66,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, local: SocketAddr, route: A
             Ok(Ok(mut up)) => {
                 svc.observe_connect(&task, true);
                 if spec.proxy_protocol {
+                    // The address the client connected to: asked only here,
+                    // one syscall fewer per connection without the header.
+                    let local = client.local_addr().unwrap_or(peer);
                     let (hdr, n) = proxy_v2::encode(peer, local, proxy_v2::Transport::Stream);
                     if up.write_all(&hdr[..n]).await.is_err() {
                         return;
