@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -170,6 +170,9 @@ struct RawNetwork {
     dns: Option<Spanned<Ipv4Addr>>,
     /// The cluster domain names may end in (default `vxmesh`).
     domain: Option<Spanned<String>>,
+    /// Resolvers for names outside the cluster (default: none, REFUSED).
+    #[serde(default)]
+    dns_forward: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +193,8 @@ pub const OVERHEAD: u16 = 50;
 pub const MAX_NETWORK_NAME: usize = 11;
 /// Most addresses a node may announce in one network.
 pub const MAX_ANNOUNCE_CAP: usize = 65536;
+/// Most resolvers one network forwards to (like resolv.conf's three, and one).
+pub const MAX_DNS_FORWARD: usize = 4;
 
 struct Lines<'a> {
     file: &'a Path,
@@ -407,6 +412,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             }
             None => Network::DEFAULT_DOMAIN.to_string(),
         };
+        if n.dns_forward.len() > MAX_DNS_FORWARD {
+            err(
+                n.dns_forward[MAX_DNS_FORWARD].span(),
+                format!("dns_forward takes at most {MAX_DNS_FORWARD} resolvers"),
+            );
+        }
+        let mut dns_forward = Vec::new();
+        for f in &n.dns_forward {
+            let text = f.get_ref().trim();
+            let addr = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match addr {
+                None => err(
+                    f.span(),
+                    format!("dns_forward `{text}` must be an address, or address:port (port 53 by default)"),
+                ),
+                Some(a) if a.ip() == std::net::IpAddr::V4(dns) && a.port() == 53 => err(
+                    f.span(),
+                    format!("dns_forward {a} is the network's own DNS responder (a loop)"),
+                ),
+                Some(a) if a.port() == 0 || a.ip().is_unspecified() => err(
+                    f.span(),
+                    format!("dns_forward {a} needs a real address and a port other than 0"),
+                ),
+                Some(a) => dns_forward.push(a),
+            }
+        }
         let announce_cap = match &n.announce_cap {
             Some(c) if *c.get_ref() == 0 || *c.get_ref() > MAX_ANNOUNCE_CAP => {
                 err(
@@ -427,6 +462,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             announce_cap,
             dns,
             domain,
+            dns_forward,
             name: name.clone(),
             vni,
             subnet,
@@ -937,6 +973,45 @@ ip = "10.0.9.1"
         let on_dns = BASE.replace("ip = \"10.0.9.1\"", "ip = \"10.0.9.254\"");
         let errs = parse(Path::new("t"), &on_dns).unwrap_err().to_string();
         assert!(errs.contains("DNS address"), "{errs}");
+    }
+
+    #[test]
+    fn dns_forward_takes_addresses_and_refuses_loops_with_their_line() {
+        let with = |list: &str| {
+            BASE.replace(
+                "subnet = \"10.0.9.0/24\"",
+                &format!("subnet = \"10.0.9.0/24\"\ndns_forward = [{list}]"),
+            )
+        };
+        let c = parse(
+            Path::new("t"),
+            &with("\"198.18.0.53\", \"198.18.0.54:5353\""),
+        )
+        .unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "198.18.0.53:53".parse().unwrap(),
+            "198.18.0.54:5353".parse().unwrap(),
+        ];
+        assert_eq!(c.networks[0].dns_forward, want);
+        assert!(parse(Path::new("t"), BASE).unwrap().networks[0]
+            .dns_forward
+            .is_empty());
+        let errs = parse(
+            Path::new("t"),
+            &with("\"resolver\", \"10.0.9.254\", \"0.0.0.0:53\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(errs.contains("t:9:"), "the line: {errs}");
+        assert!(
+            errs.contains("dns_forward `resolver` must be an address"),
+            "{errs}"
+        );
+        assert!(errs.contains("own DNS responder"), "{errs}");
+        assert!(errs.contains("needs a real address"), "{errs}");
+        let five = with(&["\"198.18.0.53\""; 5].join(", "));
+        let errs = parse(Path::new("t"), &five).unwrap_err().to_string();
+        assert!(errs.contains("at most 4 resolvers"), "{errs}");
     }
 
     #[test]

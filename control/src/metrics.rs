@@ -107,7 +107,7 @@ impl Collector for DaemonCollector {
         let status = crate::api::server::build_status(&st);
         let (services, dns) = {
             let inner = st.inner.lock().expect("state lock poisoned");
-            let dns: Vec<(String, [u64; 5])> = inner
+            let dns: Vec<(String, [u64; 7])> = inner
                 .mesh
                 .dns_status()
                 .into_iter()
@@ -121,6 +121,8 @@ impl Collector for DaemonCollector {
                         n(&c.nxdomain),
                         n(&c.refused),
                         n(&c.malformed),
+                        n(&c.forwarded),
+                        n(&c.forward_failed),
                     ];
                     (net, all)
                 })
@@ -379,10 +381,17 @@ impl Collector for DaemonCollector {
             None,
             dns.iter()
                 .flat_map(|(net, c)| {
-                    ["answered", "nxdomain", "refused", "malformed"]
-                        .into_iter()
-                        .zip(&c[1..])
-                        .map(|(r, v)| (vec![("network", net.clone()), ("result", r.into())], *v))
+                    [
+                        "answered",
+                        "nxdomain",
+                        "refused",
+                        "malformed",
+                        "forwarded",
+                        "forward_failed",
+                    ]
+                    .into_iter()
+                    .zip(&c[1..])
+                    .map(|(r, v)| (vec![("network", net.clone()), ("result", r.into())], *v))
                 })
                 .collect(),
         )?;

@@ -91,6 +91,9 @@ pub struct Network {
     pub dns: Ipv4Addr,
     /// Names may end in `.<domain>` (lowercase, no dots at the ends).
     pub domain: String,
+    /// Resolvers asked for names outside the cluster, in turn (empty:
+    /// those names are REFUSED).
+    pub dns_forward: Vec<std::net::SocketAddr>,
 }
 
 impl Network {

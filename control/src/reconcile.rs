@@ -348,6 +348,7 @@ pub fn dns_zones(cluster: &Cluster, node: &str) -> Vec<ZoneSpec> {
             network: net.name.clone(),
             addr: net.dns,
             domain: net.domain.clone(),
+            forward: net.dns_forward.clone(),
             services: cluster
                 .services
                 .iter()

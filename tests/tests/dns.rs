@@ -10,13 +10,53 @@ use std::time::{Duration, Instant};
 
 use common::backend::{self, get};
 use common::{sample, Lab, FRONT_ONLY};
-use vxmesh_dataplane::mesh::dns::proto::op::{Message, Query, ResponseCode};
-use vxmesh_dataplane::mesh::dns::proto::rr::{Name, RData, RecordType};
+use vxmesh_dataplane::mesh::dns::proto::op::{Message, MessageType, Query, ResponseCode};
+use vxmesh_dataplane::mesh::dns::proto::rr::rdata::A;
+use vxmesh_dataplane::mesh::dns::proto::rr::{Name, RData, Record, RecordType};
 use vxmesh_testbed::require_root;
 
 /// The default DNS addresses: each subnet's last usable address.
 const FRONT_DNS: &str = "10.0.9.254";
 const BACK_DNS: &str = "10.0.10.254";
+/// `back`'s forwarder: a resolver on loopback in a node's namespace (only
+/// h1 runs one; on h2 nothing listens there).
+const FORWARDER: &str = "127.0.0.1:5399";
+/// What the test resolver answers for any name.
+const FORWARDED_A: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+
+/// A stand-in upstream resolver at [`FORWARDER`] in namespace `ns`: answers
+/// A [`FORWARDED_A`] (TTL 77) to every query, for at most `queries`
+/// queries or until it hears nothing for 10 s.
+fn test_resolver(lab: &Lab, ns: &str, queries: usize) -> std::thread::JoinHandle<usize> {
+    let sock = lab
+        .tb
+        .in_ns(ns, || {
+            UdpSocket::bind(FORWARDER).expect("bind the test resolver")
+        })
+        .expect("in namespace");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let mut served = 0;
+        while served < queries {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            let q = Message::from_vec(&buf[..n]).expect("a forwarded query is intact");
+            let mut a = q.clone();
+            a.set_message_type(MessageType::Response);
+            a.add_answer(Record::from_rdata(
+                q.queries()[0].name().clone(),
+                77,
+                RData::A(A(FORWARDED_A)),
+            ));
+            sock.send_to(&a.to_vec().unwrap(), from).unwrap();
+            served += 1;
+        }
+        served
+    })
+}
 
 fn ov(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 9, n)
@@ -34,6 +74,7 @@ fn config() -> String {
 name = "back"
 vni = 4097
 subnet = "10.0.10.0/24"
+dns_forward = ["{FORWARDER}"]
 
 [[endpoints]]
 network = "back"
@@ -259,6 +300,29 @@ fn names_are_scoped_dnsrr_answers_tasks_and_junk_is_survived() {
         resolve(&lab, "h1", FRONT_DNS, "example.com").0,
         ResponseCode::Refused
     );
+    // `back` forwards other names: h1's resolver answers them through h1's
+    // responder, unchanged (its TTL); the cluster's names never go there.
+    let upstream = test_resolver(&lab, &lab.tb.ns("h1"), 2);
+    assert_eq!(
+        resolve(&lab, "h1", BACK_DNS, "example.com"),
+        (ResponseCode::NoError, vec![FORWARDED_A])
+    );
+    assert_eq!(
+        resolve(&lab, "h1", BACK_DNS, "nope").0,
+        ResponseCode::NXDomain,
+        "a cluster name is answered here, not forwarded"
+    );
+    // On h2 nothing listens at the forwarder's address: SERVFAIL, at once
+    // (the refusal is seen, no 2 s wait; resolve() gives up after 2 s).
+    assert_eq!(
+        resolve(&lab, "h2", BACK_DNS, "example.org").0,
+        ResponseCode::ServFail
+    );
+    assert_eq!(
+        resolve(&lab, "h1", BACK_DNS, "example.net"),
+        (ResponseCode::NoError, vec![FORWARDED_A])
+    );
+    assert_eq!(upstream.join().unwrap(), 2, "exactly the two outside names");
     // Junk: empty, short, a header with a broken question, a response, a
     // large random blob. Each gets FORMERR or nothing; the responder stays.
     let h1 = lab.tb.ns("h1");
@@ -301,8 +365,18 @@ fn names_are_scoped_dnsrr_answers_tasks_and_junk_is_survived() {
     assert!(front("refused") >= 1, "example.com");
     assert!(front("malformed") >= 4, "the junk");
     assert!(sample(&m, "vxmesh_dns_queries_total{network=\"front\"}") >= 10);
-    let back = "vxmesh_dns_responses_total{network=\"back\",result=\"nxdomain\"}";
-    assert!(sample(&m, back) >= 1, "web from back");
+    let back = |r: &str| {
+        sample(
+            &m,
+            &format!("vxmesh_dns_responses_total{{network=\"back\",result=\"{r}\"}}"),
+        )
+    };
+    assert!(back("nxdomain") >= 2, "web and nope from back");
+    assert_eq!(back("forwarded"), 2, "example.com and example.net");
+    assert_eq!(back("refused"), 0);
+    let h2 = lab.scrape("h2");
+    let failed = "vxmesh_dns_responses_total{network=\"back\",result=\"forward_failed\"}";
+    assert_eq!(sample(&h2, failed), 1, "example.org on h2");
 }
 
 #[test]

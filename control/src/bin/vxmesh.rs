@@ -88,6 +88,10 @@ enum NetworkCmd {
         /// Member nodes that own no endpoint (repeat).
         #[arg(long = "node")]
         nodes: Vec<String>,
+        /// Resolver for names outside the cluster, address or address:port
+        /// (repeat, asked in turn; default: such names are REFUSED).
+        #[arg(long = "dns-forward")]
+        dns_forward: Vec<String>,
     },
     /// Remove a network and its endpoints (refused while a service uses it).
     Rm { name: String },
@@ -416,6 +420,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     announce,
                     ageing_s,
                     nodes,
+                    dns_forward,
                 },
         } => {
             let mut spec = serde_json::json!({ "name": name, "vni": vni, "subnet": subnet });
@@ -433,6 +438,9 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             }
             if !nodes.is_empty() {
                 spec["nodes"] = nodes.into();
+            }
+            if !dns_forward.is_empty() {
+                spec["dns_forward"] = dns_forward.into();
             }
             write(
                 sock,

@@ -14,7 +14,10 @@
 //!
 //! A known name asked for another type gets an empty NOERROR answer; an
 //! unknown name in the cluster domain (one label, `tasks.*`, or ending in
-//! `.<domain>`) gets NXDOMAIN; anything else REFUSED (no forwarding).
+//! `.<domain>`) gets NXDOMAIN. Anything else goes, unchanged, to the
+//! network's forwarders in turn when it has some (`dns_forward`; their
+//! answer is passed back as it came, SERVFAIL when none answers within
+//! [`FORWARD_TIMEOUT`]) and is REFUSED when it has none.
 //!
 //! Task lists are read at query time from the same [`Service`] the routing
 //! mesh balances with, so an answer never names a task the mesh would not
@@ -23,9 +26,10 @@
 //! [`Zone::respond`] is pure (bytes in, bytes out) and never panics.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
@@ -34,7 +38,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use serde::Serialize;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::service::Service;
 
@@ -50,6 +54,15 @@ pub const TASK_TTL: u32 = 1;
 const PLAIN_UDP: usize = 512;
 /// Largest answer we send to an EDNS client (the DNS flag day 2020 value).
 const EDNS_UDP: u16 = 1232;
+/// How long one forwarder has to answer before the next is asked.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forwarded queries in flight per responder; more get SERVFAIL at once,
+/// so a workload that floods names outside the cluster cannot pile up
+/// sockets and tasks on its node.
+const FORWARD_INFLIGHT: usize = 256;
+/// Largest forwarded answer passed back (EDNS clients may ask for more
+/// than [`EDNS_UDP`]; the forwarder sizes its answer to what they asked).
+const FORWARD_BUF: usize = 4096;
 
 /// What the control plane wants served for one network on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +76,9 @@ pub struct ZoneSpec {
     pub services: Vec<(String, Option<Ipv4Addr>)>,
     /// Endpoints of the network that have a name.
     pub endpoints: Vec<(String, Ipv4Addr)>,
+    /// Resolvers asked, in turn, for names outside the cluster (empty:
+    /// those are REFUSED).
+    pub forward: Vec<SocketAddr>,
 }
 
 struct ZoneService {
@@ -75,6 +91,19 @@ pub struct Zone {
     domain: String,
     services: HashMap<String, ZoneService>,
     endpoints: HashMap<String, Vec<Ipv4Addr>>,
+    forward: Arc<[SocketAddr]>,
+}
+
+/// What becomes of one datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// A well-formed query for a name outside the cluster: pass it on to
+    /// the zone's forwarders.
+    Forward,
+    /// Nothing to send (not a query, or too broken to answer).
+    Nothing,
 }
 
 /// How a name resolves.
@@ -98,6 +127,11 @@ pub struct DnsStats {
     /// Datagrams that were not a well-formed query (answered FORMERR when
     /// the header could be read, dropped otherwise).
     pub malformed: AtomicU64,
+    /// Queries a forwarder answered (its answer passed back).
+    pub forwarded: AtomicU64,
+    /// Queries no forwarder answered in time, or refused for too many in
+    /// flight (SERVFAIL).
+    pub forward_failed: AtomicU64,
 }
 
 impl Zone {
@@ -130,6 +164,7 @@ impl Zone {
             domain: spec.domain.to_ascii_lowercase(),
             services,
             endpoints,
+            forward: spec.forward.clone().into(),
         }
     }
 
@@ -176,39 +211,63 @@ impl Zone {
         }
     }
 
-    /// Answers one datagram. `None`: nothing to send (not a query, or too
-    /// broken to answer). `rotate` turns multi-address answers so that
+    /// The resolvers names outside the cluster go to (empty: REFUSED).
+    pub fn forwarders(&self) -> Arc<[SocketAddr]> {
+        self.forward.clone()
+    }
+
+    /// Answers one datagram from the zone alone. `None`: nothing to send
+    /// (not a query, or too broken to answer); a name outside the cluster
+    /// gets REFUSED here even when the zone has forwarders ([`Zone::answer`]
+    /// says when to forward). `rotate` turns multi-address answers so that
     /// clients that take the first address spread.
     pub fn respond(&self, req: &[u8], rotate: usize, stats: &DnsStats) -> Option<Vec<u8>> {
+        match self.answer(req, rotate, stats, false) {
+            Outcome::Reply(bytes) => Some(bytes),
+            Outcome::Forward | Outcome::Nothing => None,
+        }
+    }
+
+    /// What to do with one datagram: as [`Zone::respond`], but with
+    /// `forwarding` a well-formed query for a name outside the cluster
+    /// becomes [`Outcome::Forward`] when the zone has forwarders.
+    pub fn answer(&self, req: &[u8], rotate: usize, stats: &DnsStats, forwarding: bool) -> Outcome {
         stats.queries.fetch_add(1, Relaxed);
+        let reply = |b: Result<Vec<u8>, _>| b.map_or(Outcome::Nothing, Outcome::Reply);
         let msg = match Message::from_vec(req) {
             Ok(m) => m,
             Err(_) => {
                 stats.malformed.fetch_add(1, Relaxed);
-                let h = Header::from_bytes(req.get(..12)?).ok()?;
+                let Some(h) = req.get(..12).and_then(|b| Header::from_bytes(b).ok()) else {
+                    return Outcome::Nothing;
+                };
                 if h.message_type() != MessageType::Query {
-                    return None;
+                    return Outcome::Nothing;
                 }
-                return Message::error_msg(h.id(), h.op_code(), ResponseCode::FormErr)
-                    .to_vec()
-                    .ok();
+                return reply(
+                    Message::error_msg(h.id(), h.op_code(), ResponseCode::FormErr).to_vec(),
+                );
             }
         };
         if msg.message_type() != MessageType::Query {
             stats.malformed.fetch_add(1, Relaxed);
-            return None;
+            return Outcome::Nothing;
         }
         if msg.op_code() != OpCode::Query {
-            return Message::error_msg(msg.id(), msg.op_code(), ResponseCode::NotImp)
-                .to_vec()
-                .ok();
+            return reply(
+                Message::error_msg(msg.id(), msg.op_code(), ResponseCode::NotImp).to_vec(),
+            );
         }
         let [q] = msg.queries() else {
             stats.malformed.fetch_add(1, Relaxed);
-            return Message::error_msg(msg.id(), msg.op_code(), ResponseCode::FormErr)
-                .to_vec()
-                .ok();
+            return reply(
+                Message::error_msg(msg.id(), msg.op_code(), ResponseCode::FormErr).to_vec(),
+            );
         };
+        let found = self.resolve(&q.name().to_ascii(), q.query_type());
+        if found == Answer::Refused && forwarding && !self.forward.is_empty() {
+            return Outcome::Forward;
+        }
         let mut out = Message::new();
         out.set_id(msg.id())
             .set_message_type(MessageType::Response)
@@ -226,7 +285,7 @@ impl Zone {
             None => PLAIN_UDP,
         };
         let mut answers = Vec::new();
-        match self.resolve(&q.name().to_ascii(), q.query_type()) {
+        match found {
             Answer::Addrs(mut ips, ttl) => {
                 if !ips.is_empty() {
                     let n = rotate % ips.len();
@@ -262,26 +321,30 @@ impl Zone {
                 m.set_truncated(true);
             }
             match m.to_vec() {
-                Ok(bytes) if bytes.len() <= limit || keep == 0 => return Some(bytes),
+                Ok(bytes) if bytes.len() <= limit || keep == 0 => return Outcome::Reply(bytes),
                 Ok(_) => keep = keep.saturating_sub(1 + (keep / 8)),
-                Err(_) => {
-                    return Message::error_msg(msg.id(), OpCode::Query, ResponseCode::ServFail)
-                        .to_vec()
-                        .ok()
-                }
+                Err(_) => return reply(servfail(msg.id())),
             }
         }
     }
 }
 
+fn servfail(id: u16) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    Message::error_msg(id, OpCode::Query, ResponseCode::ServFail).to_vec()
+}
+
 /// Serves `zone` on `sock` until `stop` turns true. Every datagram gets at
-/// most one answer; nothing a client sends ends the loop.
+/// most one answer; nothing a client sends ends the loop. Forwarded
+/// queries are answered from their own tasks, so a slow forwarder never
+/// holds up the names of the cluster.
 pub async fn serve(
     sock: UdpSocket,
     zone: Arc<ArcSwap<Zone>>,
     stats: Arc<DnsStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let sock = Arc::new(sock);
+    let inflight = Arc::new(Semaphore::new(FORWARD_INFLIGHT));
     let turn = AtomicUsize::new(0);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -290,10 +353,80 @@ pub async fn serve(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
         let rotate = turn.fetch_add(1, Relaxed);
-        if let Some(reply) = zone.load().respond(&buf[..n], rotate, &stats) {
-            let _ = sock.send_to(&reply, from).await;
+        let zone = zone.load();
+        match zone.answer(&buf[..n], rotate, &stats, true) {
+            Outcome::Reply(reply) => {
+                let _ = sock.send_to(&reply, from).await;
+            }
+            Outcome::Nothing => {}
+            Outcome::Forward => {
+                let query = buf[..n].to_vec();
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    stats.forward_failed.fetch_add(1, Relaxed);
+                    if let Ok(b) = servfail(query_id(&query)) {
+                        let _ = sock.send_to(&b, from).await;
+                    }
+                    continue;
+                };
+                let (sock, stats, to) = (sock.clone(), stats.clone(), zone.forwarders());
+                tokio::spawn(async move {
+                    let answer = forward(&query, &to).await;
+                    let bytes = match answer {
+                        Some(a) => {
+                            stats.forwarded.fetch_add(1, Relaxed);
+                            Ok(a)
+                        }
+                        None => {
+                            stats.forward_failed.fetch_add(1, Relaxed);
+                            servfail(query_id(&query))
+                        }
+                    };
+                    if let Ok(b) = bytes {
+                        let _ = sock.send_to(&b, from).await;
+                    }
+                    drop(permit);
+                });
+            }
         }
     }
+}
+
+/// The ID of a query [`Zone::answer`] found well formed.
+fn query_id(q: &[u8]) -> u16 {
+    u16::from_be_bytes([q[0], q[1]])
+}
+
+/// Asks each of `to` in turn for `query`, each for at most
+/// [`FORWARD_TIMEOUT`], from a fresh socket (a fresh source port: an answer
+/// can only come from the forwarder it was sent to). The first response
+/// with the query's ID is the answer, passed back unchanged.
+async fn forward(query: &[u8], to: &[SocketAddr]) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; FORWARD_BUF];
+    for up in to {
+        let local: SocketAddr = match up {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let Ok(s) = UdpSocket::bind(local).await else {
+            continue;
+        };
+        if s.connect(up).await.is_err() || s.send(query).await.is_err() {
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, s.recv(&mut buf)).await {
+                // A response (QR set) to this query; anything else is ignored.
+                Ok(Ok(n)) if n >= 12 && buf[..2] == query[..2] && buf[2] & 0x80 != 0 => {
+                    return Some(buf[..n].to_vec());
+                }
+                Ok(Ok(_)) => continue,
+                // Refused (port unreachable), an error, or the time is up.
+                _ => break,
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -352,6 +485,7 @@ mod tests {
                 ("gone".into(), None),
             ],
             endpoints: vec![("web-1".into(), ip(2))],
+            forward: Vec::new(),
         };
         let (w, d) = (web.clone(), db.clone());
         let z = Zone::new(&zs, move |n| match n {
@@ -476,6 +610,7 @@ mod tests {
             domain: "vxmesh".into(),
             services: vec![("big".into(), None)],
             endpoints: Vec::new(),
+            forward: Vec::new(),
         };
         let z = Zone::new(&zs, |_| Some(s.clone()));
         let bytes = z
@@ -493,5 +628,95 @@ mod tests {
             let (z, _) = zone();
             let _ = z.respond(&bytes, 0, &DnsStats::default());
         }
+    }
+
+    fn forwarding_zone(forward: Vec<SocketAddr>) -> Zone {
+        let zs = ZoneSpec {
+            network: "front".into(),
+            addr: ip(254),
+            domain: "vxmesh".into(),
+            services: Vec::new(),
+            endpoints: vec![("web-1".into(), ip(2))],
+            forward,
+        };
+        Zone::new(&zs, |_| None)
+    }
+
+    #[test]
+    fn only_names_outside_the_cluster_are_forwarded() {
+        let up: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        let z = forwarding_zone(vec![up]);
+        let st = DnsStats::default();
+        let ext = query("example.com.", RecordType::A);
+        assert_eq!(z.answer(&ext, 0, &st, true), Outcome::Forward);
+        // The cluster's own names, known or not, never leave the node.
+        for name in ["web-1.", "nope.", "tasks.x.", "a.b.vxmesh."] {
+            let Outcome::Reply(r) = z.answer(&query(name, RecordType::A), 0, &st, true) else {
+                panic!("{name} was not answered here");
+            };
+            let code = Message::from_vec(&r).unwrap().response_code();
+            assert_ne!(code, ResponseCode::Refused, "{name}");
+        }
+        // Without forwarding (the pure path) and without forwarders: REFUSED.
+        let refused = |o: Outcome| match o {
+            Outcome::Reply(r) => Message::from_vec(&r).unwrap().response_code(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(z.answer(&ext, 0, &st, false)),
+            ResponseCode::Refused
+        );
+        let bare = forwarding_zone(Vec::new());
+        assert_eq!(
+            refused(bare.answer(&ext, 0, &st, true)),
+            ResponseCode::Refused
+        );
+        assert_eq!(z.forwarders().as_ref(), &[up]);
+    }
+
+    #[tokio::test]
+    async fn forward_skips_a_dead_forwarder_and_wrong_ids() {
+        // A forwarder that is gone: its port answers with ICMP unreachable.
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        // A live one that first sends a response to another query.
+        let live = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 512];
+            let (n, from) = live.recv_from(&mut buf).unwrap();
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let mut other = q.clone();
+            other
+                .set_id(q.id().wrapping_add(1))
+                .set_message_type(MessageType::Response);
+            live.send_to(&other.to_vec().unwrap(), from).unwrap();
+            let mut a = q.clone();
+            a.set_message_type(MessageType::Response)
+                .add_answer(Record::from_rdata(
+                    q.queries()[0].name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(10, 99, 0, 1))),
+                ));
+            live.send_to(&a.to_vec().unwrap(), from).unwrap();
+        });
+        let q = query("example.com.", RecordType::A);
+        let got = forward(&q, &[dead_addr, live_addr])
+            .await
+            .expect("an answer");
+        server.join().unwrap();
+        let m = Message::from_vec(&got).unwrap();
+        assert_eq!(m.id(), 0x1234);
+        assert_eq!(
+            m.answers().len(),
+            1,
+            "the answer to this query, not the other"
+        );
+        // Nobody answers: no answer, and promptly (the refusal is seen).
+        let t = std::time::Instant::now();
+        assert_eq!(forward(&q, &[dead_addr]).await, None);
+        assert!(t.elapsed() < FORWARD_TIMEOUT, "{:?}", t.elapsed());
     }
 }
