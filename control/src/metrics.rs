@@ -368,7 +368,7 @@ impl Collector for DaemonCollector {
         counters(
             e,
             "vxmesh_dns_queries",
-            "Datagrams the network's DNS responder received.",
+            "Queries the network's DNS responder received (UDP datagrams and TCP messages).",
             None,
             dns.iter()
                 .map(|(net, c)| (vec![("network", net.clone())], c[0]))

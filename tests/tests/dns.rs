@@ -126,22 +126,19 @@ fn raw(lab: &Lab, ns: &str, dns: &str, bytes: Vec<u8>, wait: Duration) -> Option
         .expect("in namespace")
 }
 
-/// Asks `dns` from `host` for the A records of `name`.
-fn resolve(lab: &Lab, host: &str, dns: &str, name: &str) -> (ResponseCode, Vec<Ipv4Addr>) {
+/// A query for the A records of `name`, with ID `id`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
     let mut q = Message::new();
-    q.set_id(7)
+    q.set_id(id)
         .set_recursion_desired(true)
         .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    let reply = raw(
-        lab,
-        &lab.tb.ns(host),
-        dns,
-        q.to_vec().unwrap(),
-        Duration::from_secs(2),
-    )
-    .unwrap_or_else(|| panic!("no answer from {dns} for {name}"));
-    let m = Message::from_vec(&reply).expect("a DNS message");
-    assert_eq!(m.id(), 7);
+    q.to_vec().unwrap()
+}
+
+/// The answer code and sorted A records of `reply`, checked to answer `id`.
+fn a_records(reply: &[u8], id: u16) -> (ResponseCode, Vec<Ipv4Addr>) {
+    let m = Message::from_vec(reply).expect("a DNS message");
+    assert_eq!(m.id(), id);
     let mut ips: Vec<Ipv4Addr> = m
         .answers()
         .iter()
@@ -152,6 +149,53 @@ fn resolve(lab: &Lab, host: &str, dns: &str, name: &str) -> (ResponseCode, Vec<I
         .collect();
     ips.sort();
     (m.response_code(), ips)
+}
+
+/// Asks `dns` from `host` for the A records of `name`.
+fn resolve(lab: &Lab, host: &str, dns: &str, name: &str) -> (ResponseCode, Vec<Ipv4Addr>) {
+    let reply = raw(
+        lab,
+        &lab.tb.ns(host),
+        dns,
+        a_query(7, name),
+        Duration::from_secs(2),
+    )
+    .unwrap_or_else(|| panic!("no answer from {dns} for {name}"));
+    a_records(&reply, 7)
+}
+
+/// Asks `dns` over TCP from `host`, each of `names` in turn on one
+/// connection; the answer codes and A records, in order.
+fn resolve_tcp(
+    lab: &Lab,
+    host: &str,
+    dns: &str,
+    names: &[&str],
+) -> Vec<(ResponseCode, Vec<Ipv4Addr>)> {
+    use std::io::{Read, Write};
+    let to = SocketAddr::new(dns.parse::<Ipv4Addr>().unwrap().into(), 53);
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    lab.tb
+        .in_ns(&lab.tb.ns(host), move || {
+            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .expect("DNS over TCP accepts");
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            names
+                .iter()
+                .map(|name| {
+                    let q = a_query(9, name);
+                    let mut out = (q.len() as u16).to_be_bytes().to_vec();
+                    out.extend_from_slice(&q);
+                    c.write_all(&out).unwrap();
+                    let mut len = [0u8; 2];
+                    c.read_exact(&mut len).expect("an answer over TCP");
+                    let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    c.read_exact(&mut m).unwrap();
+                    a_records(&m, 9)
+                })
+                .collect()
+        })
+        .expect("in namespace")
 }
 
 /// Three daemons, tasks on h2 and h3, every task up on h1 after probes
@@ -278,6 +322,15 @@ fn names_are_scoped_dnsrr_answers_tasks_and_junk_is_survived() {
     assert_eq!(
         resolve(&lab, "h1", FRONT_DNS, "web-2"),
         (ResponseCode::NoError, vec![ov(2)])
+    );
+    // The same over TCP, two queries on one connection (where clients go
+    // when a UDP answer is truncated).
+    assert_eq!(
+        resolve_tcp(&lab, "h3", FRONT_DNS, &["db", "nope"]),
+        vec![
+            (ResponseCode::NoError, vec![ov(2), ov(3)]),
+            (ResponseCode::NXDomain, vec![]),
+        ]
     );
     // `back`'s responder knows `api` (at its configured VIP) but not `web`.
     assert_eq!(

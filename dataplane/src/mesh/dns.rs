@@ -37,7 +37,8 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use serde::Serialize;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 
 use super::service::Service;
@@ -63,6 +64,11 @@ const FORWARD_INFLIGHT: usize = 256;
 /// Largest forwarded answer passed back (EDNS clients may ask for more
 /// than [`EDNS_UDP`]; the forwarder sizes its answer to what they asked).
 const FORWARD_BUF: usize = 4096;
+/// TCP connections one responder serves at once; more are closed at once.
+const TCP_CONNS: usize = 64;
+/// A TCP client that sends nothing for this long is closed (RFC 7766
+/// section 6.2.3 asks for seconds, not minutes).
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// What the control plane wants served for one network on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +238,23 @@ impl Zone {
     /// `forwarding` a well-formed query for a name outside the cluster
     /// becomes [`Outcome::Forward`] when the zone has forwarders.
     pub fn answer(&self, req: &[u8], rotate: usize, stats: &DnsStats, forwarding: bool) -> Outcome {
+        self.answer_within(req, rotate, stats, forwarding, false)
+    }
+
+    /// The same for a query that came over TCP: the answer is never
+    /// truncated (up to the 64 KiB a TCP message can hold).
+    pub fn answer_tcp(&self, req: &[u8], rotate: usize, stats: &DnsStats) -> Outcome {
+        self.answer_within(req, rotate, stats, true, true)
+    }
+
+    fn answer_within(
+        &self,
+        req: &[u8],
+        rotate: usize,
+        stats: &DnsStats,
+        forwarding: bool,
+        tcp: bool,
+    ) -> Outcome {
         stats.queries.fetch_add(1, Relaxed);
         let reply = |b: Result<Vec<u8>, _>| b.map_or(Outcome::Nothing, Outcome::Reply);
         let msg = match Message::from_vec(req) {
@@ -284,6 +307,7 @@ impl Zone {
             }
             None => PLAIN_UDP,
         };
+        let limit = if tcp { usize::from(u16::MAX) } else { limit };
         let mut answers = Vec::new();
         match found {
             Answer::Addrs(mut ips, ttl) => {
@@ -370,23 +394,97 @@ pub async fn serve(
                 };
                 let (sock, stats, to) = (sock.clone(), stats.clone(), zone.forwarders());
                 tokio::spawn(async move {
-                    let answer = forward(&query, &to).await;
-                    let bytes = match answer {
-                        Some(a) => {
-                            stats.forwarded.fetch_add(1, Relaxed);
-                            Ok(a)
-                        }
-                        None => {
-                            stats.forward_failed.fetch_add(1, Relaxed);
-                            servfail(query_id(&query))
-                        }
-                    };
-                    if let Ok(b) = bytes {
+                    if let Some(b) = forwarded(&query, &to, &stats).await {
                         let _ = sock.send_to(&b, from).await;
                     }
                     drop(permit);
                 });
             }
+        }
+    }
+}
+
+/// The answer of `to` to `query`, or SERVFAIL when none answered; counted.
+async fn forwarded(query: &[u8], to: &[SocketAddr], stats: &DnsStats) -> Option<Vec<u8>> {
+    match forward(query, to).await {
+        Some(a) => {
+            stats.forwarded.fetch_add(1, Relaxed);
+            Some(a)
+        }
+        None => {
+            stats.forward_failed.fetch_add(1, Relaxed);
+            servfail(query_id(query)).ok()
+        }
+    }
+}
+
+/// Serves `zone` over TCP on `l` (RFC 7766: clients retry there when a UDP
+/// answer came back truncated) until `stop` turns true: messages with a
+/// two-byte length in front, several per connection, answers never
+/// truncated. At most [`TCP_CONNS`] connections at once, each closed after
+/// [`TCP_IDLE`] without a query or at the first message that gets no answer.
+pub async fn serve_tcp(
+    l: TcpListener,
+    zone: Arc<ArcSwap<Zone>>,
+    stats: Arc<DnsStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let conns = Arc::new(Semaphore::new(TCP_CONNS));
+    let turn = Arc::new(AtomicUsize::new(0));
+    loop {
+        let c = tokio::select! {
+            r = l.accept() => match r { Ok((c, _)) => c, Err(_) => continue },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        // Over the limit: the connection is dropped, i.e. closed.
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (zone, stats, turn, mut stop) =
+            (zone.clone(), stats.clone(), turn.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tcp_conn(c, &zone, &stats, &turn) => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_conn(mut c: TcpStream, zone: &ArcSwap<Zone>, stats: &DnsStats, turn: &AtomicUsize) {
+    use tokio::time::timeout;
+    let mut req = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        let mut len = [0u8; 2];
+        let Ok(Ok(_)) = timeout(TCP_IDLE, c.read_exact(&mut len)).await else {
+            return;
+        };
+        let n = usize::from(u16::from_be_bytes(len));
+        let Ok(Ok(_)) = timeout(TCP_IDLE, c.read_exact(&mut req[..n])).await else {
+            return;
+        };
+        let rotate = turn.fetch_add(1, Relaxed);
+        let outcome = zone.load().answer_tcp(&req[..n], rotate, stats);
+        let reply = match outcome {
+            Outcome::Reply(b) => b,
+            Outcome::Nothing => return,
+            Outcome::Forward => {
+                let to = zone.load().forwarders();
+                match forwarded(&req[..n], &to, stats).await {
+                    Some(b) => b,
+                    None => return,
+                }
+            }
+        };
+        let Ok(len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        let mut out = Vec::with_capacity(2 + reply.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&reply);
+        if c.write_all(&out).await.is_err() {
+            return;
         }
     }
 }
@@ -600,9 +698,9 @@ mod tests {
         assert!(st.malformed.load(Relaxed) >= 3);
     }
 
-    #[test]
-    fn a_long_task_list_is_truncated_to_fit() {
-        let tasks: Vec<Ipv4Addr> = (1..=100).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect();
+    /// A zone with one dnsrr service `big` of `n` healthy tasks.
+    fn big_zone(n: u8) -> Zone {
+        let tasks: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect();
         let s = Arc::new(Service::new(spec("big", EndpointMode::Dnsrr, None), &tasks));
         let zs = ZoneSpec {
             network: "front".into(),
@@ -612,7 +710,12 @@ mod tests {
             endpoints: Vec::new(),
             forward: Vec::new(),
         };
-        let z = Zone::new(&zs, |_| Some(s.clone()));
+        Zone::new(&zs, |_| Some(s.clone()))
+    }
+
+    #[test]
+    fn a_long_task_list_is_truncated_to_fit() {
+        let z = big_zone(100);
         let bytes = z
             .respond(&query("big.", RecordType::A), 0, &DnsStats::default())
             .unwrap();
@@ -628,6 +731,26 @@ mod tests {
             let (z, _) = zone();
             let _ = z.respond(&bytes, 0, &DnsStats::default());
         }
+    }
+
+    #[test]
+    fn an_answer_over_tcp_is_never_truncated() {
+        let z = big_zone(200);
+        let st = DnsStats::default();
+        let q = query("big.", RecordType::A);
+        let Outcome::Reply(udp) = z.answer(&q, 0, &st, true) else {
+            panic!("no UDP answer")
+        };
+        let Outcome::Reply(tcp) = z.answer_tcp(&q, 0, &st) else {
+            panic!("no TCP answer")
+        };
+        let (udp, tcp) = (
+            Message::from_vec(&udp).unwrap(),
+            Message::from_vec(&tcp).unwrap(),
+        );
+        assert!(udp.truncated() && udp.answers().len() < 200);
+        assert!(!tcp.truncated());
+        assert_eq!(tcp.answers().len(), 200);
     }
 
     fn forwarding_zone(forward: Vec<SocketAddr>) -> Zone {

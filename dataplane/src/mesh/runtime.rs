@@ -212,7 +212,19 @@ impl Mesh {
             };
             match sock {
                 Ok(sock) => {
-                    fresh_dns.insert(addr, sock);
+                    // TCP on the same address, for clients whose UDP answer
+                    // came back truncated; without it names still resolve
+                    // over UDP, so a port held by a workload only warns.
+                    let tcp = match bind_free(Protocol::Tcp, addr) {
+                        Ok(Bound::Tcp(l)) => Some(l),
+                        Ok(Bound::Udp(_)) => None,
+                        Err(e) => {
+                            tracing::warn!(network = %z.network, %addr, error = %e,
+                                "DNS over TCP unavailable on this node");
+                            None
+                        }
+                    };
+                    fresh_dns.insert(addr, (sock, tcp));
                 }
                 // A workload on this node holds port 53 on every address
                 // (a DNS server of its own): its neighbours on this node
@@ -333,7 +345,7 @@ impl Mesh {
     fn apply_dns(
         &mut self,
         zones: Vec<dns::ZoneSpec>,
-        mut fresh: HashMap<SocketAddr, std::net::UdpSocket>,
+        mut fresh: HashMap<SocketAddr, (std::net::UdpSocket, Option<std::net::TcpListener>)>,
         changes: &mut Vec<String>,
     ) {
         let mut keep = HashSet::new();
@@ -346,13 +358,19 @@ impl Mesh {
                 s.network = z.network;
                 continue;
             }
-            let Some(sock) = fresh.remove(&addr) else {
+            let Some((sock, tcp)) = fresh.remove(&addr) else {
                 continue;
             };
             let sock = tokio::net::UdpSocket::from_std(sock).expect("inside the runtime");
+            let tcp =
+                tcp.map(|l| tokio::net::TcpListener::from_std(l).expect("inside the runtime"));
             let zone = Arc::new(ArcSwap::new(zone));
             let stats = Arc::new(dns::DnsStats::default());
             let (stop, rx) = watch::channel(false);
+            if let Some(l) = tcp {
+                self.handle
+                    .spawn(dns::serve_tcp(l, zone.clone(), stats.clone(), rx.clone()));
+            }
             let task = self
                 .handle
                 .spawn(dns::serve(sock, zone.clone(), stats.clone(), rx));
