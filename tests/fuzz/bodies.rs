@@ -627,19 +627,33 @@ fn dns_zone() -> &'static (dns::Zone, dns::DnsStats) {
 
 /// One datagram to a network's DNS responder: whatever it sends back is a
 /// well-formed response to the same ID that fits a plain or EDNS UDP
-/// answer, and every datagram is counted once by what became of it.
+/// answer, and every datagram is counted once by what became of it. The
+/// same bytes as a TCP message get the same kind of answer, never
+/// truncated, and nothing is ever forwarded (the zone has no forwarders).
 pub fn dns(data: &[u8]) {
     use std::sync::atomic::Ordering::Relaxed;
     use vxmesh_dataplane::mesh::dns::proto::op::{Message, MessageType};
+    use vxmesh_dataplane::mesh::dns::Outcome;
     let (zone, stats) = dns_zone();
     let before = stats.queries.load(Relaxed);
     let reply = zone.respond(data, data.len(), stats);
     assert!(stats.queries.load(Relaxed) > before, "not counted");
+    let tcp = zone.answer_tcp(data, data.len(), stats);
+    assert_ne!(tcp, Outcome::Forward, "no forwarders, nothing forwarded");
     let Some(reply) = reply else {
+        assert_eq!(tcp, Outcome::Nothing, "TCP answers what UDP answers");
         return;
     };
     assert!(reply.len() <= 1232, "a reply of {} bytes", reply.len());
+    let same_id = u16::from_be_bytes([data[0], data[1]]);
     let m = Message::from_vec(&reply).expect("every reply parses");
     assert_eq!(m.message_type(), MessageType::Response);
-    assert_eq!(m.id(), u16::from_be_bytes([data[0], data[1]]), "same ID");
+    assert_eq!(m.id(), same_id, "same ID");
+    let Outcome::Reply(tcp) = tcp else {
+        panic!("UDP answered, TCP did not");
+    };
+    let t = Message::from_vec(&tcp).expect("every TCP reply parses");
+    assert_eq!((t.id(), t.response_code()), (same_id, m.response_code()));
+    assert!(!t.truncated(), "a TCP answer is never truncated");
+    assert!(t.answers().len() >= m.answers().len());
 }
