@@ -106,8 +106,8 @@ pub enum Outcome {
     /// Send these bytes back.
     Reply(Vec<u8>),
     /// A well-formed query for a name outside the cluster: pass it on to
-    /// the zone's forwarders.
-    Forward,
+    /// these resolvers, the forwarders of the zone that decided so.
+    Forward(Arc<[SocketAddr]>),
     /// Nothing to send (not a query, or too broken to answer).
     Nothing,
 }
@@ -217,28 +217,23 @@ impl Zone {
         }
     }
 
-    /// The resolvers names outside the cluster go to (empty: REFUSED).
-    pub fn forwarders(&self) -> Arc<[SocketAddr]> {
-        self.forward.clone()
-    }
-
     /// Answers one datagram from the zone alone. `None`: nothing to send
     /// (not a query, or too broken to answer); a name outside the cluster
     /// gets REFUSED here even when the zone has forwarders ([`Zone::answer`]
     /// says when to forward). `rotate` turns multi-address answers so that
     /// clients that take the first address spread.
     pub fn respond(&self, req: &[u8], rotate: usize, stats: &DnsStats) -> Option<Vec<u8>> {
-        match self.answer(req, rotate, stats, false) {
+        match self.answer_within(req, rotate, stats, false, false) {
             Outcome::Reply(bytes) => Some(bytes),
-            Outcome::Forward | Outcome::Nothing => None,
+            Outcome::Forward(_) | Outcome::Nothing => None,
         }
     }
 
-    /// What to do with one datagram: as [`Zone::respond`], but with
-    /// `forwarding` a well-formed query for a name outside the cluster
-    /// becomes [`Outcome::Forward`] when the zone has forwarders.
-    pub fn answer(&self, req: &[u8], rotate: usize, stats: &DnsStats, forwarding: bool) -> Outcome {
-        self.answer_within(req, rotate, stats, forwarding, false)
+    /// What to do with one datagram: as [`Zone::respond`], but a
+    /// well-formed query for a name outside the cluster becomes
+    /// [`Outcome::Forward`] when the zone has forwarders.
+    pub fn answer(&self, req: &[u8], rotate: usize, stats: &DnsStats) -> Outcome {
+        self.answer_within(req, rotate, stats, true, false)
     }
 
     /// The same for a query that came over TCP: the answer is never
@@ -289,7 +284,7 @@ impl Zone {
         };
         let found = self.resolve(&q.name().to_ascii(), q.query_type());
         if found == Answer::Refused && forwarding && !self.forward.is_empty() {
-            return Outcome::Forward;
+            return Outcome::Forward(self.forward.clone());
         }
         let mut out = Message::new();
         out.set_id(msg.id())
@@ -377,22 +372,20 @@ pub async fn serve(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
         let rotate = turn.fetch_add(1, Relaxed);
-        let zone = zone.load();
-        match zone.answer(&buf[..n], rotate, &stats, true) {
+        match zone.load().answer(&buf[..n], rotate, &stats) {
             Outcome::Reply(reply) => {
                 let _ = sock.send_to(&reply, from).await;
             }
             Outcome::Nothing => {}
-            Outcome::Forward => {
+            Outcome::Forward(to) => {
                 let query = buf[..n].to_vec();
                 let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                    stats.forward_failed.fetch_add(1, Relaxed);
-                    if let Ok(b) = servfail(query_id(&query)) {
+                    if let Some(b) = forward_failed(&query, &stats) {
                         let _ = sock.send_to(&b, from).await;
                     }
                     continue;
                 };
-                let (sock, stats, to) = (sock.clone(), stats.clone(), zone.forwarders());
+                let (sock, stats) = (sock.clone(), stats.clone());
                 tokio::spawn(async move {
                     if let Some(b) = forwarded(&query, &to, &stats).await {
                         let _ = sock.send_to(&b, from).await;
@@ -411,11 +404,14 @@ async fn forwarded(query: &[u8], to: &[SocketAddr], stats: &DnsStats) -> Option<
             stats.forwarded.fetch_add(1, Relaxed);
             Some(a)
         }
-        None => {
-            stats.forward_failed.fetch_add(1, Relaxed);
-            servfail(query_id(query)).ok()
-        }
+        None => forward_failed(query, stats),
     }
+}
+
+/// SERVFAIL for a query that could not be forwarded, counted.
+fn forward_failed(query: &[u8], stats: &DnsStats) -> Option<Vec<u8>> {
+    stats.forward_failed.fetch_add(1, Relaxed);
+    servfail(query_id(query)).ok()
 }
 
 /// Serves `zone` over TCP on `l` (RFC 7766: clients retry there when a UDP
@@ -469,13 +465,10 @@ async fn tcp_conn(mut c: TcpStream, zone: &ArcSwap<Zone>, stats: &DnsStats, turn
         let reply = match outcome {
             Outcome::Reply(b) => b,
             Outcome::Nothing => return,
-            Outcome::Forward => {
-                let to = zone.load().forwarders();
-                match forwarded(&req[..n], &to, stats).await {
-                    Some(b) => b,
-                    None => return,
-                }
-            }
+            Outcome::Forward(to) => match forwarded(&req[..n], &to, stats).await {
+                Some(b) => b,
+                None => return,
+            },
         };
         let Ok(len) = u16::try_from(reply.len()) else {
             return;
@@ -738,7 +731,7 @@ mod tests {
         let z = big_zone(200);
         let st = DnsStats::default();
         let q = query("big.", RecordType::A);
-        let Outcome::Reply(udp) = z.answer(&q, 0, &st, true) else {
+        let Outcome::Reply(udp) = z.answer(&q, 0, &st) else {
             panic!("no UDP answer")
         };
         let Outcome::Reply(tcp) = z.answer_tcp(&q, 0, &st) else {
@@ -771,30 +764,26 @@ mod tests {
         let z = forwarding_zone(vec![up]);
         let st = DnsStats::default();
         let ext = query("example.com.", RecordType::A);
-        assert_eq!(z.answer(&ext, 0, &st, true), Outcome::Forward);
+        assert_eq!(z.answer(&ext, 0, &st), Outcome::Forward(vec![up].into()));
         // The cluster's own names, known or not, never leave the node.
         for name in ["web-1.", "nope.", "tasks.x.", "a.b.vxmesh."] {
-            let Outcome::Reply(r) = z.answer(&query(name, RecordType::A), 0, &st, true) else {
+            let Outcome::Reply(r) = z.answer(&query(name, RecordType::A), 0, &st) else {
                 panic!("{name} was not answered here");
             };
             let code = Message::from_vec(&r).unwrap().response_code();
             assert_ne!(code, ResponseCode::Refused, "{name}");
         }
-        // Without forwarding (the pure path) and without forwarders: REFUSED.
-        let refused = |o: Outcome| match o {
-            Outcome::Reply(r) => Message::from_vec(&r).unwrap().response_code(),
-            other => panic!("{other:?}"),
-        };
+        // The pure path, and a zone without forwarders: REFUSED.
+        let code = |r: Vec<u8>| Message::from_vec(&r).unwrap().response_code();
         assert_eq!(
-            refused(z.answer(&ext, 0, &st, false)),
+            code(z.respond(&ext, 0, &st).unwrap()),
             ResponseCode::Refused
         );
         let bare = forwarding_zone(Vec::new());
-        assert_eq!(
-            refused(bare.answer(&ext, 0, &st, true)),
-            ResponseCode::Refused
-        );
-        assert_eq!(z.forwarders().as_ref(), &[up]);
+        let Outcome::Reply(r) = bare.answer(&ext, 0, &st) else {
+            panic!("forwarded without forwarders")
+        };
+        assert_eq!(code(r), ResponseCode::Refused);
     }
 
     #[tokio::test]
