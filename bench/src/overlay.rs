@@ -101,6 +101,9 @@ pub struct OverlayArgs {
     /// daemon's, one per CPU].
     #[arg(long)]
     pub queues: Option<usize>,
+    /// vxmeshd's `[settings] busy_poll_us` [default: the daemon's].
+    #[arg(long)]
+    pub busy_poll_us: Option<u64>,
 }
 
 /// The settings in force after defaults and `--quick`.
@@ -118,6 +121,8 @@ pub struct Settings {
     pub out: PathBuf,
     /// `[settings] queues` given to vxmeshd, when set.
     pub queues: Option<usize>,
+    /// `[settings] busy_poll_us` given to vxmeshd, when set.
+    pub busy_poll_us: Option<u64>,
 }
 
 impl Settings {
@@ -131,18 +136,24 @@ impl Settings {
             udp_rate: a.udp_rate.clone(),
             out: a.out.clone(),
             queues: a.queues,
+            busy_poll_us: a.busy_poll_us,
         }
     }
 
-    /// The cluster file vxmeshd gets: [`CLUSTER`], with `queues` when set.
+    /// The cluster file vxmeshd gets: [`CLUSTER`], with `queues` and
+    /// `busy_poll_us` when set.
     pub fn cluster(&self) -> String {
-        match self.queues {
-            Some(q) => CLUSTER.replace(
-                "underlay_mtu = 1500\n",
-                &format!("underlay_mtu = 1500\nqueues = {q}\n"),
-            ),
-            None => CLUSTER.to_string(),
+        let mut extra = String::new();
+        if let Some(q) = self.queues {
+            extra += &format!("queues = {q}\n");
         }
+        if let Some(b) = self.busy_poll_us {
+            extra += &format!("busy_poll_us = {b}\n");
+        }
+        CLUSTER.replace(
+            "underlay_mtu = 1500\n",
+            &format!("underlay_mtu = 1500\n{extra}"),
+        )
     }
 
     /// A rough duration of the whole run.
@@ -174,33 +185,48 @@ struct TestSpec {
     label: &'static str,
     udp_len: Option<u32>,
     parallel: u32,
+    /// Offered at the rate the kernel's vxlan received in the same round's
+    /// `udp64` run, instead of the flood rate: the loss a path shows at a
+    /// rate the kernel carries. Run on the kernel and vxmesh paths only.
+    paced: bool,
 }
 
 /// The iperf3 runs made on each path, in order.
-const TESTS: [TestSpec; 4] = [
+const TESTS: [TestSpec; 5] = [
     TestSpec {
         key: "tcp1",
         label: "TCP 1 stream",
         udp_len: None,
         parallel: 1,
+        paced: false,
     },
     TestSpec {
         key: "tcp2",
         label: "TCP -P 2",
         udp_len: None,
         parallel: 2,
+        paced: false,
     },
     TestSpec {
         key: "udp64",
         label: "UDP 64 B",
         udp_len: Some(64),
         parallel: 1,
+        paced: false,
+    },
+    TestSpec {
+        key: "udp64paced",
+        label: "UDP 64 B at the kernel's rate",
+        udp_len: Some(64),
+        parallel: 1,
+        paced: true,
     },
     TestSpec {
         key: "udp1400",
         label: "UDP 1400 B",
         udp_len: Some(1400),
         parallel: 1,
+        paced: false,
     },
 ];
 
@@ -283,6 +309,9 @@ pub struct PathResult {
     pub ping: Vec<PingRep>,
     /// iperf3 runs.
     pub tests: Vec<TestResult>,
+    /// vxmesh only: the pings again with the lanes busy-polling.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ping_busy_poll: Vec<BusyPing>,
 }
 
 impl PathResult {
@@ -293,6 +322,7 @@ impl PathResult {
             errors: Vec::new(),
             setup: serde_json::Map::new(),
             ping: Vec::new(),
+            ping_busy_poll: Vec::new(),
             tests: TESTS
                 .iter()
                 .map(|t| TestResult {
@@ -374,7 +404,7 @@ struct Metric {
     get: fn(&PathResult) -> Option<f64>,
 }
 
-const METRICS: [Metric; 12] = [
+const METRICS: [Metric; 16] = [
     Metric {
         key: "tcp1_gbit_per_s",
         label: "TCP 1 stream, Gbit/s",
@@ -404,6 +434,20 @@ const METRICS: [Metric; 12] = [
         get: |p| p.med("udp64", |o| o.figures.lost_percent),
     },
     Metric {
+        key: "udp64paced_rx_kpps",
+        label: "UDP 64 B at kernel's rate, kpps",
+        decimals: 1,
+        ratio: true,
+        get: |p| p.med("udp64paced", |o| o.figures.rx_pps.map(|x| x / 1e3)),
+    },
+    Metric {
+        key: "udp64paced_loss_percent",
+        label: "UDP 64 B at kernel's rate, loss %",
+        decimals: 2,
+        ratio: false,
+        get: |p| p.med("udp64paced", |o| o.figures.lost_percent),
+    },
+    Metric {
         key: "udp1400_rx_kpps",
         label: "UDP 1400 B received, kpps",
         decimals: 1,
@@ -430,6 +474,37 @@ const METRICS: [Metric; 12] = [
         decimals: 1,
         ratio: true,
         get: |p| p.ping_med(|r| r.p50_us),
+    },
+    Metric {
+        key: "ping_p50_busy_poll_us",
+        label: "ping p50, vxmesh busy-polling, µs",
+        decimals: 1,
+        ratio: true,
+        get: |p| {
+            if p.ping_busy_poll.is_empty() {
+                p.ping_med(|r| r.p50_us)
+            } else {
+                median(
+                    p.ping_busy_poll
+                        .iter()
+                        .filter(|b| b.ping.error.is_none())
+                        .filter_map(|b| b.ping.p50_us),
+                )
+            }
+        },
+    },
+    Metric {
+        key: "busy_poll_cpu_percent",
+        label: "vxmeshd CPU busy-polling, % of 1 core",
+        decimals: 0,
+        ratio: false,
+        get: |p| {
+            median(
+                p.ping_busy_poll
+                    .iter()
+                    .filter_map(|b| b.vxmeshd_cpu_percent),
+            )
+        },
     },
     Metric {
         key: "ping_p99_us",
@@ -461,11 +536,55 @@ const METRICS: [Metric; 12] = [
     },
 ];
 
+/// `pings` echo requests from h1 to `dst` at [`PING_INTERVAL`].
+fn ping_rep(tb: &Testbed, dst: Ipv4Addr, pings: u32, round: u32) -> PingRep {
+    let timeout = PING_INTERVAL * pings + Duration::from_secs(15);
+    match icmp_ping(tb, "h1", dst, pings, PING_INTERVAL, timeout) {
+        Ok(p) => PingRep {
+            rep: round,
+            error: (p.received == 0).then(|| "no reply".to_string()),
+            sent: p.sent,
+            received: p.received,
+            p50_us: p.p50(),
+            p99_us: p.p99(),
+            avg_us: p.avg(),
+            rtt_us: p.rtt_us,
+        },
+        Err(e) => PingRep {
+            rep: round,
+            error: Some(e.to_string()),
+            sent: 0,
+            received: 0,
+            p50_us: None,
+            p99_us: None,
+            avg_us: None,
+            rtt_us: Vec::new(),
+        },
+    }
+}
+
+/// The busy-poll budget of the extra vxmesh pings: above the 1 ms ping
+/// interval, so that the lanes are still polling when the next echo comes.
+pub const BUSY_POLL_PING_US: u64 = 2000;
+
+/// The vxmesh pings repeated with `busy_poll_us` = [`BUSY_POLL_PING_US`].
+#[derive(Debug, Serialize)]
+pub struct BusyPing {
+    /// The pings.
+    #[serde(flatten)]
+    pub ping: PingRep,
+    /// CPU both daemons used while they ran, in % of one core.
+    pub vxmeshd_cpu_percent: Option<f64>,
+}
+
 /// The measuring state: settings, clock ticks, the next free port.
 struct Ctx<'a> {
     s: &'a Settings,
     clk_tck: f64,
     port: u16,
+    /// The kernel vxlan's received rate in this round's `udp64` run, bit/s
+    /// of 64-byte payloads: what the paced run offers.
+    paced_bps: Option<f64>,
 }
 
 impl Ctx<'_> {
@@ -488,29 +607,7 @@ impl Ctx<'_> {
             r.fail(round, format!("{e:#}"));
             return;
         }
-        let timeout = PING_INTERVAL * s.pings + Duration::from_secs(15);
-        let p = match icmp_ping(tb, "h1", dst, s.pings, PING_INTERVAL, timeout) {
-            Ok(p) => PingRep {
-                rep: round,
-                error: (p.received == 0).then(|| "no reply".to_string()),
-                sent: p.sent,
-                received: p.received,
-                p50_us: p.p50(),
-                p99_us: p.p99(),
-                avg_us: p.avg(),
-                rtt_us: p.rtt_us,
-            },
-            Err(e) => PingRep {
-                rep: round,
-                error: Some(e.to_string()),
-                sent: 0,
-                received: 0,
-                p50_us: None,
-                p99_us: None,
-                avg_us: None,
-                rtt_us: Vec::new(),
-            },
-        };
+        let p = ping_rep(tb, dst, s.pings, round);
         eprintln!(
             "[{name}] ping {round}/{}: {}/{} replies, p50 {} µs, p99 {} µs{}",
             s.reps,
@@ -523,7 +620,22 @@ impl Ctx<'_> {
                 .map_or(String::new(), |e| format!(" ERROR {e}")),
         );
         r.ping.push(p);
+        if name == "kernel" {
+            self.paced_bps = None;
+        }
         for (spec, t) in TESTS.iter().zip(r.tests.iter_mut()) {
+            if spec.paced {
+                let Some(bps) = self
+                    .paced_bps
+                    .filter(|_| matches!(name, "kernel" | "vxmesh"))
+                else {
+                    continue;
+                };
+                t.mode = Mode::Udp {
+                    len: 64,
+                    rate: format!("{bps:.0}"),
+                };
+            }
             std::thread::sleep(SETTLE);
             let port = self.next_port();
             let res = iperf::run(
@@ -542,6 +654,10 @@ impl Ctx<'_> {
                 Err(e) => format!("ERROR {e:#}"),
             };
             eprintln!("[{name}] {} {round}/{}: {line}", spec.label, s.reps);
+            if let (Ok(o), "kernel", "udp64") = (&res, name, spec.key) {
+                // iperf3's -b counts payload bits.
+                self.paced_bps = o.figures.rx_pps.map(|pps| pps * 64.0 * 8.0);
+            }
             t.reps.push(match res {
                 Ok(o) => Rep {
                     rep: round,
@@ -721,6 +837,67 @@ fn vxmesh_up(
     Ok(procs)
 }
 
+/// Reloads the running daemons with `busy_poll_us` = [`BUSY_POLL_PING_US`]
+/// (rewritten cluster file, SIGHUP, then their status says it is in
+/// force), pings as in the round with the CPU the daemons use meanwhile,
+/// and reloads them back to the round's settings.
+fn busy_poll_pings(
+    tb: &Testbed,
+    cli: &Path,
+    daemons: &[(String, Proc, PathBuf)],
+    s: &Settings,
+    clk_tck: f64,
+    round: u32,
+) -> anyhow::Result<BusyPing> {
+    let reload = |busy: Option<u64>| -> anyhow::Result<()> {
+        let with = Settings {
+            busy_poll_us: busy,
+            ..s.clone()
+        };
+        let cfg = tb.dir().join("vxmesh.toml");
+        std::fs::write(&cfg, with.cluster())
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        for (_, p, _) in daemons {
+            tb.signal(p, nix::sys::signal::Signal::SIGHUP)?;
+        }
+        let want = busy.unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (h, _, sock) in daemons {
+            while daemon_status(tb, cli, h, sock)["dataplane"]["busy_poll_us"].as_u64()
+                != Some(want)
+            {
+                if Instant::now() > deadline {
+                    bail!("{h} did not take busy_poll_us = {want} up within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    };
+    reload(Some(BUSY_POLL_PING_US))?;
+    let pids: Vec<u32> = daemons.iter().map(|(_, p, _)| p.pid).collect();
+    let before = crate::cpu::Snapshot::take(&pids)?;
+    let started = Instant::now();
+    let ping = ping_rep(tb, OV[1], s.pings, round);
+    let wall = started.elapsed().as_secs_f64();
+    let after = crate::cpu::Snapshot::take(&pids)?;
+    let (_, daemons_s) = before.seconds_until(&after, clk_tck);
+    eprintln!(
+        "[vxmesh] ping with busy_poll_us = {BUSY_POLL_PING_US} {round}/{}: {}/{} replies, p50 {} µs, p99 {} µs, vxmeshd CPU {:.0} % of a core",
+        s.reps,
+        ping.received,
+        ping.sent,
+        ping.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
+        ping.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
+        daemons_s.map_or(f64::NAN, |c| 100.0 * c / wall),
+    );
+    reload(s.busy_poll_us)?;
+    Ok(BusyPing {
+        ping,
+        vxmeshd_cpu_percent: daemons_s.map(|c| 100.0 * c / wall),
+    })
+}
+
 /// What the daemons say about themselves (`vxmesh --json status`), if the
 /// CLI is next to vxmeshd.
 fn daemon_status(tb: &Testbed, cli: &Path, h: &str, sock: &Path) -> Value {
@@ -757,6 +934,7 @@ fn measure_all(
         s,
         clk_tck,
         port: 5201,
+        paced_bps: None,
     };
     let new = |name, dst| PathResult::new(name, dst, &s.udp_rate, s.secs);
     let mut underlay = new("underlay", UL[1]);
@@ -823,6 +1001,12 @@ fn measure_all(
             }
         }
         ctx.measure_round(&mut tb, &mut vxmesh, round, &pids);
+        if s.busy_poll_us.is_none() {
+            match busy_poll_pings(&tb, &cli, &daemons, s, clk_tck, round) {
+                Ok(b) => vxmesh.ping_busy_poll.push(b),
+                Err(e) => notes.push(format!("round {round}: busy-poll pings: {e:#}")),
+            }
+        }
         let mut stopped = true;
         for (h, p, sock) in &daemons {
             vxmesh.setup.insert(
@@ -905,13 +1089,16 @@ fn vxmesh_in_effect(results: &[PathResult]) -> Option<String> {
     let (h1, h2) = (last("h1")?, last("h2")?);
     let f = |d: &Value, k: &str| d[k].as_f64().unwrap_or(f64::NAN);
     Some(format!(
-        "vxmesh in effect: TAP vnet header (TSO) {}, UDP GSO {}, UDP GRO {}, {} queue(s); \
+        "vxmesh in effect: TAP vnet header (TSO) {}, UDP GSO runs into the TAP {}, UDP GSO {}, \
+         UDP GRO {}, {} lane(s), busy poll {} µs; \
          h1 (sender) read {:.1} TAP frames per wake-up and sent {:.1} datagrams per sendmsg; \
          h2 (receiver) made {:.1} underlay reads per wake-up",
         h1["tap_vnet_hdr"],
+        h2["tap_uso_write"],
         h1["udp_gso"],
         h1["udp_gro"],
         h1["queues"],
+        h1["busy_poll_us"],
         f(&h1, "tap_reads_per_wakeup"),
         f(&h1, "datagrams_per_send"),
         f(&h2, "underlay_reads_per_wakeup"),
@@ -1165,6 +1352,7 @@ mod tests {
             out: "x".into(),
             quick,
             queues: None,
+            busy_poll_us: None,
         }
     }
 

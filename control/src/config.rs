@@ -138,6 +138,7 @@ struct RawSettings {
     source_ports: Option<Spanned<usize>>,
     offloads: Option<bool>,
     queues: Option<Spanned<usize>>,
+    busy_poll_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +279,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             );
         }
         settings.queues = *q.get_ref();
+    }
+    if let Some(b) = &raw.settings.busy_poll_us {
+        if *b.get_ref() > Settings::MAX_BUSY_POLL_US {
+            err(
+                b.span(),
+                format!(
+                    "busy_poll_us must be 0 (off) to {}, not {}",
+                    Settings::MAX_BUSY_POLL_US,
+                    b.get_ref()
+                ),
+            );
+        }
+        settings.busy_poll_us = *b.get_ref();
     }
     if let Some(n) = &raw.settings.source_ports {
         if !(1..=1024).contains(n.get_ref()) {
@@ -1012,6 +1026,29 @@ ip = "10.0.9.1"
         let five = with(&["\"198.18.0.53\""; 5].join(", "));
         let errs = parse(Path::new("t"), &five).unwrap_err().to_string();
         assert!(errs.contains("at most 4 resolvers"), "{errs}");
+    }
+
+    #[test]
+    fn busy_poll_is_off_by_default_and_bounded() {
+        let c = parse(Path::new("t"), BASE).unwrap();
+        assert_eq!(c.settings.busy_poll_us, 0);
+        let c = parse(
+            Path::new("t"),
+            &format!("[settings]\nbusy_poll_us = 200\n{BASE}"),
+        )
+        .unwrap();
+        assert_eq!(c.settings.busy_poll_us, 200);
+        let errs = parse(
+            Path::new("t"),
+            &format!("[settings]\nbusy_poll_us = 20000\n{BASE}"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(errs.contains("t:2:"), "the line: {errs}");
+        assert!(
+            errs.contains("busy_poll_us must be 0 (off) to 10000, not 20000"),
+            "{errs}"
+        );
     }
 
     #[test]

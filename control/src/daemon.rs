@@ -174,6 +174,9 @@ impl State {
                 .dataplane
                 .apply(tables, taps)
                 .map_err(|e| format!("starting workers: {e}"))?;
+            inner
+                .dataplane
+                .set_busy_poll(Duration::from_micros(next.settings.busy_poll_us));
             inner.cluster = next;
             let mut changes: Vec<String> = changes.iter().map(|c| format!("{c:?}")).collect();
             changes.extend(mesh_changes);
@@ -254,6 +257,7 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
         info!(change = ?c, "applied");
     }
     let dataplane = Dataplane::start(underlay, Core, tables, taps).context("starting workers")?;
+    dataplane.set_busy_poll(Duration::from_micros(cluster.settings.busy_poll_us));
     let mut mesh = Mesh::new(tokio::runtime::Handle::current());
     for c in mesh.apply(
         mesh_desired(&cluster, &opts.node),

@@ -398,12 +398,16 @@ impl Collector for DaemonCollector {
         counters(
             e,
             "vxmesh_worker_reads",
-            "Frames (TAP workers) or datagrams (underlay workers) a dataplane worker read.",
+            "Reads a dataplane lane made: frames from its TAP queues, or underlay reads.",
             None,
             status
                 .workers
                 .iter()
-                .map(|w| (vec![("worker", w.name.clone())], w.reads))
+                .flat_map(|w| {
+                    [("tap", w.tap_reads), ("underlay", w.underlay_reads)].map(|(side, n)| {
+                        (vec![("worker", w.name.clone()), ("side", side.into())], n)
+                    })
+                })
                 .collect(),
         )?;
         counters(
@@ -423,10 +427,11 @@ impl Collector for DaemonCollector {
             gauges(
                 e,
                 "vxmesh_offload",
-                "1 for each offload in use: TAP virtio-net header with TSO, UDP GSO on send, UDP GRO on receive.",
+                "1 for each offload in use: TAP virtio-net header with TSO, UDP GSO frames written into the TAPs, UDP GSO on send, UDP GRO on receive.",
                 None,
                 vec![
                     (vec![("offload", "tap_vnet_hdr".into())], flag(o.tap_vnet_hdr)),
+                    (vec![("offload", "tap_uso_write".into())], flag(o.tap_uso_write)),
                     (vec![("offload", "udp_gso".into())], flag(o.udp_gso)),
                     (vec![("offload", "udp_gro".into())], flag(o.udp_gro)),
                 ],

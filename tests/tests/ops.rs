@@ -74,10 +74,11 @@ fn metrics_count_exactly_what_crossed_the_overlay() {
     }
     // Every ping went through both workers: batches were counted.
     assert!(sample(&b1, "vxmesh_worker_batch_reads_count{side=\"underlay\"}") >= 10);
-    // ... and by the underlay workers that read them (however many queues).
+    // ... and by the lanes that read them (however many queues).
     let udp_reads = |m: &str| -> f64 {
         m.lines()
-            .filter(|l| l.starts_with("vxmesh_worker_reads_total{worker=\"vxm-udp-"))
+            .filter(|l| l.starts_with("vxmesh_worker_reads_total{worker=\"vxm-lane-"))
+            .filter(|l| l.contains("side=\"underlay\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };

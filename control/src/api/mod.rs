@@ -46,8 +46,14 @@ pub struct Status {
 pub struct DataplaneInfo {
     /// TAPs with a virtio-net header (TSO from the kernel).
     pub tap_vnet_hdr: bool,
+    /// Runs of UDP datagrams go into the TAPs as one UDP GSO frame.
+    #[serde(default)]
+    pub tap_uso_write: bool,
     pub udp_gso: bool,
     pub udp_gro: bool,
+    /// `[settings] busy_poll_us` in force.
+    #[serde(default)]
+    pub busy_poll_us: u64,
     /// Underlay receiving sockets (and TAP queues per network).
     pub queues: usize,
     /// Means since start: frames read from a TAP per wake-up, underlay
@@ -82,9 +88,13 @@ pub struct WorkerInfo {
     pub name: String,
     pub idle_ms: u64,
     pub running: bool,
-    /// Frames (TAP workers) or datagrams (underlay workers) read so far.
+    /// Frames read from the lane's TAP queues so far.
     #[serde(default)]
-    pub reads: u64,
+    pub tap_reads: u64,
+    /// Reads of the lane's underlay socket so far (each may hold several
+    /// datagrams with UDP GRO).
+    #[serde(default)]
+    pub underlay_reads: u64,
 }
 
 /// One row of `GET /v1/fdb`.

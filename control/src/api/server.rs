@@ -151,7 +151,8 @@ pub fn build_status(st: &State) -> Status {
                 name: w.name,
                 idle_ms: w.idle_ms,
                 running: w.running,
-                reads: w.reads,
+                tap_reads: w.tap_reads,
+                underlay_reads: w.underlay_reads,
             })
             .collect(),
         dataplane: {
@@ -159,6 +160,8 @@ pub fn build_status(st: &State) -> Status {
             let b = inner.dataplane.batches();
             DataplaneInfo {
                 tap_vnet_hdr: o.tap_vnet_hdr,
+                tap_uso_write: o.tap_uso_write,
+                busy_poll_us: inner.dataplane.busy_poll().as_micros() as u64,
                 udp_gso: o.udp_gso,
                 udp_gro: o.udp_gro,
                 queues: inner.dataplane.underlay().receivers(),

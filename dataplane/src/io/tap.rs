@@ -34,6 +34,9 @@ pub struct Tap {
     queues: Vec<SyncDevice>,
     name: String,
     vnet_hdr: bool,
+    /// The kernel takes UDP GSO frames (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux
+    /// 6.2 and later) written into this TAP; cleared on the first refusal.
+    uso_write: std::sync::atomic::AtomicBool,
 }
 
 /// Longest interface name Linux accepts.
@@ -103,6 +106,7 @@ impl Tap {
             queues,
             name: cfg.name.clone(),
             vnet_hdr,
+            uso_write: std::sync::atomic::AtomicBool::new(vnet_hdr),
         })
     }
 
@@ -113,6 +117,22 @@ impl Tap {
     /// Frames carry a virtio-net header in both directions.
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr
+    }
+
+    /// Runs of UDP datagrams may be written as one UDP GSO frame.
+    pub fn uso_write(&self) -> bool {
+        self.uso_write.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The kernel refused a UDP GSO frame: write datagrams one by one from
+    /// now on.
+    pub fn refuse_uso_write(&self) {
+        if self
+            .uso_write
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(tap = %self.name, "the kernel refuses UDP GSO frames on this TAP; writing datagrams one by one");
+        }
     }
 
     /// Number of queues attached.

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::tap::Tap;
 use super::udp::Underlay;
@@ -33,6 +34,10 @@ pub type TapSet = HashMap<u32, Arc<Tap>>;
 struct Shared {
     tables: ArcSwap<Tables>,
     taps: ArcSwap<TapSet>,
+    /// Bumped with every new TAP set; lanes reload their poll list on a change.
+    taps_gen: AtomicU64,
+    /// How long a lane polls without sleeping after its last packet.
+    busy_poll_us: AtomicU64,
     core: Core,
     underlay: Underlay,
     epoch: Instant,
@@ -106,31 +111,67 @@ impl BatchHistogram {
 pub struct Offloads {
     /// Every TAP has a virtio-net header (TSO on the TAP).
     pub tap_vnet_hdr: bool,
+    /// Every TAP takes runs of UDP datagrams as one UDP GSO frame.
+    pub tap_uso_write: bool,
     pub udp_gso: bool,
     pub udp_gro: bool,
 }
 
-/// What a worker thread and its owner share: written only by the worker
-/// (apart from `stop`), so the counters cost no cache-line contention.
-#[derive(Default)]
+/// What a lane and its owner share: written only by the lane (apart from
+/// `stop` and the kick), so the counters cost no cache-line contention.
 struct WorkerCtl {
     stop: AtomicBool,
     /// Milliseconds since `Shared::epoch` of the last loop turn.
     heartbeat: AtomicU64,
-    /// Frames or datagrams read so far.
-    reads: AtomicU64,
+    /// Frames read from TAP queues so far.
+    tap_reads: AtomicU64,
+    /// Underlay reads so far (each may hold several datagrams with UDP GRO).
+    underlay_reads: AtomicU64,
+    /// Wakes the lane at once: a new TAP set, or a stop request.
+    kick: EventFd,
+    /// The TAP-set generation the lane works with; the owner waits on it
+    /// after a change so that no lane uses a TAP that went away.
+    seen: Mutex<u64>,
+    seen_cv: Condvar,
 }
 
 impl WorkerCtl {
-    /// One turn of the loop: heartbeat, and the reads of the last wake-up
-    /// into the batch histogram and the worker's own counter.
-    fn turn(&self, sh: &Shared, hist: &BatchHistogram, got: usize) {
+    fn new() -> io::Result<WorkerCtl> {
+        Ok(WorkerCtl {
+            stop: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
+            tap_reads: AtomicU64::new(0),
+            underlay_reads: AtomicU64::new(0),
+            kick: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(io::Error::from)?,
+            seen: Mutex::new(0),
+            seen_cv: Condvar::new(),
+        })
+    }
+
+    fn kick(&self) {
+        let _ = self.kick.write(1);
+    }
+
+    /// One turn of the loop: heartbeat, and what it read into the batch
+    /// histograms and the lane's own counters.
+    fn turn(&self, sh: &Shared, tap: usize, underlay: usize) {
         self.heartbeat
             .store(sh.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if got > 0 {
-            hist.observe(got);
-            self.reads.fetch_add(got as u64, Ordering::Relaxed);
+        if tap > 0 {
+            sh.tap_batches.observe(tap);
+            self.tap_reads.fetch_add(tap as u64, Ordering::Relaxed);
         }
+        if underlay > 0 {
+            sh.udp_batches.observe(underlay);
+            self.underlay_reads
+                .fetch_add(underlay as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn saw(&self, generation: u64) {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = generation;
+        self.seen_cv.notify_all();
     }
 }
 
@@ -141,16 +182,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(
-        name: String,
-        shared: &Arc<Shared>,
-        body: impl FnOnce(Arc<Shared>, &WorkerCtl) + Send + 'static,
-    ) -> io::Result<Worker> {
-        let ctl = Arc::new(WorkerCtl::default());
+    fn spawn(name: String, shared: &Arc<Shared>, lane: usize) -> io::Result<Worker> {
+        let ctl = Arc::new(WorkerCtl::new()?);
         let (c, sh) = (ctl.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || body(sh, &c))?;
+            .spawn(move || lane_loop(sh, lane, &c))?;
         Ok(Worker {
             name,
             ctl,
@@ -158,8 +195,23 @@ impl Worker {
         })
     }
 
+    /// Waits (at most `within`) until the lane works with TAP-set
+    /// generation `generation` or later; false if it did not get there.
+    fn wait_for(&self, generation: u64, within: Duration) -> bool {
+        let seen = self.ctl.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, _) = self
+            .ctl
+            .seen_cv
+            .wait_timeout_while(seen, within, |g| {
+                *g < generation && self.handle.as_ref().is_some_and(|h| !h.is_finished())
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        *seen >= generation
+    }
+
     fn stop(&mut self) {
         self.ctl.stop.store(true, Ordering::Relaxed);
+        self.ctl.kick();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -173,8 +225,10 @@ pub struct WorkerStatus {
     /// Time since the worker last went round its loop.
     pub idle_ms: u64,
     pub running: bool,
-    /// Frames (TAP workers) or datagrams (underlay workers) read so far.
-    pub reads: u64,
+    /// Frames read from TAP queues so far.
+    pub tap_reads: u64,
+    /// Underlay reads so far.
+    pub underlay_reads: u64,
 }
 
 /// The watchdog's rule: every worker thread alive and round its loop
@@ -187,17 +241,30 @@ pub fn all_turning(workers: &[WorkerStatus], within: Duration) -> bool {
             .all(|w| w.running && w.idle_ms <= within.as_millis() as u64)
 }
 
-/// The running packet path of one node.
+/// The running packet path of one node: one lane per receiving underlay
+/// socket, lane `i` serving that socket and queue `i` of every network's
+/// TAP, in both directions.
+///
+/// Why one thread for both directions of a queue, and not a TAP worker and
+/// an underlay worker: a request and its answer then cost one thread
+/// wake-up on each node instead of two. The answer to a frame written
+/// into TAP queue `i` comes back on queue `i` (the kernel's tun flow table
+/// remembers the queue a flow was written through), usually within the
+/// write itself (a ping is answered in the syscall that delivers it), so the
+/// lane finds it on its next turn without sleeping. On a VM a wake-up of an
+/// idle vCPU costs tens of microseconds; this halves them per round trip.
 pub struct Dataplane {
     shared: Arc<Shared>,
-    /// One per receiving underlay socket.
-    udp: Vec<Worker>,
-    /// One per queue of each network's TAP.
-    taps: HashMap<u32, Vec<Worker>>,
+    lanes: Vec<Worker>,
 }
 
+/// How long [`Dataplane::apply`] waits for every lane to take a new TAP set
+/// up (a lane answers its kick within one turn: a batch of 64 reads per
+/// side).
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 impl Dataplane {
-    /// Starts one worker per underlay socket and one per TAP queue.
+    /// Starts one lane per underlay socket.
     pub fn start(
         underlay: Underlay,
         core: Core,
@@ -207,6 +274,8 @@ impl Dataplane {
         let shared = Arc::new(Shared {
             tables: ArcSwap::from_pointee(tables),
             taps: ArcSwap::from_pointee(TapSet::new()),
+            taps_gen: AtomicU64::new(0),
+            busy_poll_us: AtomicU64::new(0),
             core,
             underlay,
             epoch: Instant::now(),
@@ -218,62 +287,62 @@ impl Dataplane {
         tracing::info!(
             udp_gro = gro_on,
             gso = shared.underlay.gso(),
-            receivers = shared.underlay.receivers(),
+            lanes = shared.underlay.receivers(),
             "underlay offloads"
         );
-        let udp = (0..shared.underlay.receivers())
-            .map(|i| {
-                Worker::spawn(format!("vxm-udp-{i}"), &shared, move |sh, ctl| {
-                    underlay_loop(sh, i, ctl)
-                })
-            })
+        let lanes = (0..shared.underlay.receivers())
+            .map(|i| Worker::spawn(format!("vxm-lane-{i}"), &shared, i))
             .collect::<io::Result<Vec<_>>>()?;
-        let mut dp = Dataplane {
-            shared,
-            udp,
-            taps: HashMap::new(),
-        };
-        dp.sync_workers(taps)?;
+        let mut dp = Dataplane { shared, lanes };
+        dp.set_taps(taps)?;
         Ok(dp)
     }
 
-    /// Publishes a new snapshot and TAP set: workers of networks that went
-    /// away stop (their TAP closes), new networks get a worker, the others
-    /// pick the new tables up at their next wake-up.
+    /// Publishes a new snapshot and TAP set. Returns once every lane works
+    /// with the new set: a TAP that went away is then no longer read or
+    /// written, and closes when the caller drops its last handle.
     pub fn apply(&mut self, tables: Tables, taps: TapSet) -> io::Result<()> {
         self.shared.tables.store(Arc::new(tables));
-        self.sync_workers(taps)
+        self.set_taps(taps)
     }
 
-    fn sync_workers(&mut self, taps: TapSet) -> io::Result<()> {
-        self.shared.taps.store(Arc::new(taps.clone()));
-        let gone: Vec<u32> = self
-            .taps
-            .keys()
-            .filter(|v| !taps.contains_key(v))
-            .copied()
-            .collect();
-        for vni in gone {
-            for mut w in self.taps.remove(&vni).unwrap_or_default() {
-                w.stop();
-            }
+    fn set_taps(&mut self, taps: TapSet) -> io::Result<()> {
+        let same = {
+            let cur = self.shared.taps.load();
+            cur.len() == taps.len()
+                && taps
+                    .iter()
+                    .all(|(v, t)| cur.get(v).is_some_and(|c| Arc::ptr_eq(c, t)))
+        };
+        if same {
+            return Ok(());
         }
-        for (vni, tap) in taps {
-            if self.taps.contains_key(&vni) {
-                continue;
+        self.shared.taps.store(Arc::new(taps));
+        let generation = self.shared.taps_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        for l in &self.lanes {
+            l.ctl.kick();
+        }
+        for l in &self.lanes {
+            if !l.wait_for(generation, APPLY_WAIT) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} did not take the new TAP set up", l.name),
+                ));
             }
-            let workers = (0..tap.queues())
-                .map(|q| {
-                    let tap = tap.clone();
-                    let name = format!("vxm-tap-{vni}-{q}");
-                    Worker::spawn(name, &self.shared, move |sh, ctl| {
-                        tap_loop(sh, vni, &tap, q, ctl)
-                    })
-                })
-                .collect::<io::Result<Vec<_>>>()?;
-            self.taps.insert(vni, workers);
         }
         Ok(())
+    }
+
+    /// How long a lane keeps polling without sleeping after its last
+    /// packet: 0 sleeps at once. Takes effect at the lanes' next turn.
+    pub fn set_busy_poll(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.shared.busy_poll_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The busy-poll budget in force.
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_micros(self.shared.busy_poll_us.load(Ordering::Relaxed))
     }
 
     /// The snapshot in use now.
@@ -289,7 +358,7 @@ impl Dataplane {
         &self.shared.underlay
     }
 
-    /// Reads per wake-up of the TAP workers and of the underlay worker.
+    /// Reads per turn of the lanes, TAP side and underlay side.
     pub fn batches(&self) -> Batches<'_> {
         Batches {
             tap_reads: &self.shared.tap_batches,
@@ -303,22 +372,23 @@ impl Dataplane {
         let taps = self.shared.taps.load();
         Offloads {
             tap_vnet_hdr: !taps.is_empty() && taps.values().all(|t| t.vnet_hdr()),
+            tap_uso_write: !taps.is_empty() && taps.values().all(|t| t.uso_write()),
             udp_gso: self.shared.underlay.gso(),
             udp_gro: self.shared.underlay.gro(),
         }
     }
 
-    /// One entry per worker thread.
+    /// One entry per lane.
     pub fn workers(&self) -> Vec<WorkerStatus> {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
-        self.udp
+        self.lanes
             .iter()
-            .chain(self.taps.values().flatten())
             .map(|w| WorkerStatus {
                 name: w.name.clone(),
                 idle_ms: now.saturating_sub(w.ctl.heartbeat.load(Ordering::Relaxed)),
                 running: w.handle.as_ref().is_some_and(|h| !h.is_finished()),
-                reads: w.ctl.reads.load(Ordering::Relaxed),
+                tap_reads: w.ctl.tap_reads.load(Ordering::Relaxed),
+                underlay_reads: w.ctl.underlay_reads.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -329,14 +399,12 @@ impl Dataplane {
         all_turning(&self.workers(), within)
     }
 
-    /// Stops every worker; the TAPs close when the last handle goes.
+    /// Stops every lane; the TAPs close when the last handle goes.
     pub fn stop(&mut self) {
-        for w in &mut self.udp {
+        for w in &mut self.lanes {
             w.stop();
         }
-        for mut w in self.taps.drain().flat_map(|(_, ws)| ws) {
-            w.stop();
-        }
+        self.lanes.clear();
         self.shared.taps.store(Arc::new(TapSet::new()));
     }
 }
@@ -347,43 +415,138 @@ impl Drop for Dataplane {
     }
 }
 
-/// Waits until `fd` is readable or a tick passes; false on a tick.
-fn wait_readable(fd: &impl AsFd) -> bool {
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    let ms = TICK.as_millis() as u16;
-    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+/// One lane's poll list: its kick, its underlay socket, then queue `lane`
+/// of each TAP that has one (a TAP with fewer queues than lanes is read
+/// only by the lanes whose queue exists, so a flow is never read by two).
+struct Sources {
+    generation: u64,
+    /// (VNI, TAP) in VNI order.
+    taps: Vec<(u32, Arc<Tap>)>,
 }
 
-/// TAP -> underlay for queue `q` of one network's TAP.
+impl Sources {
+    fn load(sh: &Shared, lane: usize) -> Sources {
+        let generation = sh.taps_gen.load(Ordering::Acquire);
+        let mut taps: Vec<(u32, Arc<Tap>)> = sh
+            .taps
+            .load()
+            .iter()
+            .filter(|(_, t)| lane < t.queues())
+            .map(|(v, t)| (*v, t.clone()))
+            .collect();
+        taps.sort_by_key(|(v, _)| *v);
+        Sources { generation, taps }
+    }
+}
+
+/// The lane loop. Each turn polls the kick, the underlay socket and the
+/// lane's TAP queues, then handles up to [`BATCH`] reads on each side that
+/// is ready: the underlay first (answers to what went out), then the TAPs.
+/// After a turn that found work the next poll does not wait (what was just
+/// delivered is often answered at once); after an idle turn the lane keeps
+/// polling without sleeping while the busy-poll budget since its last
+/// packet lasts (yielding the CPU between polls), then sleeps in `poll`
+/// until something arrives or [`TICK`] passes.
+fn lane_loop(sh: Arc<Shared>, lane: usize, ctl: &WorkerCtl) {
+    let mut to_udp = TapSide::new();
+    let mut to_tap = UnderlaySide::new(lane);
+    let mut last_work = Instant::now();
+    let mut worked = false;
+    let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+    while !ctl.stop.load(Ordering::Relaxed) {
+        // A TAP set and its poll list, kept until the set changes.
+        let src = Sources::load(&sh, lane);
+        ctl.saw(src.generation);
+        let mut fds = Vec::with_capacity(2 + src.taps.len());
+        fds.push(PollFd::new(ctl.kick.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(sh.underlay.rx(lane).as_fd(), PollFlags::POLLIN));
+        for (_, t) in &src.taps {
+            fds.push(PollFd::new(t.fd(lane), PollFlags::POLLIN));
+        }
+        while !ctl.stop.load(Ordering::Relaxed)
+            && sh.taps_gen.load(Ordering::Acquire) == src.generation
+        {
+            let budget = Duration::from_micros(sh.busy_poll_us.load(Ordering::Relaxed));
+            let spinning = !worked && last_work.elapsed() < budget;
+            let timeout = if worked || spinning {
+                PollTimeout::ZERO
+            } else {
+                PollTimeout::from(TICK.as_millis() as u16)
+            };
+            let (mut tap_reads, mut udp_reads) = (0, 0);
+            if matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+                if ready(&fds[0]) {
+                    let _ = ctl.kick.read();
+                }
+                let tables = sh.tables.load();
+                let now = Instant::now();
+                if ready(&fds[1]) {
+                    udp_reads = to_tap.turn(&sh, &tables, now);
+                }
+                for (k, (vni, tap)) in src.taps.iter().enumerate() {
+                    if ready(&fds[2 + k]) {
+                        tap_reads += to_udp.turn(&sh, &tables, *vni, tap, lane, now);
+                    }
+                }
+            }
+            ctl.turn(&sh, tap_reads, udp_reads);
+            worked = tap_reads + udp_reads > 0;
+            if worked {
+                last_work = Instant::now();
+            } else if spinning {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// TAP -> underlay: a lane's buffers for frames read from its TAP queues.
 ///
-/// Every frame of a wake-up goes through [`TxBatch`]: consecutive frames to
+/// Every frame of a turn goes through [`TxBatch`]: consecutive frames to
 /// the same peer and flow (the segments of a TSO super-frame, a run of
 /// same-sized UDP datagrams or ACKs) leave in one `sendmsg` with
 /// UDP_SEGMENT, the rest one by one; what is queued leaves before anything
-/// else does and at the end of the wake-up, so nothing is reordered or held.
-fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
-    let vnet = tap.vnet_hdr();
-    // The frame, or with a virtio-net header: [virtio-net header (10) | frame].
-    let lead = if vnet { virtio::LEN } else { 0 };
-    let mut buf = vec![0u8; lead + BUF_LEN];
-    let mut reply = [0u8; arp::REPLY_LEN];
-    let mut tx = TxBatch::new();
-    let mut scratch = vec![0u8; BUF_LEN];
-    let mut got = 0usize;
-    while !ctl.stop.load(Ordering::Relaxed) {
-        ctl.turn(&sh, &sh.tap_batches, std::mem::take(&mut got));
-        if !wait_readable(&tap.fd(q)) {
-            continue;
+/// else does and at the end of the turn, so nothing is reordered or held.
+struct TapSide {
+    /// The frame, or with a virtio-net header: [virtio-net header (10) | frame].
+    buf: Vec<u8>,
+    reply: [u8; arp::REPLY_LEN],
+    tx: TxBatch,
+    scratch: Vec<u8>,
+}
+
+impl TapSide {
+    fn new() -> TapSide {
+        TapSide {
+            buf: vec![0u8; virtio::LEN + BUF_LEN],
+            reply: [0u8; arp::REPLY_LEN],
+            tx: TxBatch::new(),
+            scratch: vec![0u8; BUF_LEN],
         }
-        let tables = sh.tables.load();
+    }
+
+    /// Reads up to [`BATCH`] frames from queue `q` of network `vni`'s TAP
+    /// and sends them on; returns how many were read.
+    fn turn(
+        &mut self,
+        sh: &Shared,
+        tables: &Tables,
+        vni: u32,
+        tap: &Tap,
+        q: usize,
+        now: Instant,
+    ) -> usize {
         let Some(net) = tables.network_by_vni(vni) else {
-            continue;
+            return 0;
         };
         let nt = &tables.networks[net];
         let stats = &nt.stats;
-        let now = Instant::now();
+        let vnet = tap.vnet_hdr();
+        let lead = if vnet { virtio::LEN } else { 0 };
+        let (buf, reply, tx) = (&mut self.buf, &mut self.reply, &mut self.tx);
+        let mut got = 0;
         for _ in 0..BATCH {
-            let n = match tap.recv(q, &mut buf) {
+            let n = match tap.recv(q, &mut buf[..lead + BUF_LEN]) {
                 Ok(n) => {
                     got += 1;
                     n
@@ -410,8 +573,8 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
                         // A TSO super-frame: cut it here; the pieces queue
                         // up for one UDP GSO send to their peer.
                         let mss = usize::from(h.gso_size);
-                        let cut = gso::segment_tcp(&buf[lead..n], mss, &mut scratch, |seg| {
-                            tx.push(&sh, &tables, net, seg, &mut reply, now, (tap, q))
+                        let cut = gso::segment_tcp(&buf[lead..n], mss, &mut self.scratch, |seg| {
+                            tx.push(sh, tables, net, seg, reply, now, (tap, q))
                         });
                         if cut.is_err() {
                             stats.drops.add(DropReason::Malformed);
@@ -424,9 +587,10 @@ fn tap_loop(sh: Arc<Shared>, vni: u32, tap: &Tap, q: usize, ctl: &WorkerCtl) {
                     }
                 }
             }
-            tx.push(&sh, &tables, net, &buf[lead..n], &mut reply, now, (tap, q));
+            tx.push(sh, tables, net, &buf[lead..n], reply, now, (tap, q));
         }
-        tx.flush(&sh, nt);
+        tx.flush(sh, nt);
+        got
     }
 }
 
@@ -586,40 +750,52 @@ fn write_tap(tap: (&Tap, usize), stats: &crate::overlay::NetStats, frame: &[u8])
     }
 }
 
-/// Underlay -> TAPs, for every network, from receiving socket `i`; it
-/// writes through TAP queue `i` (modulo the queue count).
-fn underlay_loop(sh: Arc<Shared>, i: usize, ctl: &WorkerCtl) {
-    // Datagrams land at offset 2, so that the 8-byte VXLAN header plus
-    // these 2 bytes give room for a 10-byte virtio-net header right in front
-    // of the inner frame. With UDP_GRO a read may hold a run of datagrams;
-    // each is handled at its own offset, so the room exists only for the
-    // first: the others go through `Rx::deliver`'s copies (GRO or segments).
-    const AT: usize = virtio::LEN - vxlan::HEADER_LEN;
-    let mut buf = vec![0u8; AT + BUF_LEN];
-    let mut cmsg = nix::cmsg_space!(libc::c_int);
-    let mut rx = Rx {
-        seg: vec![0u8; BUF_LEN],
-        single: vec![0u8; BUF_LEN + virtio::LEN],
-        gro: gro::Gro::default(),
-        gro_to: None,
-        queue: i,
-    };
-    let mut got = 0usize;
-    while !ctl.stop.load(Ordering::Relaxed) {
-        ctl.turn(&sh, &sh.udp_batches, std::mem::take(&mut got));
-        if !wait_readable(sh.underlay.rx(i)) {
-            continue;
+/// Underlay -> TAPs: a lane's buffers for datagrams read from its
+/// underlay socket, for every network; it writes through TAP queue `lane`
+/// (modulo the TAP's queue count).
+struct UnderlaySide {
+    lane: usize,
+    buf: Vec<u8>,
+    cmsg: Vec<u8>,
+    rx: Rx,
+}
+
+/// Datagrams land at offset 2, so that the 8-byte VXLAN header plus these
+/// 2 bytes give room for a 10-byte virtio-net header right in front of the
+/// inner frame. With UDP_GRO a read may hold a run of datagrams; each is
+/// handled at its own offset, so the room exists only for the first: the
+/// others go through `Rx::deliver`'s copies (GRO or segments).
+const AT: usize = virtio::LEN - vxlan::HEADER_LEN;
+
+impl UnderlaySide {
+    fn new(lane: usize) -> UnderlaySide {
+        UnderlaySide {
+            lane,
+            buf: vec![0u8; AT + BUF_LEN],
+            cmsg: nix::cmsg_space!(libc::c_int),
+            rx: Rx {
+                seg: vec![0u8; BUF_LEN],
+                single: vec![0u8; BUF_LEN + virtio::LEN],
+                gro: gro::Gro::default(),
+                gro_to: None,
+                queue: lane,
+            },
         }
-        let tables = sh.tables.load();
+    }
+
+    /// Makes up to [`BATCH`] reads of the lane's socket and delivers what
+    /// they hold; returns how many reads it made.
+    fn turn(&mut self, sh: &Shared, tables: &Tables, now: Instant) -> usize {
         let taps = sh.taps.load();
-        let now = Instant::now();
+        let buf = &mut self.buf;
+        let mut got = 0;
         for _ in 0..BATCH {
-            let (n, src, stride) = match sh.underlay.recv(i, &mut buf[AT..], &mut cmsg) {
+            let (n, src, stride) = match sh.underlay.recv(self.lane, &mut buf[AT..], &mut self.cmsg)
+            {
                 Ok(r) => {
                     got += 1;
                     r
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => break,
             };
             let stride = stride.unwrap_or(n).max(1);
@@ -628,7 +804,7 @@ fn underlay_loop(sh: Arc<Shared>, i: usize, ctl: &WorkerCtl) {
                 let end = (off + stride).min(AT + n);
                 let verdict = sh
                     .core
-                    .handle_datagram(&tables, src, &mut buf[off..end], now);
+                    .handle_datagram(tables, src, &mut buf[off..end], now);
                 if let Verdict::Deliver { net, .. } | Verdict::DeliverSegmented { net, .. } =
                     verdict
                 {
@@ -639,7 +815,8 @@ fn underlay_loop(sh: Arc<Shared>, i: usize, ctl: &WorkerCtl) {
                     let nt = &tables.networks[net];
                     match taps.get(&nt.vni) {
                         Some(tap) => {
-                            rx.deliver(tap, nt, &mut buf[off + vxlan::HEADER_LEN..end], mss)
+                            self.rx
+                                .deliver(tap, nt, &mut buf[off + vxlan::HEADER_LEN..end], mss)
                         }
                         None => nt.stats.drops.add(DropReason::TapError),
                     }
@@ -647,7 +824,8 @@ fn underlay_loop(sh: Arc<Shared>, i: usize, ctl: &WorkerCtl) {
                 off = end;
             }
         }
-        rx.flush_gro();
+        self.rx.flush_gro();
+        got
     }
 }
 
@@ -707,6 +885,7 @@ impl Rx {
         {
             self.flush_gro();
         }
+        self.gro.udp_runs = tap.uso_write();
         match self.gro.push(inner) {
             gro::Push::Joined => self.hold_for(tap, stats),
             gro::Push::Flush => {
@@ -751,10 +930,34 @@ impl Rx {
     /// Writes out the run held in `gro`, into the TAP it belongs to. Called
     /// before anything else goes out and at the end of every wake-up, so
     /// nothing waits in the buffer.
+    ///
+    /// A UDP GSO frame that the kernel refuses (older than 6.2) is cut here
+    /// and written datagram by datagram, and the TAP gets no more of them.
     fn flush_gro(&mut self) {
+        let udp_run = self.gro.udp_run();
         let out = self.gro.finish();
-        if let (Some(out), Some((tap, stats))) = (out, self.gro_to.take()) {
-            write_tap((&tap, self.queue), &stats, out);
+        let (Some(out), Some((tap, stats))) = (out, self.gro_to.take()) else {
+            return;
+        };
+        match tap.send(self.queue, out) {
+            Ok(_) => {
+                bump(&stats.tap_tx_packets, 1);
+                bump(&stats.tap_tx_bytes, out.len() as u64);
+            }
+            Err(e) if udp_run && e.raw_os_error() == Some(libc::EINVAL) => {
+                tap.refuse_uso_write();
+                let mss = virtio::Header::parse(out).map_or(0, |h| usize::from(h.gso_size));
+                let (single, q) = (&mut self.single, self.queue);
+                let cut = gso::segment_udp(&out[virtio::LEN..], mss, &mut self.seg, |d| {
+                    single[..virtio::LEN].fill(0);
+                    single[virtio::LEN..virtio::LEN + d.len()].copy_from_slice(d);
+                    write_tap((&tap, q), &stats, &single[..virtio::LEN + d.len()]);
+                });
+                if cut.is_err() {
+                    stats.drops.add(DropReason::Malformed);
+                }
+            }
+            Err(_) => stats.drops.add(DropReason::TapError),
         }
     }
 }
@@ -768,7 +971,8 @@ mod tests {
             name: "w".into(),
             idle_ms,
             running,
-            reads: 0,
+            tap_reads: 0,
+            underlay_reads: 0,
         }
     }
 

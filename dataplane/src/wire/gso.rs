@@ -15,7 +15,8 @@ use super::virtio;
 /// Why a frame could not be segmented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
-    /// Not Ethernet + IPv4/IPv6 + TCP, or inconsistent lengths.
+    /// Not Ethernet + IPv4/IPv6 + TCP (or UDP, for [`segment_udp`]), or
+    /// inconsistent lengths.
     NotTcp,
     /// The scratch buffer cannot hold one segment.
     NoRoom,
@@ -39,7 +40,10 @@ struct Layout {
     v4: bool,
 }
 
-fn layout(frame: &[u8]) -> Option<Layout> {
+/// (l3, l4, end of the IP packet, IPv4?) of an Ethernet frame (VLAN tag
+/// allowed) holding an IPv4 or IPv6 packet of protocol `proto`, not a
+/// fragment, with no IPv6 extension header.
+fn ip_layout(frame: &[u8], proto: u8) -> Option<(usize, usize, usize, bool)> {
     if frame.len() < 14 {
         return None;
     }
@@ -53,21 +57,26 @@ fn layout(frame: &[u8]) -> Option<Layout> {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
-            if ip[9] != 6 || ihl < 20 || frag != 0 || total < ihl {
+            if ip[9] != proto || ihl < 20 || frag != 0 || total < ihl {
                 return None;
             }
             (l3 + ihl, l3 + total, true)
         }
         0x86dd if ip.len() >= 40 && ip[0] >> 4 == 6 => {
             let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            if ip[6] != 6 {
+            if ip[6] != proto {
                 return None;
             }
             (l3 + 40, l3 + 40 + plen, false)
         }
         _ => return None,
     };
-    if end > frame.len() || l4 + 20 > end {
+    (end <= frame.len()).then_some((l3, l4, end, v4))
+}
+
+fn layout(frame: &[u8]) -> Option<Layout> {
+    let (l3, l4, end, v4) = ip_layout(frame, 6)?;
+    if l4 + 20 > end {
         return None;
     }
     let thl = usize::from(frame[l4 + 12] >> 4) * 4;
@@ -97,12 +106,7 @@ pub fn mss_for(frame: &[u8], mtu: usize) -> Option<usize> {
 /// segment at `mss` if it ever must. `None` if `frame` is not TCP.
 pub fn prepare_for_tap(frame: &mut [u8], mss: usize) -> Option<virtio::Header> {
     let l = layout(frame)?;
-    let tcp_len = (l.end - l.l4) as u32;
-    let pseudo = if l.v4 {
-        sum(&frame[l.l3 + 12..l.l3 + 20], 6 + tcp_len)
-    } else {
-        sum(&frame[l.l3 + 8..l.l3 + 40], 6 + tcp_len)
-    };
+    let pseudo = pseudo_sum(frame, &l, 6, l.end - l.l4);
     frame[l.l4 + 16..l.l4 + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
     Some(virtio::Header {
         flags: virtio::F_NEEDS_CSUM,
@@ -154,19 +158,8 @@ pub fn segment_tcp(
         let out = &mut scratch[..len];
         out[..hdr].copy_from_slice(&frame[..hdr]);
         out[hdr..].copy_from_slice(chunk);
-        let ip_len = len - l.l3;
         let tcp_len = len - l.l4;
-        if l.v4 {
-            let ip = &mut out[l.l3..l.l4];
-            ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-            ip[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-            ip[10] = 0;
-            ip[11] = 0;
-            let c = !fold(sum(ip, 0));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-        } else {
-            out[l.l3 + 4..l.l3 + 6].copy_from_slice(&((len - l.l4) as u16).to_be_bytes());
-        }
+        set_ip_header(out, &l, id0.wrapping_add(i as u16));
         let tcp = l.l4;
         out[tcp + 4..tcp + 8].copy_from_slice(&seq0.wrapping_add(off as u32).to_be_bytes());
         let mut flags = flags0;
@@ -179,16 +172,97 @@ pub fn segment_tcp(
         out[tcp + 13] = flags;
         out[tcp + 16] = 0;
         out[tcp + 17] = 0;
-        let pseudo = if l.v4 {
-            sum(&out[l.l3 + 12..l.l3 + 20], 6 + tcp_len as u32)
-        } else {
-            sum(&out[l.l3 + 8..l.l3 + 40], 6 + tcp_len as u32)
-        };
+        let pseudo = pseudo_sum(out, &l, 6, tcp_len);
         let c = !fold(sum(&out[tcp..], pseudo));
         out[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
         emit(out);
     }
     Ok(chunks)
+}
+
+/// Cuts a UDP GSO frame (one UDP header, the payload of several datagrams)
+/// into datagrams of at most `mss` payload bytes, as the kernel's
+/// `__udp_gso_segment` does: each gets the original headers with its own
+/// lengths, the IPv4 id plus its index, and full IP and UDP checksums.
+/// IPv4 and IPv6, Ethernet framed. Returns how many were emitted.
+pub fn segment_udp(
+    frame: &[u8],
+    mss: usize,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, Error> {
+    if mss == 0 {
+        return Err(Error::BadMss);
+    }
+    let l = udp_layout(frame).ok_or(Error::NotTcp)?;
+    let hdr = l.l4 + 8;
+    let payload = &frame[hdr..l.end];
+    if scratch.len() < hdr + mss.min(payload.len().max(1)) {
+        return Err(Error::NoRoom);
+    }
+    let id0 = u16::from_be_bytes([frame[l.l3 + 4], frame[l.l3 + 5]]);
+    let chunks = payload.len().div_ceil(mss).max(1);
+    for i in 0..chunks {
+        let chunk = &payload[i * mss..((i + 1) * mss).min(payload.len())];
+        let len = hdr + chunk.len();
+        let out = &mut scratch[..len];
+        out[..hdr].copy_from_slice(&frame[..hdr]);
+        out[hdr..].copy_from_slice(chunk);
+        let udp_len = (len - l.l4) as u16;
+        set_ip_header(out, &l, id0.wrapping_add(i as u16));
+        let u = l.l4;
+        out[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
+        out[u + 6] = 0;
+        out[u + 7] = 0;
+        let pseudo = pseudo_sum(out, &l, 17, usize::from(udp_len));
+        // RFC 768: a computed zero is sent as all ones.
+        let c = match !fold(sum(&out[u..], pseudo)) {
+            0 => 0xffff,
+            c => c,
+        };
+        out[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+        emit(out);
+    }
+    Ok(chunks)
+}
+
+/// Sets the IP header of a segment that ends at `out.len()`: its length,
+/// and for IPv4 its id and header checksum.
+fn set_ip_header(out: &mut [u8], l: &Layout, id: u16) {
+    let len = out.len();
+    if l.v4 {
+        let ip = &mut out[l.l3..l.l4];
+        ip[2..4].copy_from_slice(&((len - l.l3) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        ip[10] = 0;
+        ip[11] = 0;
+        let c = !fold(sum(ip, 0));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        out[l.l3 + 4..l.l3 + 6].copy_from_slice(&((len - l.l4) as u16).to_be_bytes());
+    }
+}
+
+/// The pseudo-header sum (addresses, protocol, L4 length) of a segment.
+fn pseudo_sum(out: &[u8], l: &Layout, proto: u32, l4_len: usize) -> u32 {
+    let addrs = if l.v4 {
+        &out[l.l3 + 12..l.l3 + 20]
+    } else {
+        &out[l.l3 + 8..l.l3 + 40]
+    };
+    sum(addrs, proto + l4_len as u32)
+}
+
+/// Where the headers of an Ethernet + IPv4/IPv6 + UDP frame end.
+fn udp_layout(frame: &[u8]) -> Option<Layout> {
+    let (l3, l4, end, v4) = ip_layout(frame, 17)?;
+    (l4 + 8 <= end).then_some(Layout {
+        l3,
+        l4,
+        data: l4 + 8,
+        end,
+        v4,
+    })
 }
 
 #[cfg(test)]
