@@ -427,10 +427,11 @@ impl Collector for DaemonCollector {
             gauges(
                 e,
                 "vxmesh_offload",
-                "1 for each offload in use: TAP virtio-net header with TSO, UDP GSO frames written into the TAPs, UDP GSO on send, UDP GRO on receive.",
+                "1 for each offload in use: TAP virtio-net header with TSO, USO super-frames read from the TAPs, UDP GSO frames written into the TAPs, UDP GSO on send, UDP GRO on receive.",
                 None,
                 vec![
                     (vec![("offload", "tap_vnet_hdr".into())], flag(o.tap_vnet_hdr)),
+                    (vec![("offload", "tap_uso".into())], flag(o.tap_uso)),
                     (vec![("offload", "tap_uso_write".into())], flag(o.tap_uso_write)),
                     (vec![("offload", "udp_gso".into())], flag(o.udp_gso)),
                     (vec![("offload", "udp_gro".into())], flag(o.udp_gro)),

@@ -332,6 +332,66 @@ fn each_queue_has_its_worker_and_parallel_flows_use_them_all() {
     }
 }
 
+/// The payload of test datagram `seq`: its number, then a pattern of it.
+fn udp_payload(seq: u32) -> Vec<u8> {
+    let mut p = seq.to_be_bytes().to_vec();
+    p.extend((0..96u32).map(|i| (i * 7 + seq) as u8));
+    p
+}
+
+/// Binds a UDP receiver at `ov(2):port` in h2 (8 MiB buffer, as far as the
+/// host allows) and collects `total` datagrams, or what came within 5 s of
+/// silence; returns once it is bound.
+fn udp_receiver(
+    lab: &Lab,
+    port: u16,
+    total: usize,
+) -> std::thread::JoinHandle<Result<Vec<Vec<u8>>, vxmesh_testbed::Error>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let recv = lab
+        .tb
+        .thread_in_ns(&lab.tb.ns("h2"), move || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .unwrap();
+            s.set_recv_buffer_size(8 << 20).unwrap();
+            s.bind(&std::net::SocketAddr::from((ov(2), port)).into())
+                .unwrap();
+            let s: UdpSocket = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while got.len() < total {
+                match s.recv(&mut buf) {
+                    Ok(n) => got.push(buf[..n].to_vec()),
+                    Err(_) => break,
+                }
+            }
+            got
+        })
+        .unwrap();
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver bound");
+    recv
+}
+
+/// Every datagram arrived, unchanged and in order.
+fn assert_datagrams(got: &[Vec<u8>], total: u32) {
+    assert_eq!(got.len(), total as usize, "datagrams received");
+    for (seq, d) in got.iter().enumerate() {
+        assert_eq!(
+            d,
+            &udp_payload(seq as u32),
+            "datagram {seq} changed or out of order"
+        );
+    }
+}
+
 /// Bursts of same-sized UDP datagrams from one socket reach the receiver
 /// whole and in order, and the receiving node wrote them into its TAP as
 /// UDP GSO runs (fewer TAP writes than datagrams): the kernel took the
@@ -350,41 +410,7 @@ fn udp_bursts_arrive_whole_and_in_order_through_fewer_tap_writes() {
         lab.start(h);
     }
     ping_ok(&lab, "h1", ov(2));
-    let payload = |seq: u32| -> Vec<u8> {
-        let mut p = seq.to_be_bytes().to_vec();
-        p.extend((0..96u32).map(|i| (i * 7 + seq) as u8));
-        p
-    };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let recv = lab
-        .tb
-        .thread_in_ns(&lab.tb.ns("h2"), move || {
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )
-            .unwrap();
-            s.set_recv_buffer_size(8 << 20).unwrap();
-            s.bind(&std::net::SocketAddr::from((ov(2), 5600)).into())
-                .unwrap();
-            let s: UdpSocket = s.into();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            ready_tx.send(()).unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while got.len() < TOTAL as usize {
-                match s.recv(&mut buf) {
-                    Ok(n) => got.push(buf[..n].to_vec()),
-                    Err(_) => break,
-                }
-            }
-            got
-        })
-        .unwrap();
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("receiver bound");
+    let recv = udp_receiver(&lab, 5600, TOTAL as usize);
     let writes_before = lab.counter("h2", "front", "tap_tx_packets");
     lab.tb
         .in_ns(&lab.tb.ns("h1"), move || {
@@ -392,7 +418,7 @@ fn udp_bursts_arrive_whole_and_in_order_through_fewer_tap_writes() {
             s.connect((ov(2), 5600)).unwrap();
             for b in 0..BURSTS {
                 for i in 0..PER_BURST {
-                    s.send(&payload(b * PER_BURST + i)).unwrap();
+                    s.send(&udp_payload(b * PER_BURST + i)).unwrap();
                 }
                 // Let the burst drain before the next (bounded: 40 x 2 ms).
                 std::thread::sleep(Duration::from_millis(2));
@@ -401,16 +427,62 @@ fn udp_bursts_arrive_whole_and_in_order_through_fewer_tap_writes() {
         .unwrap();
     let got = recv.join().unwrap().unwrap();
     let writes = lab.counter("h2", "front", "tap_tx_packets") - writes_before;
-    assert_eq!(got.len(), TOTAL as usize, "datagrams received");
-    for (seq, d) in got.iter().enumerate() {
-        assert_eq!(
-            d,
-            &payload(seq as u32),
-            "datagram {seq} changed or out of order"
-        );
-    }
+    assert_datagrams(&got, TOTAL);
     assert!(
         writes < u64::from(TOTAL) / 2,
         "{TOTAL} datagrams took {writes} TAP writes on h2: runs were not joined"
+    );
+}
+
+/// A sender using UDP_SEGMENT (one send, many datagrams, as QUIC stacks
+/// do) hands h1's TAP UDP super-frames (USO); vxmeshd cuts them into the
+/// datagrams the kernel would have made, and they arrive whole and in order.
+#[test]
+fn udp_gso_sends_are_cut_into_their_datagrams() {
+    if !require_root() {
+        return;
+    }
+    const SENDS: u32 = 20;
+    const PER_SEND: u32 = 20;
+    const TOTAL: u32 = SENDS * PER_SEND;
+    let mut lab = Lab::new("ovluso", 2, FRONT_ONLY);
+    for h in ["h1", "h2"] {
+        lab.no_ipv6(h);
+        lab.start(h);
+    }
+    ping_ok(&lab, "h1", ov(2));
+    let offloads = lab.status("h1")["dataplane"].clone();
+    assert_eq!(offloads["tap_uso"], true, "USO on h1's TAP: {offloads}");
+    let tap_reads = |lab: &Lab| -> u64 {
+        worker_reads(lab, "h1", "tap_reads")
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let recv = udp_receiver(&lab, 5601, TOTAL as usize);
+    let reads_before = tap_reads(&lab);
+    lab.tb
+        .in_ns(&lab.tb.ns("h1"), move || {
+            let s = UdpSocket::bind((ov(1), 0)).unwrap();
+            s.connect((ov(2), 5601)).unwrap();
+            let size = udp_payload(0).len() as i32;
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::UdpGsoSegment, &size)
+                .unwrap();
+            for k in 0..SENDS {
+                let buf: Vec<u8> = (0..PER_SEND)
+                    .flat_map(|i| udp_payload(k * PER_SEND + i))
+                    .collect();
+                assert_eq!(s.send(&buf).unwrap(), buf.len());
+                // One super-frame at a time (bounded: 20 x 2 ms).
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .unwrap();
+    let got = recv.join().unwrap().unwrap();
+    let reads = tap_reads(&lab) - reads_before;
+    assert_datagrams(&got, TOTAL);
+    assert!(
+        reads < u64::from(TOTAL) / 2,
+        "{TOTAL} datagrams took {reads} TAP reads on h1: no super-frames"
     );
 }

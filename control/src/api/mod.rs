@@ -46,6 +46,9 @@ pub struct Status {
 pub struct DataplaneInfo {
     /// TAPs with a virtio-net header (TSO from the kernel).
     pub tap_vnet_hdr: bool,
+    /// The TAPs hand over UDP super-frames (USO).
+    #[serde(default)]
+    pub tap_uso: bool,
     /// Runs of UDP datagrams go into the TAPs as one UDP GSO frame.
     #[serde(default)]
     pub tap_uso_write: bool,

@@ -160,6 +160,7 @@ pub fn build_status(st: &State) -> Status {
             let b = inner.dataplane.batches();
             DataplaneInfo {
                 tap_vnet_hdr: o.tap_vnet_hdr,
+                tap_uso: o.tap_uso,
                 tap_uso_write: o.tap_uso_write,
                 busy_poll_us: inner.dataplane.busy_poll().as_micros() as u64,
                 udp_gso: o.udp_gso,

@@ -27,11 +27,15 @@ pub fn clear_dont_fragment(sock: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// Limits a TAP's offloads to checksum and TCP segmentation (TSO4/6): the
-/// datapath segments TCP super-frames itself but not UDP ones, so USO,
-/// which tun-rs turns on where the kernel has it, is turned back off.
-pub fn tap_tcp_offloads_only(tap: &impl AsRawFd) -> io::Result<()> {
-    let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+/// Sets the offloads a TAP hands over: checksum and TCP segmentation
+/// (TSO4/6), and with `uso` UDP segmentation (USO4/6, Linux 6.2 and
+/// later; refused with EINVAL before). The datapath cuts both kinds of
+/// super-frame itself.
+pub fn tap_offloads(tap: &impl AsRawFd, uso: bool) -> io::Result<()> {
+    let mut flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    if uso {
+        flags |= libc::TUN_F_USO4 | libc::TUN_F_USO6;
+    }
     // SAFETY: the fd is an open TUN/TAP descriptor for the lifetime of
     // `tap`; TUNSETOFFLOAD takes the flag word by value.
     let rc = unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };

@@ -34,6 +34,8 @@ pub struct Tap {
     queues: Vec<SyncDevice>,
     name: String,
     vnet_hdr: bool,
+    /// The kernel hands over UDP super-frames (USO) read from this TAP.
+    uso: bool,
     /// The kernel takes UDP GSO frames (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux
     /// 6.2 and later) written into this TAP; cleared on the first refusal.
     uso_write: std::sync::atomic::AtomicBool,
@@ -96,9 +98,14 @@ impl Tap {
             let q = queues[0].try_clone().map_err(|e| named(cfg, e))?;
             queues.push(q);
         }
+        // USO where the kernel has it (6.2+), on every queue or on none.
+        let uso = vnet_hdr
+            && queues
+                .iter()
+                .all(|q| super::sys::tap_offloads(q, true).is_ok());
         for q in &queues {
-            if vnet_hdr {
-                super::sys::tap_tcp_offloads_only(q)?;
+            if vnet_hdr && !uso {
+                super::sys::tap_offloads(q, false)?;
             }
             q.set_nonblocking(true)?;
         }
@@ -106,6 +113,7 @@ impl Tap {
             queues,
             name: cfg.name.clone(),
             vnet_hdr,
+            uso,
             uso_write: std::sync::atomic::AtomicBool::new(vnet_hdr),
         })
     }
@@ -117,6 +125,11 @@ impl Tap {
     /// Frames carry a virtio-net header in both directions.
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr
+    }
+
+    /// Reads may return UDP super-frames (`VIRTIO_NET_HDR_GSO_UDP_L4`).
+    pub fn uso(&self) -> bool {
+        self.uso
     }
 
     /// Runs of UDP datagrams may be written as one UDP GSO frame.

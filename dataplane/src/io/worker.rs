@@ -111,6 +111,8 @@ impl BatchHistogram {
 pub struct Offloads {
     /// Every TAP has a virtio-net header (TSO on the TAP).
     pub tap_vnet_hdr: bool,
+    /// Every TAP hands over UDP super-frames (USO), cut here.
+    pub tap_uso: bool,
     /// Every TAP takes runs of UDP datagrams as one UDP GSO frame.
     pub tap_uso_write: bool,
     pub udp_gso: bool,
@@ -372,6 +374,7 @@ impl Dataplane {
         let taps = self.shared.taps.load();
         Offloads {
             tap_vnet_hdr: !taps.is_empty() && taps.values().all(|t| t.vnet_hdr()),
+            tap_uso: !taps.is_empty() && taps.values().all(|t| t.uso()),
             tap_uso_write: !taps.is_empty() && taps.values().all(|t| t.uso_write()),
             udp_gso: self.shared.underlay.gso(),
             udp_gro: self.shared.underlay.gro(),
@@ -569,13 +572,16 @@ impl TapSide {
                             virtio::finish_csum(&mut buf[lead..n], s, o);
                         }
                     }
-                    virtio::GSO_TCPV4 | virtio::GSO_TCPV6 => {
-                        // A TSO super-frame: cut it here; the pieces queue
-                        // up for one UDP GSO send to their peer.
-                        let mss = usize::from(h.gso_size);
-                        let cut = gso::segment_tcp(&buf[lead..n], mss, &mut self.scratch, |seg| {
-                            tx.push(sh, tables, net, seg, reply, now, (tap, q))
-                        });
+                    gso_type @ (virtio::GSO_TCPV4 | virtio::GSO_TCPV6 | virtio::GSO_UDP_L4) => {
+                        // A TSO or USO super-frame: cut it here; the pieces
+                        // queue up for one UDP GSO send to their peer.
+                        let (frame, mss) = (&buf[lead..n], usize::from(h.gso_size));
+                        let emit = |seg: &[u8]| tx.push(sh, tables, net, seg, reply, now, (tap, q));
+                        let cut = if gso_type == virtio::GSO_UDP_L4 {
+                            gso::segment_udp(frame, mss, &mut self.scratch, emit)
+                        } else {
+                            gso::segment_tcp(frame, mss, &mut self.scratch, emit)
+                        };
                         if cut.is_err() {
                             stats.drops.add(DropReason::Malformed);
                         }
