@@ -1196,7 +1196,7 @@ fn summary(results: &[PathResult]) -> Value {
     Value::Object(map)
 }
 
-/// The chart's panels: TCP Gbit/s and UDP received kpps per path.
+/// The chart's panels: TCP Gbit/s, UDP received kpps and ping p50 per path.
 fn panels(results: &[PathResult]) -> Vec<Panel> {
     let by_key = |k: &str| {
         METRICS
@@ -1226,6 +1226,13 @@ fn panels(results: &[PathResult]) -> Vec<Panel> {
             "UDP received h1 -> h2, kpps",
             [("64 B", "udp64_rx_kpps"), ("1400 B", "udp1400_rx_kpps")],
         ),
+        panel(
+            "ping RTT p50 h1 -> h2, µs (lower is better)",
+            [
+                ("as configured", "ping_p50_us"),
+                ("vxmesh busy-polling", "ping_p50_busy_poll_us"),
+            ],
+        ),
     ]
 }
 
@@ -1235,8 +1242,7 @@ fn legend(panels: &[Panel]) -> String {
         "overlay.png was drawn without text (no TrueType font found; set VXMESH_BENCH_FONT).\n",
     );
     for (i, p) in panels.iter().enumerate() {
-        let side = if i == 0 { "left" } else { "right" };
-        let _ = writeln!(s, "{side} panel: {}", p.title);
+        let _ = writeln!(s, "panel {} (rows of two): {}", i + 1, p.title);
         let _ = writeln!(
             s,
             "  groups left to right: {}",
@@ -1293,7 +1299,7 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
     let panels = panels(&results);
     let png = s.out.join("overlay.png");
     let font = chart::load_font();
-    chart::draw(&png, &panels, (1300, 560), font.is_some())?;
+    chart::draw_grid(&png, &panels, 2, (1300, 1000), font.is_some())?;
     if font.is_none() {
         let lp = s.out.join("overlay-legend.txt");
         std::fs::write(&lp, legend(&panels))
