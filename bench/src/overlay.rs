@@ -810,13 +810,19 @@ fn kernel_down(tb: &Testbed) -> anyhow::Result<()> {
 
 /// Writes the cluster file and starts vxmeshd in h1 and h2, each waited for
 /// until READY=1.
+/// Writes the daemons' cluster file (one per testbed) and returns its path.
+fn write_cluster(tb: &Testbed, cluster: &str) -> anyhow::Result<PathBuf> {
+    let cfg = tb.dir().join("vxmesh.toml");
+    std::fs::write(&cfg, cluster).with_context(|| format!("writing {}", cfg.display()))?;
+    Ok(cfg)
+}
+
 fn vxmesh_up(
     tb: &mut Testbed,
     vxmeshd: &Path,
     cluster: &str,
 ) -> anyhow::Result<Vec<(String, Proc, PathBuf)>> {
-    let cfg = tb.dir().join("vxmesh.toml");
-    std::fs::write(&cfg, cluster).with_context(|| format!("writing {}", cfg.display()))?;
+    let cfg = write_cluster(tb, cluster)?;
     let cfg_s = cfg.to_str().context("temp path is not UTF-8")?.to_string();
     let bin = vxmeshd.to_str().context("vxmeshd path is not UTF-8")?;
     let mut procs = Vec::new();
@@ -854,9 +860,7 @@ fn busy_poll_pings(
             busy_poll_us: busy,
             ..s.clone()
         };
-        let cfg = tb.dir().join("vxmesh.toml");
-        std::fs::write(&cfg, with.cluster())
-            .with_context(|| format!("writing {}", cfg.display()))?;
+        write_cluster(tb, &with.cluster())?;
         for (_, p, _) in daemons {
             tb.signal(p, nix::sys::signal::Signal::SIGHUP)?;
         }

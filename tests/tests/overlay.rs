@@ -332,6 +332,18 @@ fn each_queue_has_its_worker_and_parallel_flows_use_them_all() {
     }
 }
 
+/// Two hosts on `front` without IPv6 chatter, daemons running, h1 -> h2
+/// reachable.
+fn two_hosts_up(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag, 2, FRONT_ONLY);
+    for h in ["h1", "h2"] {
+        lab.no_ipv6(h);
+        lab.start(h);
+    }
+    ping_ok(&lab, "h1", ov(2));
+    lab
+}
+
 /// The payload of test datagram `seq`: its number, then a pattern of it.
 fn udp_payload(seq: u32) -> Vec<u8> {
     let mut p = seq.to_be_bytes().to_vec();
@@ -404,12 +416,7 @@ fn udp_bursts_arrive_whole_and_in_order_through_fewer_tap_writes() {
     const BURSTS: u32 = 40;
     const PER_BURST: u32 = 50;
     const TOTAL: u32 = BURSTS * PER_BURST;
-    let mut lab = Lab::new("ovludp", 2, FRONT_ONLY);
-    for h in ["h1", "h2"] {
-        lab.no_ipv6(h);
-        lab.start(h);
-    }
-    ping_ok(&lab, "h1", ov(2));
+    let lab = two_hosts_up("ovludp");
     let recv = udp_receiver(&lab, 5600, TOTAL as usize);
     let writes_before = lab.counter("h2", "front", "tap_tx_packets");
     lab.tb
@@ -445,12 +452,7 @@ fn udp_gso_sends_are_cut_into_their_datagrams() {
     const SENDS: u32 = 20;
     const PER_SEND: u32 = 20;
     const TOTAL: u32 = SENDS * PER_SEND;
-    let mut lab = Lab::new("ovluso", 2, FRONT_ONLY);
-    for h in ["h1", "h2"] {
-        lab.no_ipv6(h);
-        lab.start(h);
-    }
-    ping_ok(&lab, "h1", ov(2));
+    let lab = two_hosts_up("ovluso");
     let offloads = lab.status("h1")["dataplane"].clone();
     assert_eq!(offloads["tap_uso"], true, "USO on h1's TAP: {offloads}");
     let tap_reads = |lab: &Lab| -> u64 {

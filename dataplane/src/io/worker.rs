@@ -423,22 +423,29 @@ impl Drop for Dataplane {
 /// only by the lanes whose queue exists, so a flow is never read by two).
 struct Sources {
     generation: u64,
-    /// (VNI, TAP) in VNI order.
+    /// Every TAP by VNI: where datagrams from the underlay are written.
+    all: Arc<TapSet>,
+    /// (VNI, TAP) that have queue `lane`, in VNI order: what the lane reads.
     taps: Vec<(u32, Arc<Tap>)>,
 }
 
 impl Sources {
     fn load(sh: &Shared, lane: usize) -> Sources {
+        // The generation first: `set_taps` bumps it after storing the set,
+        // so the set read here is at least that new.
         let generation = sh.taps_gen.load(Ordering::Acquire);
-        let mut taps: Vec<(u32, Arc<Tap>)> = sh
-            .taps
-            .load()
+        let all = sh.taps.load_full();
+        let mut taps: Vec<(u32, Arc<Tap>)> = all
             .iter()
             .filter(|(_, t)| lane < t.queues())
             .map(|(v, t)| (*v, t.clone()))
             .collect();
         taps.sort_by_key(|(v, _)| *v);
-        Sources { generation, taps }
+        Sources {
+            generation,
+            all,
+            taps,
+        }
     }
 }
 
@@ -484,7 +491,7 @@ fn lane_loop(sh: Arc<Shared>, lane: usize, ctl: &WorkerCtl) {
                 let tables = sh.tables.load();
                 let now = Instant::now();
                 if ready(&fds[1]) {
-                    udp_reads = to_tap.turn(&sh, &tables, now);
+                    udp_reads = to_tap.turn(&sh, &tables, &src.all, now);
                 }
                 for (k, (vni, tap)) in src.taps.iter().enumerate() {
                     if ready(&fds[2 + k]) {
@@ -745,15 +752,39 @@ fn send(
     }
 }
 
-/// Writes one frame into queue `tap.1` of TAP `tap.0`.
+/// Writes one frame into queue `tap.1` of TAP `tap.0`, counting it or
+/// its drop.
 fn write_tap(tap: (&Tap, usize), stats: &crate::overlay::NetStats, frame: &[u8]) {
-    match tap.0.send(tap.1, frame) {
-        Ok(_) => {
-            bump(&stats.tap_tx_packets, 1);
-            bump(&stats.tap_tx_bytes, frame.len() as u64);
-        }
-        Err(_) => stats.drops.add(DropReason::TapError),
+    if send_tap(tap, stats, frame).is_err() {
+        stats.drops.add(DropReason::TapError);
     }
+}
+
+/// Like [`write_tap`], but hands the error back uncounted, for a caller
+/// that can still deliver the frame another way.
+fn send_tap(tap: (&Tap, usize), stats: &crate::overlay::NetStats, frame: &[u8]) -> io::Result<()> {
+    tap.0.send(tap.1, frame)?;
+    bump(&stats.tap_tx_packets, 1);
+    bump(&stats.tap_tx_bytes, frame.len() as u64);
+    Ok(())
+}
+
+/// Writes `frame` with virtio-net header `h` in front, built in `single`.
+fn write_with(
+    single: &mut [u8],
+    tap: (&Tap, usize),
+    stats: &crate::overlay::NetStats,
+    h: virtio::Header,
+    frame: &[u8],
+) {
+    let len = virtio::LEN + frame.len();
+    if len > single.len() {
+        stats.drops.add(DropReason::Mtu);
+        return;
+    }
+    h.emit(&mut single[..virtio::LEN]);
+    single[virtio::LEN..len].copy_from_slice(frame);
+    write_tap(tap, stats, &single[..len]);
 }
 
 /// Underlay -> TAPs: a lane's buffers for datagrams read from its
@@ -791,8 +822,7 @@ impl UnderlaySide {
 
     /// Makes up to [`BATCH`] reads of the lane's socket and delivers what
     /// they hold; returns how many reads it made.
-    fn turn(&mut self, sh: &Shared, tables: &Tables, now: Instant) -> usize {
-        let taps = sh.taps.load();
+    fn turn(&mut self, sh: &Shared, tables: &Tables, taps: &TapSet, now: Instant) -> usize {
         let buf = &mut self.buf;
         let mut got = 0;
         for _ in 0..BATCH {
@@ -923,14 +953,7 @@ impl Rx {
         h: virtio::Header,
         frame: &[u8],
     ) {
-        let len = virtio::LEN + frame.len();
-        if len > self.single.len() {
-            stats.drops.add(DropReason::Mtu);
-            return;
-        }
-        h.emit(&mut self.single[..virtio::LEN]);
-        self.single[virtio::LEN..len].copy_from_slice(frame);
-        write_tap((tap, self.queue), stats, &self.single[..len]);
+        write_with(&mut self.single, (tap, self.queue), stats, h, frame);
     }
 
     /// Writes out the run held in `gro`, into the TAP it belongs to. Called
@@ -945,19 +968,15 @@ impl Rx {
         let (Some(out), Some((tap, stats))) = (out, self.gro_to.take()) else {
             return;
         };
-        match tap.send(self.queue, out) {
-            Ok(_) => {
-                bump(&stats.tap_tx_packets, 1);
-                bump(&stats.tap_tx_bytes, out.len() as u64);
-            }
+        let to = (&*tap, self.queue);
+        match send_tap(to, &stats, out) {
+            Ok(()) => {}
             Err(e) if udp_run && e.raw_os_error() == Some(libc::EINVAL) => {
                 tap.refuse_uso_write();
                 let mss = virtio::Header::parse(out).map_or(0, |h| usize::from(h.gso_size));
-                let (single, q) = (&mut self.single, self.queue);
+                let single = &mut self.single;
                 let cut = gso::segment_udp(&out[virtio::LEN..], mss, &mut self.seg, |d| {
-                    single[..virtio::LEN].fill(0);
-                    single[virtio::LEN..virtio::LEN + d.len()].copy_from_slice(d);
-                    write_tap((&tap, q), &stats, &single[..virtio::LEN + d.len()]);
+                    write_with(single, to, &stats, virtio::Header::default(), d)
                 });
                 if cut.is_err() {
                     stats.drops.add(DropReason::Malformed);

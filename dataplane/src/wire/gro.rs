@@ -196,38 +196,66 @@ impl Gro {
         }
         let payload = frame.len() - data;
         if self.len == 0 {
-            if LEAD + frame.len() > self.buf.len() {
+            if !self.start(frame, (l3, l4, data), false) {
                 return Push::Single;
             }
-            self.buf[LEAD..LEAD + frame.len()].copy_from_slice(frame);
-            (self.len, self.hdr, self.l3, self.l4) = (frame.len(), data, l3, l4);
-            (self.mss, self.segs, self.next_seq) = (payload, 1, seq.wrapping_add(payload as u32));
-            self.closed = false;
+            self.next_seq = seq.wrapping_add(payload as u32);
             self.psh = flags & TCP_PSH != 0;
-            self.udp = false;
             return Push::Joined;
         }
         let cur = &self.buf[LEAD..LEAD + self.hdr];
-        let same_headers = data == self.hdr
-            && l4 == self.l4
-            && frame[..l3 + 2] == cur[..l3 + 2] // Ethernet, IP version/IHL/TOS
-            && frame[l3 + 6..l3 + 10] == cur[l3 + 6..l3 + 10] // flags, TTL, protocol
-            && frame[l3 + 12..l4] == cur[l3 + 12..l4] // addresses, options
-            && frame[l4..l4 + 4] == cur[l4..l4 + 4] // ports
+        let same_headers = self.same_up_to_ports(frame, l3, l4, data)
             && frame[l4 + 8..l4 + 13] == cur[l4 + 8..l4 + 13] // ack, offset
             && frame[l4 + 14..l4 + 16] == cur[l4 + 14..l4 + 16] // window
             && frame[l4 + 18..data] == cur[l4 + 18..data]; // urgent, options
-        let fits = self.len + payload <= self.buf.len() - LEAD && self.len - l3 + payload <= MAX_IP;
-        if !same_headers || self.closed || seq != self.next_seq || payload > self.mss || !fits {
+        if !same_headers || seq != self.next_seq || !self.continues(l3, payload) {
             return Push::Flush;
         }
-        self.buf[LEAD + self.len..LEAD + self.len + payload].copy_from_slice(&frame[data..]);
-        self.len += payload;
-        self.segs += 1;
+        self.append(&frame[data..]);
         self.next_seq = self.next_seq.wrapping_add(payload as u32);
-        self.closed = payload < self.mss;
         self.psh |= flags & TCP_PSH != 0;
         Push::Joined
+    }
+
+    /// Starts a frame with `frame` (its (l3, l4, data) offsets given);
+    /// false if it does not fit the buffer.
+    fn start(&mut self, frame: &[u8], (l3, l4, data): (usize, usize, usize), udp: bool) -> bool {
+        if LEAD + frame.len() > self.buf.len() {
+            return false;
+        }
+        self.buf[LEAD..LEAD + frame.len()].copy_from_slice(frame);
+        (self.len, self.hdr, self.l3, self.l4) = (frame.len(), data, l3, l4);
+        (self.mss, self.segs, self.closed, self.udp) = (frame.len() - data, 1, false, udp);
+        true
+    }
+
+    /// Same Ethernet header, IPv4 header bar id, lengths and checksum, and
+    /// same ports as the frame being built.
+    fn same_up_to_ports(&self, frame: &[u8], l3: usize, l4: usize, data: usize) -> bool {
+        let cur = &self.buf[LEAD..LEAD + self.hdr];
+        data == self.hdr
+            && l4 == self.l4
+            && frame[..l3 + 2] == cur[..l3 + 2] // Ethernet, IP version/IHL/TOS
+            && frame[l3 + 6..l3 + 10] == cur[l3 + 6..l3 + 10] // flags, TTL, protocol
+            && frame[l3 + 12..l4 + 4] == cur[l3 + 12..l4 + 4] // addresses, options, ports
+    }
+
+    /// A segment of `payload` bytes may follow: nothing short came before,
+    /// it is no longer than the first, and the joined packet stays within
+    /// the buffer and the IPv4 length.
+    fn continues(&self, l3: usize, payload: usize) -> bool {
+        !self.closed
+            && payload <= self.mss
+            && self.len + payload <= self.buf.len() - LEAD
+            && self.len - l3 + payload <= MAX_IP
+    }
+
+    /// Appends a segment's payload; a short one closes the frame.
+    fn append(&mut self, payload: &[u8]) {
+        self.buf[LEAD + self.len..LEAD + self.len + payload.len()].copy_from_slice(payload);
+        self.len += payload.len();
+        self.segs += 1;
+        self.closed = payload.len() < self.mss;
     }
 
     /// Offers one UDP datagram (`udp_v4` said so).
@@ -235,40 +263,22 @@ impl Gro {
         let data = l4 + UDP_HLEN;
         let payload = frame.len() - data;
         if self.len == 0 {
-            if LEAD + frame.len() > self.buf.len() || payload > MAX_UDP_JOIN_PAYLOAD {
+            if payload > MAX_UDP_JOIN_PAYLOAD || !self.start(frame, (l3, l4, data), true) {
                 return Push::Single;
             }
-            self.buf[LEAD..LEAD + frame.len()].copy_from_slice(frame);
-            (self.len, self.hdr, self.l3, self.l4) = (frame.len(), data, l3, l4);
-            (self.mss, self.segs, self.last_id) = (payload, 1, id);
-            (self.closed, self.psh, self.udp) = (false, false, true);
+            self.last_id = id;
             return Push::Joined;
         }
-        if !self.udp {
-            return Push::Flush;
-        }
-        let cur = &self.buf[LEAD..LEAD + self.hdr];
-        let same_headers = data == self.hdr
-            && l4 == self.l4
-            && frame[..l3 + 2] == cur[..l3 + 2] // Ethernet, IP version/IHL/TOS
-            && frame[l3 + 6..l3 + 10] == cur[l3 + 6..l3 + 10] // flags, TTL, protocol
-            && frame[l3 + 12..l4 + 4] == cur[l3 + 12..l4 + 4]; // addresses, options, ports
-        let fits = self.len + payload <= self.buf.len() - LEAD
-            && self.len - l3 + payload <= MAX_IP
-            && self.segs < MAX_UDP_SEGS;
-        if !same_headers
-            || self.closed
+        if !self.udp
+            || !self.same_up_to_ports(frame, l3, l4, data)
             || id != self.last_id.wrapping_add(1)
-            || payload > self.mss
-            || !fits
+            || self.segs >= MAX_UDP_SEGS
+            || !self.continues(l3, payload)
         {
             return Push::Flush;
         }
-        self.buf[LEAD + self.len..LEAD + self.len + payload].copy_from_slice(&frame[data..]);
-        self.len += payload;
-        self.segs += 1;
+        self.append(&frame[data..]);
         self.last_id = id;
-        self.closed = payload < self.mss;
         Push::Joined
     }
 
@@ -283,30 +293,19 @@ impl Gro {
         let frame = &mut self.buf[LEAD..LEAD + len];
         let header = if self.segs == 1 {
             virtio::Header::default()
-        } else if self.udp {
-            let (l3, l4) = (self.l3, self.l4);
-            fix_ipv4(frame, l3, l4);
-            let udp_len = (len - l4) as u16;
-            frame[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
-            // The pseudo-header sum, as a sender with checksum offload
-            // leaves it: the kernel's cut finishes each datagram's.
-            let pseudo = fold(sum(&frame[l3 + 12..l3 + 20], 17 + u32::from(udp_len)));
-            frame[l4 + 6..l4 + 8].copy_from_slice(&pseudo.to_be_bytes());
-            virtio::Header {
-                flags: virtio::F_NEEDS_CSUM,
-                gso_type: virtio::GSO_UDP_L4,
-                hdr_len: (l4 + UDP_HLEN) as u16,
-                gso_size: u16::try_from(self.mss).ok()?,
-                csum_start: l4 as u16,
-                csum_offset: 6,
-            }
         } else {
             let (l3, l4) = (self.l3, self.l4);
             fix_ipv4(frame, l3, l4);
-            if self.psh {
-                frame[l4 + 13] |= TCP_PSH;
+            if self.udp {
+                let udp_len = (len - l4) as u16;
+                frame[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+                gso::prepare_udp_for_tap(frame, self.mss)?
+            } else {
+                if self.psh {
+                    frame[l4 + 13] |= TCP_PSH;
+                }
+                gso::prepare_for_tap(frame, self.mss)?
             }
-            gso::prepare_for_tap(frame, self.mss)?
         };
         header.emit(&mut self.buf[..LEAD]);
         Some(&self.buf[..LEAD + len])

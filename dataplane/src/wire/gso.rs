@@ -122,6 +122,25 @@ pub fn prepare_for_tap(frame: &mut [u8], mss: usize) -> Option<virtio::Header> {
     })
 }
 
+/// Prepares a run of UDP datagrams joined into one frame (the UDP length
+/// already covering the whole payload) to be written into a TAP as a UDP
+/// GSO frame: stores the pseudo-header sum in the UDP checksum field and
+/// returns the header that asks the kernel to cut it at `mss` payload
+/// bytes. `None` if `frame` is not UDP.
+pub fn prepare_udp_for_tap(frame: &mut [u8], mss: usize) -> Option<virtio::Header> {
+    let l = udp_layout(frame)?;
+    let pseudo = pseudo_sum(frame, &l, 17, l.end - l.l4);
+    frame[l.l4 + 6..l.l4 + 8].copy_from_slice(&fold(pseudo).to_be_bytes());
+    Some(virtio::Header {
+        flags: virtio::F_NEEDS_CSUM,
+        gso_type: virtio::GSO_UDP_L4,
+        hdr_len: l.data as u16,
+        gso_size: u16::try_from(mss).ok()?,
+        csum_start: l.l4 as u16,
+        csum_offset: 6,
+    })
+}
+
 /// Cuts a TCP super-frame into frames of at most `mss` payload bytes, built
 /// one at a time in `scratch` and handed to `emit`. Returns how many were
 /// emitted. Each segment gets the original headers with its own sequence
