@@ -13,15 +13,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-need=()
-for pair in systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 etcd:etcd-server protoc:protobuf-compiler; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    echo "== installing: ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. tests/deps.sh
+install_missing systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping \
+    iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 \
+    etcd:etcd-server protoc:protobuf-compiler
 
 export CI=true
 export CARGO_TERM_COLOR=never

@@ -1,0 +1,13 @@
+# Sourced by tests/run.sh and tests/lab.sh: installs the Debian packages
+# behind any command of `command:package` pairs that is missing.
+install_missing() {
+    local need=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "== installing: ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+}
