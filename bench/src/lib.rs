@@ -20,6 +20,8 @@
 //! - [`http`], the HTTP/1.1 keep-alive server the `mesh` command's tasks
 //!   run (`vxmesh-bench-backend`).
 //! - [`chart`], the PNG bar chart.
+//! - [`profile`], `perf` recordings of extra runs: where the CPU and the
+//!   round-trip time go.
 
 pub mod chart;
 pub mod cpu;
@@ -27,5 +29,6 @@ pub mod http;
 pub mod iperf;
 pub mod mesh;
 pub mod overlay;
+pub mod profile;
 pub mod report;
 pub mod stats;

@@ -24,6 +24,7 @@ use vxmesh_testbed::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
 
 use crate::chart::{self, Panel};
 use crate::iperf::{self, Mode, Outcome};
+use crate::profile::{self, CpuProfile, PathProfile, WakeProfile};
 use crate::report::{append_log, format_table, loadavg, Machine};
 use crate::stats::{median, ratio};
 
@@ -104,6 +105,11 @@ pub struct OverlayArgs {
     /// vxmeshd's `[settings] busy_poll_us` [default: the daemon's].
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
+    /// Skip the profiles (`perf` recordings of extra TCP, UDP 64 B and ping
+    /// runs on the kernel's vxlan and vxmesh in the last round, written to
+    /// overlay-profile.txt). They are taken whenever `perf` is installed.
+    #[arg(long)]
+    pub no_profile: bool,
 }
 
 /// The settings in force after defaults and `--quick`.
@@ -123,6 +129,8 @@ pub struct Settings {
     pub queues: Option<usize>,
     /// `[settings] busy_poll_us` given to vxmeshd, when set.
     pub busy_poll_us: Option<u64>,
+    /// Profile the kernel's vxlan and vxmesh in the last round.
+    pub profile: bool,
 }
 
 impl Settings {
@@ -137,6 +145,7 @@ impl Settings {
             out: a.out.clone(),
             queues: a.queues,
             busy_poll_us: a.busy_poll_us,
+            profile: !a.no_profile,
         }
     }
 
@@ -161,7 +170,13 @@ impl Settings {
         let per_run = f64::from(self.secs) + 1.5;
         let per_path = TESTS.len() as f64 * per_run + f64::from(self.pings) * 0.0012 + 1.0;
         let per_round = PATHS.len() as f64 * per_path + 3.0;
-        Duration::from_secs_f64(f64::from(self.reps) * per_round + 3.0)
+        // Two paths profiled: a TCP and a UDP run each, and the pings.
+        let profile = if self.profile {
+            2.0 * (2.0 * per_run + f64::from(self.pings) * 0.0015 + 3.0)
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64(f64::from(self.reps) * per_round + profile + 3.0)
     }
 }
 
@@ -312,6 +327,9 @@ pub struct PathResult {
     /// vxmesh only: the pings again with the lanes busy-polling.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ping_busy_poll: Vec<BusyPing>,
+    /// Where the time went (kernel and vxmesh, last round), when profiled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<PathProfile>,
 }
 
 impl PathResult {
@@ -323,6 +341,7 @@ impl PathResult {
             setup: serde_json::Map::new(),
             ping: Vec::new(),
             ping_busy_poll: Vec::new(),
+            profile: None,
             tests: TESTS
                 .iter()
                 .map(|t| TestResult {
@@ -598,6 +617,20 @@ impl Ctx<'_> {
         p
     }
 
+    /// One iperf3 run h1 -> h2 (`dst`) on the next port, after a pause.
+    fn iperf(
+        &mut self,
+        tb: &mut Testbed,
+        dst: Ipv4Addr,
+        mode: &Mode,
+        watch: &[u32],
+    ) -> anyhow::Result<Outcome> {
+        std::thread::sleep(SETTLE);
+        let port = self.next_port();
+        let secs = self.s.secs;
+        iperf::run(tb, "h2", "h1", dst, port, secs, mode, watch, self.clk_tck)
+    }
+
     /// One round on a path: checks that h2 answers on the path's address,
     /// then runs the pings and each iperf3 run once, appending to `r`.
     /// `watch`: pids whose CPU is accounted (the daemons).
@@ -636,19 +669,7 @@ impl Ctx<'_> {
                     rate: format!("{bps:.0}"),
                 };
             }
-            std::thread::sleep(SETTLE);
-            let port = self.next_port();
-            let res = iperf::run(
-                tb,
-                "h2",
-                "h1",
-                dst,
-                port,
-                s.secs,
-                &t.mode,
-                watch,
-                self.clk_tck,
-            );
+            let res = self.iperf(tb, dst, &t.mode, watch);
             let line = match &res {
                 Ok(o) => describe(o),
                 Err(e) => format!("ERROR {e:#}"),
@@ -671,6 +692,77 @@ impl Ctx<'_> {
                 },
             });
         }
+    }
+}
+
+impl Ctx<'_> {
+    /// The extra, profiled runs on a path (see [`profile`]): TCP 1 stream
+    /// and the UDP 64 B flood under `perf record`, then the pings under
+    /// `perf sched record`. Their figures go into the profile only.
+    fn profile(&mut self, tb: &mut Testbed, r: &mut PathResult, watch: &[u32]) {
+        let (name, dst, s) = (r.name, r.dst, self.s);
+        let mut p = PathProfile::default();
+        for key in ["tcp1", "udp64"] {
+            let spec = TESTS.iter().find(|t| t.key == key).expect("known test");
+            let data = s.out.join(format!("perf-{name}-{key}.data"));
+            let res = profile::record_cpu(&data, s.secs).and_then(|rec| {
+                let o = self.iperf(tb, dst, &spec.mode(&s.udp_rate), watch)?;
+                let data = rec.finish()?;
+                let text = profile::report(&data)?;
+                Ok(CpuProfile::from_report(spec.label, describe(&o), &text))
+            });
+            let _ = std::fs::remove_file(&data);
+            match res {
+                Ok(c) => p.cpu.push(c),
+                Err(e) => p.errors.push(format!("{}: {e:#}", spec.label)),
+            }
+        }
+        match self.profile_pings(tb, r.name, dst) {
+            Ok(w) => p.wakeups = Some(w),
+            Err(e) => p.errors.push(format!("pings: {e:#}")),
+        }
+        for e in &p.errors {
+            eprintln!("[{name}] profile: {e}");
+        }
+        r.profile = Some(p);
+    }
+
+    /// The pings of [`ping_rep`] run by `perf sched record` (so that the
+    /// recording spans exactly the pings), summarised per thread.
+    fn profile_pings(
+        &self,
+        tb: &Testbed,
+        name: &str,
+        dst: Ipv4Addr,
+    ) -> anyhow::Result<WakeProfile> {
+        let s = self.s;
+        let data = s.out.join(format!("perf-{name}-sched.data"));
+        let (count, interval, dst_s) = (
+            s.pings.to_string(),
+            PING_INTERVAL.as_secs_f64().to_string(),
+            dst.to_string(),
+        );
+        let ping = [
+            "ping", "-n", "-c", &count, "-i", &interval, "-W", "1", &dst_s,
+        ];
+        let cmd = profile::sched_command(&data, &ping)?;
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let timeout = PING_INTERVAL * s.pings + Duration::from_secs(30);
+        let res = tb
+            .exec_timeout_unchecked("h1", &args, timeout)
+            .map_err(anyhow::Error::from)
+            .and_then(|out| {
+                let stats =
+                    vxmesh_testbed::PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
+                let text = profile::timehist(&data)?;
+                Ok(WakeProfile::from_timehist(
+                    &text,
+                    stats.received,
+                    stats.p50(),
+                ))
+            });
+        let _ = std::fs::remove_file(&data);
+        res
     }
 }
 
@@ -961,6 +1053,9 @@ fn measure_all(
                     kernel.setup = setup;
                 }
                 ctx.measure_round(&mut tb, &mut kernel, round, &[]);
+                if s.profile && round == s.reps {
+                    ctx.profile(&mut tb, &mut kernel, &[]);
+                }
                 match kernel_offloads_off(&tb) {
                     Ok(setup) => {
                         if round == 1 {
@@ -1005,6 +1100,9 @@ fn measure_all(
             }
         }
         ctx.measure_round(&mut tb, &mut vxmesh, round, &pids);
+        if s.profile && round == s.reps {
+            ctx.profile(&mut tb, &mut vxmesh, &pids);
+        }
         if s.busy_poll_us.is_none() {
             match busy_poll_pings(&tb, &cli, &daemons, s, clk_tck, round) {
                 Ok(b) => vxmesh.ping_busy_poll.push(b),
@@ -1272,7 +1370,12 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
     if !require_root() {
         bail!("the benchmark builds network namespaces: run it as root");
     }
-    let s = Settings::from_args(&args);
+    let mut s = Settings::from_args(&args);
+    let mut notes = Vec::new();
+    if s.profile && !profile::available() {
+        s.profile = false;
+        notes.push("perf not found: no profiles (apt-get install linux-perf)".to_string());
+    }
     // Panics with a clear message when missing, before any namespace exists.
     let vxmeshd = workspace_bin("vxmeshd");
     let clk_tck = crate::cpu::clock_ticks()?;
@@ -1290,7 +1393,6 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
         vxmeshd.display()
     );
     let t0 = Instant::now();
-    let mut notes = Vec::new();
     let results = measure_all(&s, clk_tck, &vxmeshd, &mut notes)?;
     machine.loadavg_end = loadavg();
     let elapsed = t0.elapsed();
@@ -1299,6 +1401,17 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
     println!("{text}");
     let txt = s.out.join("overlay.txt");
     std::fs::write(&txt, &text).with_context(|| format!("writing {}", txt.display()))?;
+
+    let profiled: Vec<(&str, &PathProfile)> = results
+        .iter()
+        .filter_map(|r| r.profile.as_ref().map(|p| (r.name, p)))
+        .collect();
+    if !profiled.is_empty() {
+        let pp = s.out.join("overlay-profile.txt");
+        std::fs::write(&pp, profile::render(&profiled))
+            .with_context(|| format!("writing {}", pp.display()))?;
+        notes.push(format!("profiles: {}", pp.display()));
+    }
 
     let panels = panels(&results);
     let png = s.out.join("overlay.png");
@@ -1363,6 +1476,7 @@ mod tests {
             quick,
             queues: None,
             busy_poll_us: None,
+            no_profile: false,
         }
     }
 

@@ -7,8 +7,13 @@
 //! A segment joins the frame being built only when it is its exact
 //! continuation: same Ethernet, IP and TCP headers except the IPv4 id,
 //! lengths, checksums, sequence number and PSH; sequence number right after
-//! the bytes so far; plain ACK (PSH allowed); and every segment before it
-//! exactly `mss` long (a shorter one ends the frame).
+//! the bytes so far; plain ACK (PSH allowed); every segment before it
+//! exactly `mss` long (a shorter one ends the frame); and a TCP checksum
+//! that verifies. The joined frame goes to the TAP with a partial checksum
+//! that the kernel trusts, so a segment damaged on the way (a kernel vxlan
+//! peer sends no outer UDP checksum by default) would otherwise be repaired
+//! instead of dropped: one that does not verify is written alone, for the
+//! receiving stack to drop.
 //!
 //! Runs of UDP datagrams of one flow are joined the same way into one UDP
 //! GSO frame (`VIRTIO_NET_HDR_GSO_UDP_L4`, which tun takes since Linux 6.2):
@@ -133,7 +138,8 @@ fn fix_ipv4(frame: &mut [u8], l3: usize, l4: usize) {
     frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// (l3, l4, data, seq, flags) of a plain IPv4 TCP segment with a payload.
+/// (l3, l4, data, seq, flags) of a plain IPv4 TCP segment with a payload
+/// and a TCP checksum that verifies.
 fn tcp_v4(frame: &[u8]) -> Option<(usize, usize, usize, u32, u8)> {
     let (l3, l4) = ipv4(frame, 6)?;
     if frame.len() < l4 + 20 {
@@ -148,8 +154,20 @@ fn tcp_v4(frame: &[u8]) -> Option<(usize, usize, usize, u32, u8)> {
     if flags & !(TCP_PSH | TCP_ACK) != 0 || flags & TCP_ACK == 0 {
         return None;
     }
+    if !l4_csum_ok(frame, l3, l4, 6) {
+        return None;
+    }
     let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
     Some((l3, l4, data, seq, flags))
+}
+
+/// The TCP or UDP checksum of an IPv4 packet (`proto`, L4 header at `l4`,
+/// running to the end of `frame`) verifies.
+fn l4_csum_ok(frame: &[u8], l3: usize, l4: usize, proto: u8) -> bool {
+    let len = (frame.len() - l4) as u32;
+    // Pseudo-header (addresses, protocol, length) plus the segment.
+    let pseudo = sum(&frame[l3 + 12..l3 + 20], u32::from(proto) + len);
+    fold(sum(&frame[l4..], pseudo)) == 0xffff
 }
 
 /// (l3, l4, IPv4 id) of a plain IPv4 UDP datagram with a payload and a
@@ -163,9 +181,7 @@ fn udp_v4(frame: &[u8]) -> Option<(usize, usize, u16)> {
     {
         return None;
     }
-    // Pseudo-header (addresses, protocol, length) plus the datagram.
-    let pseudo = sum(&frame[l3 + 12..l3 + 20], 17 + udp_len as u32);
-    if fold(sum(&frame[l4..], pseudo)) != 0xffff {
+    if !l4_csum_ok(frame, l3, l4, 17) {
         return None;
     }
     let id = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]);
@@ -368,10 +384,35 @@ mod tests {
             "nothing after a short one"
         );
         g.finish();
-        let mut other = seg(0, &[1; 10], false);
-        other[14 + 20] ^= 1; // another source port
+        let mut other = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 9, 1], [10, 0, 9, 2], 64)
+            .tcp(40001, 5201, 0, 512) // another source port
+            .ack(99)
+            .write(&mut other, &[1; 10])
+            .unwrap();
         assert_eq!(g.push(&seg(0, &[1; 10], false)), Push::Joined);
         assert_eq!(g.push(&other), Push::Flush);
+    }
+
+    #[test]
+    fn a_segment_whose_checksum_fails_is_never_joined() {
+        // Damaged on the way: joined, the kernel would trust the partial
+        // checksum of the whole and never see the damage.
+        let mut g = Gro::default();
+        assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
+        let mut bad = seg(100, &[1; 100], false);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert_eq!(g.push(&bad), Push::Single);
+        // Nor does one start a frame.
+        g.finish();
+        assert!(g.is_empty());
+        assert_eq!(g.push(&bad), Push::Single);
+        assert!(g.is_empty());
+        // The intact segment joins as before.
+        assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
+        assert_eq!(g.push(&seg(100, &[1; 100], false)), Push::Joined);
     }
 
     #[test]
