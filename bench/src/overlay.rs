@@ -24,7 +24,7 @@ use vxmesh_testbed::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
 
 use crate::chart::{self, Panel};
 use crate::iperf::{self, Mode, Outcome};
-use crate::profile::{self, CpuProfile, PathProfile, WakeProfile};
+use crate::profile::{self, kind, CpuProfile, PathProfile, WakeProfile};
 use crate::report::{append_log, format_table, loadavg, Machine};
 use crate::stats::{median, ratio};
 
@@ -1319,7 +1319,7 @@ fn panels(results: &[PathResult]) -> Vec<Panel> {
                 .collect(),
         }
     };
-    vec![
+    let mut out = vec![
         panel(
             "TCP throughput h1 -> h2, Gbit/s",
             [("1 stream", "tcp1_gbit_per_s"), ("-P 2", "tcp2_gbit_per_s")],
@@ -1335,7 +1335,65 @@ fn panels(results: &[PathResult]) -> Vec<Panel> {
                 ("vxmesh busy-polling", "ping_p50_busy_poll_us"),
             ],
         ),
-    ]
+    ];
+    out.extend(cpu_panel(results));
+    out
+}
+
+/// Where the machine's CPU went during the profiled TCP 1 stream runs, on
+/// the kernel's vxlan and on vxmesh; `None` when neither was profiled.
+fn cpu_panel(results: &[PathResult]) -> Option<Panel> {
+    let tcp = |name: &str| {
+        let r = results.iter().find(|r| r.name == name)?;
+        r.profile
+            .as_ref()?
+            .cpu
+            .iter()
+            .find(|c| c.run == "TCP 1 stream")
+    };
+    let (kernel, vxmesh) = (tcp("kernel"), tcp("vxmesh"));
+    if kernel.is_none() && vxmesh.is_none() {
+        return None;
+    }
+    // (label, which list, entries summed).
+    const BARS: [(&str, bool, &[&str]); 5] = [
+        ("iperf3", false, &[kind::IPERF3]),
+        ("vxmeshd copy", true, &[kind::KERNEL_COPIES]),
+        ("vxmeshd kern", true, &[kind::KERNEL_REST]),
+        (
+            "vxmeshd user",
+            true,
+            &[kind::OWN_CODE, kind::LIBC_COPIES, kind::OTHER_USER],
+        ),
+        ("idle", false, &[kind::IDLE]),
+    ];
+    let value = |c: Option<&CpuProfile>, work: bool, keys: &[&str]| {
+        let c = c?;
+        let list = if work { &c.vxmeshd } else { &c.by_program };
+        if list.is_empty() {
+            // No vxmeshd on this path: no bar rather than a zero.
+            return None;
+        }
+        // fold, not sum: an empty f64 sum is -0.0.
+        Some(
+            list.iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .fold(0.0, |t, (_, v)| t + v),
+        )
+    };
+    Some(Panel {
+        title: "CPU in TCP 1 stream (perf), % of the machine".into(),
+        series: vec!["kernel vxlan".into(), "vxmesh".into()],
+        groups: BARS
+            .iter()
+            .map(|(label, work, keys)| {
+                (
+                    label.to_string(),
+                    vec![value(kernel, *work, keys), value(vxmesh, *work, keys)],
+                )
+            })
+            .collect(),
+    })
 }
 
 /// A text legend for a chart drawn without fonts.
@@ -1561,6 +1619,41 @@ mod tests {
                 .collect(),
         };
         p
+    }
+
+    #[test]
+    fn the_cpu_panel_comes_from_the_tcp_profiles() {
+        let mut results = vec![path("kernel", [1.0; 3]), path("vxmesh", [1.0; 3])];
+        assert_eq!(panels(&results).len(), 3, "no profile, no panel");
+        let report = " 30.00% |iperf3 |[kernel.kallsyms] |[k] _copy_from_iter
+ 20.00% |swapper |[kernel.kallsyms] |[k] pv_native_safe_halt
+ 10.00% |vxm-lane-0 |[kernel.kallsyms] |[k] _copy_to_iter
+ 15.00% |vxm-lane-1 |[kernel.kallsyms] |[k] udp_sendmsg
+ 5.00% |vxm-lane-1 |vxmeshd |[.] lane_loop
+ 4.00% |vxm-lane-1 |libc.so.6 |[.] __memmove_avx512_unaligned_erms
+";
+        results[1].profile = Some(PathProfile {
+            cpu: vec![CpuProfile::from_report("TCP 1 stream", "x".into(), report)],
+            ..Default::default()
+        });
+        let p = panels(&results).pop().unwrap();
+        assert!(p.title.starts_with("CPU in TCP 1 stream"));
+        let got: Vec<(&str, Option<f64>)> =
+            p.groups.iter().map(|(g, v)| (g.as_str(), v[1])).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("iperf3", Some(30.0)),
+                ("vxmeshd copy", Some(10.0)),
+                ("vxmeshd kern", Some(15.0)),
+                ("vxmeshd user", Some(9.0)),
+                ("idle", Some(20.0)),
+            ]
+        );
+        assert!(
+            p.groups.iter().all(|(_, v)| v[0].is_none()),
+            "kernel not profiled"
+        );
     }
 
     #[test]

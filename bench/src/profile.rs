@@ -165,19 +165,33 @@ pub fn parse_report(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// Names of the programs and kinds of work a profile is split into.
+pub mod kind {
+    pub const VXMESHD: &str = "vxmeshd";
+    pub const IPERF3: &str = "iperf3 (sender and receiver)";
+    pub const IDLE: &str = "idle";
+    pub const KSOFTIRQD: &str = "ksoftirqd";
+    pub const OTHER: &str = "other";
+    pub const KERNEL_COPIES: &str = "kernel: copies to and from vxmeshd (TAP, socket)";
+    pub const KERNEL_REST: &str = "kernel: the rest (stack, syscalls, scheduling)";
+    pub const LIBC_COPIES: &str = "vxmeshd: copies in its buffers (libc)";
+    pub const OWN_CODE: &str = "vxmeshd: its own code";
+    pub const OTHER_USER: &str = "vxmeshd: other user space";
+}
+
 /// Which program a sample belongs to, for [`CpuProfile::by_program`].
 fn program(s: &Sample) -> &'static str {
     if s.comm.starts_with("vxm") {
         // vxmeshd's threads: vxm-lane-<i> and the runtime's.
-        "vxmeshd"
+        kind::VXMESHD
     } else if s.comm == "iperf3" {
-        "iperf3 (sender and receiver)"
+        kind::IPERF3
     } else if s.comm == "swapper" {
-        "idle"
+        kind::IDLE
     } else if s.comm.starts_with("ksoftirqd") {
-        "ksoftirqd"
+        kind::KSOFTIRQD
     } else {
-        "other"
+        kind::OTHER
     }
 }
 
@@ -194,19 +208,19 @@ fn work(s: &Sample) -> &'static str {
     .iter()
     .any(|c| s.sym.contains(c));
     if kernel && copy {
-        "kernel: copies to and from vxmeshd (TAP, socket)"
+        kind::KERNEL_COPIES
     } else if kernel {
-        "kernel: the rest (stack, syscalls, scheduling)"
+        kind::KERNEL_REST
     } else if s.dso.starts_with("libc")
         && ["memmove", "memcpy", "memset"]
             .iter()
             .any(|c| s.sym.contains(c))
     {
-        "vxmeshd: copies in its buffers (libc)"
+        kind::LIBC_COPIES
     } else if s.dso == "vxmeshd" {
-        "vxmeshd: its own code"
+        kind::OWN_CODE
     } else {
-        "vxmeshd: other user space"
+        kind::OTHER_USER
     }
 }
 
@@ -247,10 +261,13 @@ impl CpuProfile {
         let vxmeshd = totals(
             samples
                 .iter()
-                .filter(|s| program(s) == "vxmeshd")
+                .filter(|s| program(s) == kind::VXMESHD)
                 .map(|s| (work(s), s.percent)),
         );
-        let mut busy: Vec<&Sample> = samples.iter().filter(|s| program(s) != "idle").collect();
+        let mut busy: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| program(s) != kind::IDLE)
+            .collect();
         busy.sort_by(|a, b| b.percent.total_cmp(&a.percent));
         let top = busy
             .iter()
