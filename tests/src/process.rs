@@ -323,7 +323,15 @@ impl Testbed {
             .open(&log)
             .map_err(|e| Error::io(format!("open log {}", log.display()), e))?;
         let err = out.try_clone().map_err(|e| Error::io("dup log fd", e))?;
-        let mut cmd = netns_command(&full, args);
+        // Started with default signal handling, as systemd starts a
+        // service: a test run started in the background (`cmd &` in a
+        // script) ignores SIGINT and SIGQUIT, and ignored signals survive
+        // exec, so a spawned `sleep` would shrug off the SIGINT a test sends.
+        let with_defaults: Vec<&str> = ["env", "--default-signal=HUP,INT,QUIT,TERM"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let mut cmd = netns_command(&full, &with_defaults);
         cmd.envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
