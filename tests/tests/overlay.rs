@@ -335,10 +335,15 @@ fn each_queue_has_its_worker_and_parallel_flows_use_them_all() {
 /// Two hosts on `front` without IPv6 chatter, daemons running, h1 -> h2
 /// reachable.
 fn two_hosts_up(tag: &str) -> Lab {
+    two_hosts_up_with(tag, &[])
+}
+
+/// [`two_hosts_up`] with extra environment variables for both daemons.
+fn two_hosts_up_with(tag: &str, envs: &[(&str, &str)]) -> Lab {
     let mut lab = Lab::new(tag, 2, FRONT_ONLY);
     for h in ["h1", "h2"] {
         lab.no_ipv6(h);
-        lab.start(h);
+        lab.start_with(h, envs);
     }
     ping_ok(&lab, "h1", ov(2));
     lab
@@ -419,19 +424,7 @@ fn udp_bursts_arrive_whole_and_in_order_through_fewer_tap_writes() {
     let lab = two_hosts_up("ovludp");
     let recv = udp_receiver(&lab, 5600, TOTAL as usize);
     let writes_before = lab.counter("h2", "front", "tap_tx_packets");
-    lab.tb
-        .in_ns(&lab.tb.ns("h1"), move || {
-            let s = UdpSocket::bind((ov(1), 0)).unwrap();
-            s.connect((ov(2), 5600)).unwrap();
-            for b in 0..BURSTS {
-                for i in 0..PER_BURST {
-                    s.send(&udp_payload(b * PER_BURST + i)).unwrap();
-                }
-                // Let the burst drain before the next (bounded: 40 x 2 ms).
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-        .unwrap();
+    send_bursts(&lab, 5600, BURSTS, PER_BURST);
     let got = recv.join().unwrap().unwrap();
     let writes = lab.counter("h2", "front", "tap_tx_packets") - writes_before;
     assert_datagrams(&got, TOTAL);
@@ -439,6 +432,88 @@ fn udp_bursts_arrive_whole_and_in_order_through_fewer_tap_writes() {
         writes < u64::from(TOTAL) / 2,
         "{TOTAL} datagrams took {writes} TAP writes on h2: runs were not joined"
     );
+}
+
+/// Sends datagrams 0.. from h1 to `ov(2):port` in `bursts` back-to-back
+/// bursts of `per_burst`, pausing 2 ms between bursts.
+fn send_bursts(lab: &Lab, port: u16, bursts: u32, per_burst: u32) {
+    lab.tb
+        .in_ns(&lab.tb.ns("h1"), move || {
+            let s = UdpSocket::bind((ov(1), 0)).unwrap();
+            s.connect((ov(2), port)).unwrap();
+            for b in 0..bursts {
+                for i in 0..per_burst {
+                    s.send(&udp_payload(b * per_burst + i)).unwrap();
+                }
+                // Let the burst drain before the next (bounded).
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .unwrap();
+}
+
+/// Sends datagrams 0.. from h1 to `ov(2):port` as `sends` UDP_SEGMENT
+/// sends of `per_send` datagrams each, pausing 2 ms between sends.
+fn send_gso(lab: &Lab, port: u16, sends: u32, per_send: u32) {
+    lab.tb
+        .in_ns(&lab.tb.ns("h1"), move || {
+            let s = UdpSocket::bind((ov(1), 0)).unwrap();
+            s.connect((ov(2), port)).unwrap();
+            let size = udp_payload(0).len() as i32;
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::UdpGsoSegment, &size)
+                .unwrap();
+            for k in 0..sends {
+                let buf: Vec<u8> = (0..per_send)
+                    .flat_map(|i| udp_payload(k * per_send + i))
+                    .collect();
+                assert_eq!(s.send(&buf).unwrap(), buf.len());
+                // One super-frame at a time (bounded).
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .unwrap();
+}
+
+/// On a kernel before 6.2 (emulated on both daemons with
+/// `VXMESH_EMULATE_PRE_6_2=1`) a TAP offers no USO and refuses UDP GSO
+/// writes. The first run joined for h2's TAP is refused, cut and written
+/// datagram by datagram; nothing is joined after that; and every datagram
+/// arrives whole and in order, from a plain sender and from a UDP_SEGMENT
+/// sender (whose super-frames the kernel now cuts before h1's TAP).
+#[test]
+fn before_linux_6_2_udp_falls_back_to_single_writes_and_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    let lab = two_hosts_up_with(
+        "ovlold",
+        &[(vxmesh_dataplane::io::tap::EMULATE_PRE_6_2, "1")],
+    );
+    let flags = |h: &str| lab.status(h)["dataplane"].clone();
+    for h in ["h1", "h2"] {
+        let f = flags(h);
+        assert_eq!(f["tap_uso"], false, "no USO on {h}'s TAP: {f}");
+    }
+
+    const BURSTS: u32 = 20;
+    const PER_BURST: u32 = 50;
+    const TOTAL: u32 = BURSTS * PER_BURST;
+    let recv = udp_receiver(&lab, 5602, TOTAL as usize);
+    let writes_before = lab.counter("h2", "front", "tap_tx_packets");
+    send_bursts(&lab, 5602, BURSTS, PER_BURST);
+    let got = recv.join().unwrap().unwrap();
+    let writes = lab.counter("h2", "front", "tap_tx_packets") - writes_before;
+    assert_datagrams(&got, TOTAL);
+    let f = flags("h2");
+    assert_eq!(f["tap_uso_write"], false, "the refusal was noticed: {f}");
+    assert!(
+        writes >= u64::from(TOTAL),
+        "{TOTAL} datagrams in {writes} TAP writes on h2: runs were still joined"
+    );
+
+    let recv = udp_receiver(&lab, 5603, 400);
+    send_gso(&lab, 5603, 20, 20);
+    assert_datagrams(&recv.join().unwrap().unwrap(), 400);
 }
 
 /// A sender using UDP_SEGMENT (one send, many datagrams, as QUIC stacks
@@ -463,23 +538,7 @@ fn udp_gso_sends_are_cut_into_their_datagrams() {
     };
     let recv = udp_receiver(&lab, 5601, TOTAL as usize);
     let reads_before = tap_reads(&lab);
-    lab.tb
-        .in_ns(&lab.tb.ns("h1"), move || {
-            let s = UdpSocket::bind((ov(1), 0)).unwrap();
-            s.connect((ov(2), 5601)).unwrap();
-            let size = udp_payload(0).len() as i32;
-            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::UdpGsoSegment, &size)
-                .unwrap();
-            for k in 0..SENDS {
-                let buf: Vec<u8> = (0..PER_SEND)
-                    .flat_map(|i| udp_payload(k * PER_SEND + i))
-                    .collect();
-                assert_eq!(s.send(&buf).unwrap(), buf.len());
-                // One super-frame at a time (bounded: 20 x 2 ms).
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-        .unwrap();
+    send_gso(&lab, 5601, SENDS, PER_SEND);
     let got = recv.join().unwrap().unwrap();
     let reads = tap_reads(&lab) - reads_before;
     assert_datagrams(&got, TOTAL);

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
-use crate::wire::MacAddr;
+use crate::wire::{virtio, MacAddr};
 
 /// How to create one network's TAP.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +39,21 @@ pub struct Tap {
     /// The kernel takes UDP GSO frames (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux
     /// 6.2 and later) written into this TAP; cleared on the first refusal.
     uso_write: std::sync::atomic::AtomicBool,
+    /// Refuse UDP GSO writes here as a kernel before 6.2 does ([`EMULATE_PRE_6_2`]).
+    refuse_udp_gso: bool,
+}
+
+/// With this variable set to `1` in vxmeshd's environment, every TAP acts
+/// as on a kernel before 6.2: USO is not offered to the kernel, and a UDP
+/// GSO frame written to it fails with `EINVAL`, as the old kernel answers
+/// an unknown GSO type. The fallbacks for those kernels (Debian 12's 6.1,
+/// Ubuntu 22.04's 5.15) then run on a newer one: the tests use it, and an
+/// operator can use it to keep USO off where a kernel's USO misbehaves.
+pub const EMULATE_PRE_6_2: &str = "VXMESH_EMULATE_PRE_6_2";
+
+/// [`EMULATE_PRE_6_2`] is set to `1`.
+fn emulate_pre_6_2() -> bool {
+    std::env::var_os(EMULATE_PRE_6_2).is_some_and(|v| v == "1")
 }
 
 /// Longest interface name Linux accepts.
@@ -99,7 +114,12 @@ impl Tap {
             queues.push(q);
         }
         // USO where the kernel has it (6.2+), on every queue or on none.
+        let emulate = emulate_pre_6_2();
+        if emulate {
+            tracing::warn!(tap = %cfg.name, "{EMULATE_PRE_6_2}=1: acting as on a kernel before 6.2 (no USO)");
+        }
         let uso = vnet_hdr
+            && !emulate
             && queues
                 .iter()
                 .all(|q| super::sys::tap_offloads(q, true).is_ok());
@@ -115,6 +135,7 @@ impl Tap {
             vnet_hdr,
             uso,
             uso_write: std::sync::atomic::AtomicBool::new(vnet_hdr),
+            refuse_udp_gso: emulate,
         })
     }
 
@@ -161,6 +182,13 @@ impl Tap {
     /// Writes one frame through queue `q` (any queue reaches the same
     /// device; writers on different queues do not share a descriptor).
     pub fn send(&self, q: usize, frame: &[u8]) -> io::Result<usize> {
+        if self.refuse_udp_gso
+            && self.vnet_hdr
+            && virtio::Header::parse(frame)
+                .is_some_and(|h| h.gso_type & !virtio::GSO_ECN == virtio::GSO_UDP_L4)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         self.queues[q % self.queues.len()].send(frame)
     }
 

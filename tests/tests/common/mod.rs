@@ -75,6 +75,11 @@ impl Lab {
 
     /// Starts vxmeshd for `host` and waits for READY=1.
     pub fn start(&mut self, host: &str) {
+        self.start_with(host, &[]);
+    }
+
+    /// Like [`Lab::start`], with extra environment variables.
+    pub fn start_with(&mut self, host: &str, envs: &[(&str, &str)]) {
         let bin = workspace_bin("vxmeshd");
         let sock = self.socket(host);
         let ns = self.tb.ns(host);
@@ -91,7 +96,7 @@ impl Lab {
                     "--socket",
                     sock.to_str().unwrap(),
                 ],
-                &[("RUST_LOG", "info")],
+                &[&[("RUST_LOG", "info")], envs].concat(),
                 Duration::from_secs(10),
             )
             .unwrap_or_else(|e| panic!("vxmeshd on {host} did not become ready: {e}"));
