@@ -16,7 +16,7 @@ fi
 . tests/deps.sh
 install_missing systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping \
     iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 \
-    etcd:etcd-server protoc:protobuf-compiler
+    etcd:etcd-server protoc:protobuf-compiler perf:linux-perf
 
 export CI=true
 export CARGO_TERM_COLOR=never
