@@ -106,20 +106,12 @@ pub fn mss_for(frame: &[u8], mtu: usize) -> Option<usize> {
 /// segment at `mss` if it ever must. `None` if `frame` is not TCP.
 pub fn prepare_for_tap(frame: &mut [u8], mss: usize) -> Option<virtio::Header> {
     let l = layout(frame)?;
-    let pseudo = pseudo_sum(frame, &l, 6, l.end - l.l4);
-    frame[l.l4 + 16..l.l4 + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
-    Some(virtio::Header {
-        flags: virtio::F_NEEDS_CSUM,
-        gso_type: if l.v4 {
-            virtio::GSO_TCPV4
-        } else {
-            virtio::GSO_TCPV6
-        },
-        hdr_len: l.data as u16,
-        gso_size: u16::try_from(mss).ok()?,
-        csum_start: l.l4 as u16,
-        csum_offset: 16,
-    })
+    let gso_type = if l.v4 {
+        virtio::GSO_TCPV4
+    } else {
+        virtio::GSO_TCPV6
+    };
+    partial_for_tap(frame, &l, (6, 16), gso_type, mss)
 }
 
 /// Prepares a run of UDP datagrams joined into one frame (the UDP length
@@ -129,15 +121,28 @@ pub fn prepare_for_tap(frame: &mut [u8], mss: usize) -> Option<virtio::Header> {
 /// bytes. `None` if `frame` is not UDP.
 pub fn prepare_udp_for_tap(frame: &mut [u8], mss: usize) -> Option<virtio::Header> {
     let l = udp_layout(frame)?;
-    let pseudo = pseudo_sum(frame, &l, 17, l.end - l.l4);
-    frame[l.l4 + 6..l.l4 + 8].copy_from_slice(&fold(pseudo).to_be_bytes());
+    partial_for_tap(frame, &l, (17, 6), virtio::GSO_UDP_L4, mss)
+}
+
+/// Stores the pseudo-header sum of protocol `proto` in the L4 checksum at
+/// `field` (offset in the L4 header) and returns the virtio-net header that
+/// has the kernel finish it and cut the frame at `mss` as `gso_type`.
+fn partial_for_tap(
+    frame: &mut [u8],
+    l: &Layout,
+    (proto, field): (u32, usize),
+    gso_type: u8,
+    mss: usize,
+) -> Option<virtio::Header> {
+    let pseudo = pseudo_sum(frame, l, proto, l.end - l.l4);
+    frame[l.l4 + field..l.l4 + field + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
     Some(virtio::Header {
         flags: virtio::F_NEEDS_CSUM,
-        gso_type: virtio::GSO_UDP_L4,
+        gso_type,
         hdr_len: l.data as u16,
         gso_size: u16::try_from(mss).ok()?,
         csum_start: l.l4 as u16,
-        csum_offset: 6,
+        csum_offset: field as u16,
     })
 }
 
