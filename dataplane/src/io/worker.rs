@@ -926,7 +926,7 @@ impl Rx {
             gro::Push::Joined => self.hold_for(tap, stats),
             gro::Push::Flush => {
                 self.flush_gro();
-                if self.gro.push(inner) == gro::Push::Joined {
+                if self.gro.restart(inner) == gro::Push::Joined {
                     self.hold_for(tap, stats);
                 } else {
                     self.write_with(tap, stats, virtio::Header::default(), inner);

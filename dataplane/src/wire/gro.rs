@@ -63,8 +63,22 @@ pub enum Push {
     Single,
 }
 
+/// What the checks of [`Gro::push`] found in a frame: offsets and fields
+/// of a UDP datagram or TCP segment that may join, or neither.
+#[derive(Clone, Copy, Debug)]
+enum Parsed {
+    /// (l3, l4, IPv4 id).
+    Udp(usize, usize, u16),
+    /// (l3, l4, data, seq, flags).
+    Tcp(usize, usize, usize, u32, u8),
+    Other,
+}
+
 /// Builds one super-frame at a time.
 pub struct Gro {
+    /// The frame last answered [`Push::Flush`] (address, length) and what
+    /// its checks found, for [`Gro::restart`].
+    refused: Option<(usize, usize, Parsed)>,
     /// Join UDP datagrams too (off where the TAP refuses UDP GSO frames).
     pub udp_runs: bool,
     /// What the frame being built carries.
@@ -89,6 +103,7 @@ pub struct Gro {
 impl Default for Gro {
     fn default() -> Self {
         Gro {
+            refused: None,
             udp_runs: true,
             udp: false,
             last_id: 0,
@@ -201,11 +216,40 @@ impl Gro {
 
     /// Offers one frame.
     pub fn push(&mut self, frame: &[u8]) -> Push {
+        let parsed = self.parse(frame);
+        let r = self.offer(frame, parsed);
+        self.refused = (r == Push::Flush).then_some((frame.as_ptr() as usize, frame.len(), parsed));
+        r
+    }
+
+    /// After [`Gro::finish`], offers the frame that [`Gro::push`] just
+    /// answered [`Push::Flush`] to, without checking it a second time (the
+    /// checks include a checksum pass over it). Any other frame is checked
+    /// as `push` does.
+    pub fn restart(&mut self, frame: &[u8]) -> Push {
+        let parsed = match self.refused.take() {
+            Some((at, len, p)) if (at, len) == (frame.as_ptr() as usize, frame.len()) => p,
+            _ => self.parse(frame),
+        };
+        self.offer(frame, parsed)
+    }
+
+    /// The checks of a frame that may join.
+    fn parse(&self, frame: &[u8]) -> Parsed {
         if let Some((l3, l4, id)) = udp_v4(frame).filter(|_| self.udp_runs) {
-            return self.push_udp(frame, l3, l4, id);
+            return Parsed::Udp(l3, l4, id);
         }
-        let Some((l3, l4, data, seq, flags)) = tcp_v4(frame) else {
-            return Push::Single;
+        tcp_v4(frame).map_or(Parsed::Other, |(l3, l4, data, seq, flags)| {
+            Parsed::Tcp(l3, l4, data, seq, flags)
+        })
+    }
+
+    /// Offers a checked frame.
+    fn offer(&mut self, frame: &[u8], parsed: Parsed) -> Push {
+        let (l3, l4, data, seq, flags) = match parsed {
+            Parsed::Udp(l3, l4, id) => return self.push_udp(frame, l3, l4, id),
+            Parsed::Tcp(l3, l4, data, seq, flags) => (l3, l4, data, seq, flags),
+            Parsed::Other => return Push::Single,
         };
         if self.len != 0 && self.udp {
             return Push::Flush;
@@ -393,6 +437,25 @@ mod tests {
             .unwrap();
         assert_eq!(g.push(&seg(0, &[1; 10], false)), Push::Joined);
         assert_eq!(g.push(&other), Push::Flush);
+    }
+
+    #[test]
+    fn restart_takes_the_refused_frame_and_checks_any_other() {
+        let mut g = Gro::default();
+        assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
+        let next = seg(500, &[1; 100], false);
+        assert_eq!(g.push(&next), Push::Flush);
+        g.finish();
+        assert_eq!(g.restart(&next), Push::Joined);
+        g.finish();
+        // Not the refused frame: checked, so a bad checksum still shows.
+        let mut bad = seg(0, &[1; 100], false);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
+        assert_eq!(g.push(&seg(900, &[1; 100], false)), Push::Flush);
+        g.finish();
+        assert_eq!(g.restart(&bad), Push::Single);
     }
 
     #[test]
