@@ -11,3 +11,18 @@ install_missing() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     fi
 }
+
+# The same without the packages' recommendations: for the container
+# runtimes (docker.io, podman), whose recommendations pull in needrestart
+# (which hooks every later apt run) and apparmor (absent here).
+install_missing_no_recommends() {
+    local need=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "== installing (no recommends): ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+}

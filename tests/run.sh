@@ -17,6 +17,17 @@ fi
 install_missing systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping \
     iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 \
     etcd:etcd-server protoc:protobuf-compiler perf:linux-perf
+# Real container runtimes for the container tests (tests/tests/containers.rs):
+# Debian's dockerd and podman (CNI backend), busybox for the image.
+install_missing_no_recommends dockerd:docker.io podman:podman runc:runc \
+    /usr/lib/cni/bridge:containernetworking-plugins nsenter:util-linux
+# The image is busybox-static's /bin/busybox (a dynamic busybox would not run
+# in an image without libraries).
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+    echo "== installing busybox-static"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
+fi
 
 export CI=true
 export CARGO_TERM_COLOR=never

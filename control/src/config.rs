@@ -174,6 +174,19 @@ struct RawNetwork {
     /// Resolvers for names outside the cluster (default: none, REFUSED).
     #[serde(default)]
     dns_forward: Vec<Spanned<String>>,
+    /// Containers may attach (a bridge holds the TAP and their veths).
+    #[serde(default)]
+    attachable: bool,
+    /// Per-node ranges for container addresses (cluster file store).
+    #[serde(default)]
+    pools: Vec<Spanned<RawPool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    node: Spanned<String>,
+    range: Spanned<Ipv4Net>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +197,8 @@ struct RawEndpoint {
     ip: Spanned<Ipv4Addr>,
     mac: Option<Spanned<String>>,
     name: Option<String>,
+    container: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
 }
 
 /// Bytes of VXLAN over IPv4 around an inner frame: outer IPv4 (20), UDP (8),
@@ -196,6 +211,9 @@ pub const MAX_NETWORK_NAME: usize = 11;
 pub const MAX_ANNOUNCE_CAP: usize = 65536;
 /// Most resolvers one network forwards to (like resolv.conf's three, and one).
 pub const MAX_DNS_FORWARD: usize = 4;
+/// Largest per-node container range (a /22): every node installs a
+/// forwarding entry for each address of the other nodes' ranges.
+pub const MAX_POOL_ADDRESSES: u32 = 1024;
 
 struct Lines<'a> {
     file: &'a Path,
@@ -470,8 +488,42 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             Some(c) => *c.get_ref(),
             None => Network::DEFAULT_ANNOUNCE_CAP,
         };
+        let mut pools: Vec<(String, Ipv4Net)> = Vec::new();
+        for p in &n.pools {
+            let p = p.get_ref();
+            let (node, range) = (p.node.get_ref(), *p.range.get_ref());
+            if !node_names.contains(node) {
+                err(
+                    p.node.span(),
+                    format!("pool node `{node}` is not defined in [[nodes]]"),
+                );
+            }
+            if range.trunc() != range || !subnet.contains(&range) {
+                err(
+                    p.range.span(),
+                    format!("pool {range} must be a range inside the subnet {subnet}"),
+                );
+            } else if range.hosts().count() as u64 > u64::from(MAX_POOL_ADDRESSES) {
+                err(
+                    p.range.span(),
+                    format!("pool {range} is larger than {MAX_POOL_ADDRESSES} addresses (a /22)"),
+                );
+            }
+            if let Some((other, r)) = pools
+                .iter()
+                .find(|(o, r)| o == node || r.contains(&range) || range.contains(r))
+            {
+                err(
+                    p.range.span(),
+                    format!("pool {range} of node `{node}` overlaps pool {r} of node `{other}` (one range per node, disjoint)"),
+                );
+            }
+            pools.push((node.clone(), range));
+        }
         net_by_name.insert(name.clone(), subnet);
         networks.push(Network {
+            attachable: n.attachable,
+            pools,
             announce: n.announce,
             announce_cap,
             dns,
@@ -552,15 +604,42 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
                 format!("MAC {mac} is used twice in network `{net}`"),
             );
         }
+        let container = e.container.as_ref().map(|c| {
+            let id = c.get_ref();
+            let ok = !id.is_empty()
+                && id.len() <= 160
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+            if !ok {
+                err(
+                    c.span(),
+                    format!("container `{id}` must be 1-160 of [a-zA-Z0-9_.:/-]"),
+                );
+            }
+            id.clone()
+        });
+        let service = e.service.as_ref().map(|s| {
+            if !valid_name(s.get_ref(), 63) {
+                err(
+                    s.span(),
+                    format!("service `{}` must be 1-63 of [a-zA-Z0-9_.-]", s.get_ref()),
+                );
+            }
+            s.get_ref().clone()
+        });
         endpoints.push(Endpoint {
             network: net.clone(),
             node: e.node.get_ref().clone(),
             ip,
             mac,
             name: e.name.clone(),
+            container,
+            service,
         });
     }
     let mut services = services(&raw.services, &networks, &endpoints, &mut err);
+    add_labelled_tasks(&mut services, &endpoints);
     for name in allocate_vips(&networks, &mut services) {
         let span = raw
             .services
@@ -610,6 +689,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
         })
     } else {
         Err(ConfigErrors(errs))
+    }
+}
+
+/// Endpoints that name a service are its tasks (containers started with a
+/// selector), after the tasks the service lists itself.
+pub fn add_labelled_tasks(services: &mut [ServiceSpec], endpoints: &[Endpoint]) {
+    let labelled: Vec<&Endpoint> = endpoints.iter().filter(|e| e.service.is_some()).collect();
+    if labelled.is_empty() {
+        return;
+    }
+    for s in services {
+        for e in &labelled {
+            if e.network == s.network
+                && e.service.as_deref() == Some(s.name.as_str())
+                && !s.tasks.contains(&e.ip)
+            {
+                s.tasks.push(e.ip);
+            }
+        }
     }
 }
 

@@ -36,6 +36,36 @@ pub struct Options {
     pub admin_addr: Option<SocketAddr>,
     /// Where the desired state lives; `None` is the file store.
     pub etcd: Option<EtcdOptions>,
+    /// Where the daemon keeps its state (allocations with the cluster
+    /// file, Docker networks bound to vxmesh networks).
+    pub state_dir: PathBuf,
+    /// Serve Docker's plugin protocol under this plugin name.
+    pub docker_plugin: Option<String>,
+    /// The directory Docker discovers plugin sockets in.
+    pub docker_plugin_dir: PathBuf,
+    /// dockerd's API socket, asked for container names and labels.
+    pub docker_host: Option<PathBuf>,
+}
+
+impl Options {
+    pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/vxmesh";
+    pub const DEFAULT_PLUGIN_DIR: &'static str = "/run/docker/plugins";
+
+    /// A daemon on the cluster file `config` as node `node`, with its state
+    /// in `state_dir` and nothing else turned on.
+    pub fn file(config: PathBuf, node: &str, socket: PathBuf, state_dir: PathBuf) -> Options {
+        Options {
+            config,
+            node: node.to_string(),
+            socket,
+            admin_addr: None,
+            etcd: None,
+            state_dir,
+            docker_plugin: None,
+            docker_plugin_dir: PathBuf::from(Self::DEFAULT_PLUGIN_DIR),
+            docker_host: None,
+        }
+    }
 }
 
 /// Everything the admin API and the signal handlers share.
@@ -50,6 +80,8 @@ pub struct State {
     pub store: Store,
     /// How long validating and applying desired states took.
     pub times: ApplyTimes,
+    /// Containers attached on this node.
+    pub attach: crate::attach::Attach,
 }
 
 pub struct Inner {
@@ -99,7 +131,14 @@ impl State {
         let next = match &self.store {
             Store::File(path) => {
                 let t = Instant::now();
-                let c = config::load(path).map_err(|e| e.to_string());
+                let c = config::load(path).map_err(|e| e.to_string()).map(|mut c| {
+                    for w in
+                        crate::attach::ipam::merge(&mut c, &self.node, &self.attach.local_list())
+                    {
+                        warn!(warning = %w, "container allocation left out");
+                    }
+                    c
+                });
                 self.times.validated(t.elapsed());
                 c
             }
@@ -187,6 +226,7 @@ impl State {
                 self.times.applied(started.elapsed(), endpoints, nodes);
                 inner.reloads_ok += 1;
                 inner.last_reload_error = None;
+                self.attach.applied();
             }
             Err(e) => {
                 inner.reloads_failed += 1;
@@ -235,9 +275,13 @@ fn watchdog_period() -> Option<Duration> {
 }
 
 /// Builds the dataplane for `opts` from an already validated cluster.
-pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<Arc<State>> {
+pub fn start(opts: &Options, mut cluster: Cluster, store: Store) -> anyhow::Result<Arc<State>> {
     // Announced addresses can only be published to etcd.
     let etcd = matches!(store, Store::Etcd(_));
+    let attach = crate::attach::Attach::open(&opts.state_dir, &opts.node, !etcd)?;
+    for w in crate::attach::ipam::merge(&mut cluster, &opts.node, &attach.local_list()) {
+        warn!(warning = %w, "container allocation left out");
+    }
     if !etcd && cluster.networks.iter().any(|n| n.announce) {
         warn!("`announce = true` needs the etcd store; with the cluster file it does nothing");
     }
@@ -279,6 +323,7 @@ pub fn start(opts: &Options, cluster: Cluster, store: Store) -> anyhow::Result<A
         started: Instant::now(),
         store,
         times,
+        attach,
         inner: Mutex::new(Inner {
             cluster,
             dataplane,
@@ -444,6 +489,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             state.clone(),
             stopped(stop_rx.clone()),
         )));
+    }
+    if let Some(name) = &opts.docker_plugin {
+        let plugin = crate::attach::docker::Plugin::new(name, &state, opts.docker_host.clone())?;
+        let server =
+            crate::attach::docker::serve(plugin, &opts.docker_plugin_dir, stopped(stop_rx.clone()))
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding the docker plugin socket in {}",
+                        opts.docker_plugin_dir.display()
+                    )
+                })?;
+        servers.push(tokio::spawn(async move {
+            let _ = server.await;
+            Ok(())
+        }));
     }
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;

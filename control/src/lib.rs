@@ -5,6 +5,8 @@
 //! - [`config`]: the cluster file (TOML), parsed with file:line:reason errors;
 //! - [`store`]: where the desired state lives: the file, or etcd (watch, leases);
 //! - [`reconcile`]: desired state -> table snapshots and TAP devices, as a diff;
+//! - [`attach`]: containers on the overlay: allocation, Docker's plugin protocol, CNI's backend;
+//! - [`cni`]: the `vxmesh-cni` plugin (CNI 1.0) over the admin API;
 //! - [`api`]: the local admin API (HTTP on a unix socket) and its client;
 //! - [`daemon`]: start-up, systemd notify, SIGHUP reload, SIGTERM stop;
 //! - [`timing`]: how long validating and applying a desired state takes;
@@ -13,6 +15,8 @@
 //! The control plane never touches a packet.
 
 pub mod api;
+pub mod attach;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod lab;

@@ -667,13 +667,12 @@ networks = [{ name = "front", vni = 4096, subnet = "10.0.0.0/16" }]
 
     #[tokio::test]
     async fn table_apply_time_is_exported_and_moves() {
-        let opts = Options {
-            config: PathBuf::from("t.toml"),
-            node: "me".into(),
-            socket: PathBuf::from("/nonexistent/vxmeshd.sock"),
-            admin_addr: None,
-            etcd: None,
-        };
+        let opts = Options::file(
+            PathBuf::from("t.toml"),
+            "me",
+            PathBuf::from("/nonexistent/vxmeshd.sock"),
+            std::env::temp_dir().join(format!("vxmesh-metrics-{}", std::process::id())),
+        );
         let st = daemon::start(&opts, cluster(1), Store::File(opts.config.clone()))
             .expect("starts without root");
         let count = r#"vxmesh_table_apply_seconds_count{step="apply"}"#;

@@ -105,6 +105,14 @@ pub struct Network {
     /// Resolvers asked for names outside the cluster, in turn (empty:
     /// those names are REFUSED).
     pub dns_forward: Vec<std::net::SocketAddr>,
+    /// Containers may attach (Docker's `--attachable`): on each member node
+    /// the TAP is a port of the bridge `vxb-<name>`, which holds the node's
+    /// addresses in the network and one veth per local container.
+    pub attachable: bool,
+    /// Address ranges the nodes allocate container addresses from when the
+    /// store is the cluster file (node name, range). With etcd the whole
+    /// subnet is shared and allocated with a compare-and-swap instead.
+    pub pools: Vec<(String, Ipv4Net)>,
 }
 
 impl Network {
@@ -123,6 +131,33 @@ impl Network {
     pub fn tap_name(&self) -> String {
         format!("vxm-{}", self.name)
     }
+
+    /// Name of the network's bridge on nodes where it is attachable.
+    pub fn bridge_name(&self) -> String {
+        format!("vxb-{}", self.name)
+    }
+
+    /// The VIP pool: the quarter of the subnet's usable addresses just
+    /// below the DNS address (see `config::allocate_vips`), as an inclusive
+    /// range of addresses.
+    pub fn vip_pool(&self) -> std::ops::RangeInclusive<u32> {
+        let first = u32::from(self.subnet.network()) + 1;
+        let below = u32::from(self.dns).saturating_sub(first);
+        let hosts = (1u64 << (32 - self.subnet.prefix_len())).saturating_sub(2);
+        let pool = ((hosts / 4).max(1) as u32).min(below);
+        let top = u32::from(self.dns).saturating_sub(1);
+        (top + 1 - pool)..=top
+    }
+
+    /// True when containers may be given `ip`: a usable address of the
+    /// subnet that is neither the DNS address nor in the VIP pool.
+    pub fn allocatable(&self, ip: Ipv4Addr) -> bool {
+        self.subnet.contains(&ip)
+            && ip != self.subnet.network()
+            && ip != self.subnet.broadcast()
+            && ip != self.dns
+            && !self.vip_pool().contains(&u32::from(ip))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,6 +167,13 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
     pub name: Option<String>,
+    /// The container this endpoint was allocated for (`docker:<endpoint
+    /// id>`, `cni:<container id>/<ifname>`), or `None` for an endpoint an
+    /// operator declared. Container endpoints never go on the TAP.
+    pub container: Option<String>,
+    /// The service this endpoint is a task of (a container's selector,
+    /// given when it attaches).
+    pub service: Option<String>,
 }
 
 /// The whole desired state.
@@ -169,7 +211,11 @@ impl Cluster {
             .collect();
         self.nodes
             .iter()
-            .filter(|n| net.extra_nodes.contains(&n.name) || owners.contains(n.name.as_str()))
+            .filter(|n| {
+                net.extra_nodes.contains(&n.name)
+                    || owners.contains(n.name.as_str())
+                    || net.pools.iter().any(|(p, _)| *p == n.name)
+            })
             .collect()
     }
 
@@ -177,6 +223,7 @@ impl Cluster {
     pub fn is_member(&self, net: &Network, node: &str) -> bool {
         self.node(node).is_some()
             && (net.extra_nodes.iter().any(|n| n == node)
+                || net.pools.iter().any(|(p, _)| p == node)
                 || self.endpoints_of(&net.name).any(|e| e.node == node))
     }
 
@@ -199,9 +246,14 @@ impl Cluster {
     /// there, in file order. Further endpoints of the node are workloads
     /// behind the TAP (for example on a bridge with it).
     pub fn tap_address(&self, net: &Network, node: &str) -> Option<Ipv4Addr> {
+        self.host_endpoint(net, node).map(|e| e.ip)
+    }
+
+    /// The node's own endpoint in `net`: its first one that is not a
+    /// container's.
+    pub fn host_endpoint<'a>(&'a self, net: &'a Network, node: &str) -> Option<&'a Endpoint> {
         self.endpoints_of(&net.name)
-            .find(|e| e.node == node)
-            .map(|e| e.ip)
+            .find(|e| e.node == node && e.container.is_none())
     }
 }
 

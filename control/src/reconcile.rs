@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vxmesh_dataplane::io::addr;
 use vxmesh_dataplane::io::worker::TapSet;
+use vxmesh_dataplane::io::{addr, netdev};
 use vxmesh_dataplane::io::{Tap, TapConfig};
 use vxmesh_dataplane::mesh::dns::ZoneSpec;
 use vxmesh_dataplane::overlay::{
@@ -29,8 +29,12 @@ struct NetState {
     learned: Arc<LearnedFdb>,
     fdb_cap: usize,
     ageing_s: u64,
-    /// Addresses added to the TAP beyond its own (VIPs, DNS).
-    extra: BTreeSet<Ipv4Addr>,
+    /// Addresses added beyond the TAP's own (VIPs, DNS; on a bridge also
+    /// the node's own address), with their prefix length.
+    extra: BTreeSet<(Ipv4Addr, u8)>,
+    /// The bridge holding the TAP and the containers' veths (attachable
+    /// networks), or `None` when the TAP holds the addresses itself.
+    bridge: Option<String>,
     /// Local workload addresses to announce (`announce = true`).
     announce: Option<Arc<Announcements>>,
 }
@@ -76,8 +80,7 @@ pub enum ReconcileError {
 /// an endpoint, `02:43:<underlay ip>`.
 fn tap_mac(cluster: &Cluster, net: &Network, node: &str, underlay: Ipv4Addr) -> MacAddr {
     cluster
-        .endpoints_of(&net.name)
-        .find(|e| e.node == node)
+        .host_endpoint(net, node)
         .map(|e| e.mac)
         .unwrap_or_else(|| {
             let o = underlay.octets();
@@ -127,12 +130,21 @@ impl Reconciler {
         let mut tables = Vec::new();
         let addresses = cluster.addresses();
         for net in cluster.networks_of(&self.node) {
+            // The node's identity in the network: its MAC and address go on
+            // the TAP, or on the bridge when containers may attach (the TAP
+            // is then a plain port with a MAC of its own).
+            let node_mac = tap_mac(cluster, net, &self.node, local);
             let tap_cfg = TapConfig {
                 name: net.tap_name(),
-                mac: tap_mac(cluster, net, &self.node, local),
+                mac: if net.attachable {
+                    port_mac(node_mac)
+                } else {
+                    node_mac
+                },
                 mtu: net.mtu,
                 address: cluster
                     .tap_address(net, &self.node)
+                    .filter(|_| !net.attachable)
                     .map(|ip| (ip, net.subnet.prefix_len())),
                 offload: cluster.settings.offloads,
                 queues: cluster.settings.effective_queues(),
@@ -171,6 +183,7 @@ impl Reconciler {
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
                         extra: old.extra.clone(),
+                        bridge: old.bridge.clone(),
                         announce: old.announce.clone(),
                     }
                 }
@@ -192,14 +205,17 @@ impl Reconciler {
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
                         extra: BTreeSet::new(),
+                        bridge: None,
                         announce: None,
                     }
                 }
             };
             let mut state = state;
-            state.extra = self.sync_addresses(net, &state, local_addresses(cluster, net))?;
+            self.sync_bridge(net, &mut state, node_mac)?;
+            let want = wanted_addresses(cluster, net, &self.node, state.bridge.is_some());
+            state.extra = self.sync_addresses(net, &state, want)?;
             state.announce = self.announcements(net, &state);
-            let endpoints: Vec<EndpointEntry> = cluster
+            let mut endpoints: Vec<EndpointEntry> = cluster
                 .endpoints_of(&net.name)
                 .filter_map(|e| {
                     addresses.get(e.node.as_str()).map(|vtep| EndpointEntry {
@@ -209,27 +225,49 @@ impl Reconciler {
                     })
                 })
                 .collect();
+            endpoints.extend(pool_entries(cluster, net, &addresses, &self.node));
+            // On a bridge, what lives on this node (its containers, its own
+            // address, DNS and VIPs) is answered there; the TAP never sees
+            // an answer for it and no other node is asked.
+            let on_bridge: Vec<Ipv4Addr> = if state.bridge.is_some() {
+                cluster
+                    .endpoints_of(&net.name)
+                    .filter(|e| e.node == self.node)
+                    .map(|e| e.ip)
+                    .chain(state.extra.iter().map(|(ip, _)| *ip))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let peers = cluster.members(net).into_iter().map(|n| n.address);
             tables.push(
                 NetworkTable::new(
                     net.name.clone(),
                     net.vni,
                     net.mtu,
-                    state.tap_cfg.mac,
+                    node_mac,
                     state.stats.clone(),
                     state.learned.clone(),
                 )
                 .with_peers(local, peers)
                 .with_endpoints(local, &endpoints)
+                .with_local(on_bridge)
                 .with_learning(net.learning)
                 .with_announce(state.announce.clone())
                 .with_flood_limit(net.flood_pps),
             );
             next.insert(net.name.clone(), state);
         }
-        for name in self.nets.keys() {
+        for (name, old) in &self.nets {
             if !next.contains_key(name) {
                 changes.push(Change::NetworkRemoved(name.clone()));
+                // The network is gone from this node: its bridge goes too
+                // (containers still on it lose the network with it).
+                if let Some(br) = &old.bridge {
+                    if let Err(e) = netdev::delete(br) {
+                        tracing::warn!(bridge = %br, error = %e, "bridge not removed");
+                    }
+                }
             }
         }
         let taps: TapSet = next.values().map(|s| (s.vni, s.tap.clone())).collect();
@@ -260,36 +298,95 @@ impl Reconciler {
         }
     }
 
-    /// Puts `want` on the network's TAP as /32s and removes what it had
+    /// Creates (or finds) the bridge of an attachable network and makes
+    /// the TAP its port. A bridge found from an earlier run keeps its
+    /// container ports; its addresses are set again from the desired state.
+    fn sync_bridge(
+        &self,
+        net: &Network,
+        state: &mut NetState,
+        node_mac: MacAddr,
+    ) -> Result<(), ReconcileError> {
+        let fail = |source: io::Error| ReconcileError::Tap {
+            network: net.name.clone(),
+            source,
+        };
+        if !net.attachable {
+            if let Some(br) = state.bridge.take() {
+                netdev::delete(&br).map_err(fail)?;
+                state.extra.clear();
+            }
+            return Ok(());
+        }
+        let br = net.bridge_name();
+        let fresh = state.bridge.is_none();
+        netdev::ensure_bridge(&br, node_mac, net.mtu).map_err(fail)?;
+        if fresh {
+            netdev::flush_addresses(&br).map_err(fail)?;
+            state.extra.clear();
+        }
+        netdev::set_master(&state.tap_cfg.name, &br).map_err(fail)?;
+        state.bridge = Some(br);
+        Ok(())
+    }
+
+    /// Puts `want` on the network's TAP (or bridge) and removes what it had
     /// beyond that; returns what is there now.
     fn sync_addresses(
         &self,
         net: &Network,
         state: &NetState,
-        mut want: BTreeSet<Ipv4Addr>,
-    ) -> Result<BTreeSet<Ipv4Addr>, ReconcileError> {
+        mut want: BTreeSet<(Ipv4Addr, u8)>,
+    ) -> Result<BTreeSet<(Ipv4Addr, u8)>, ReconcileError> {
         // The TAP's own address is already there (and must stay).
-        if let Some((own, _)) = state.tap_cfg.address {
+        if let Some(own) = state.tap_cfg.address {
             want.remove(&own);
         }
         let fail = |source: io::Error| ReconcileError::Address {
             network: net.name.clone(),
             source,
         };
-        let ifindex = nix::net::if_::if_nametoindex(state.tap_cfg.name.as_str())
-            .map_err(|e| fail(io::Error::from(e)))?;
-        for ip in want.difference(&state.extra) {
-            addr::add_v4(ifindex, *ip, 32).map_err(fail)?;
+        let dev = state.bridge.as_deref().unwrap_or(&state.tap_cfg.name);
+        let ifindex = nix::net::if_::if_nametoindex(dev).map_err(|e| fail(io::Error::from(e)))?;
+        for (ip, prefix) in state.extra.difference(&want) {
+            if *prefix == 32 {
+                addr::del_v4(ifindex, *ip, 32).map_err(fail)?;
+            } else {
+                netdev::del_address(dev, *ip, *prefix).map_err(fail)?;
+            }
         }
-        for ip in state.extra.difference(&want) {
-            addr::del_v4(ifindex, *ip, 32).map_err(fail)?;
+        for (ip, prefix) in want.difference(&state.extra) {
+            if *prefix == 32 {
+                addr::add_v4(ifindex, *ip, 32).map_err(fail)?;
+            } else {
+                // The subnet's address, with the prefix route the node's
+                // own traffic to its containers takes.
+                netdev::add_address(dev, *ip, *prefix).map_err(fail)?;
+            }
         }
         Ok(want)
     }
 
+    /// The bridge of `network` on this node, when it is attachable and
+    /// this node is a member.
+    pub fn bridge(&self, network: &str) -> Option<&str> {
+        self.nets.get(network).and_then(|s| s.bridge.as_deref())
+    }
+
     /// Forgets every network (their TAPs close once the dataplane lets go).
+    /// A bridge with containers on it stays, with its addresses, so the
+    /// containers keep talking locally and a restarted daemon finds it
+    /// again; an empty one is removed.
     pub fn clear(&mut self) {
-        self.nets.clear();
+        for (name, s) in self.nets.drain() {
+            let Some(br) = s.bridge else { continue };
+            let tap = s.tap_cfg.name;
+            if netdev::bridge_ports(&br).iter().all(|p| *p == tap) {
+                if let Err(e) = netdev::delete(&br) {
+                    tracing::warn!(network = %name, bridge = %br, error = %e, "bridge not removed");
+                }
+            }
+        }
     }
 }
 
@@ -364,14 +461,78 @@ pub fn dns_zones(cluster: &Cluster, node: &str) -> Vec<ZoneSpec> {
 }
 
 /// The addresses this node adds to its TAP in `net`: the DNS responder's
-/// and the VIP of every service of the network.
-fn local_addresses(cluster: &Cluster, net: &Network) -> BTreeSet<Ipv4Addr> {
-    let mut out: BTreeSet<Ipv4Addr> = cluster
+/// and the VIP of every service of the network, as /32s. On a bridge the
+/// node's own address goes there too with the subnet's prefix (or, on a
+/// node with containers only, the DNS address does), which brings the
+/// route to the subnet.
+fn wanted_addresses(
+    cluster: &Cluster,
+    net: &Network,
+    node: &str,
+    bridge: bool,
+) -> BTreeSet<(Ipv4Addr, u8)> {
+    let mut out: BTreeSet<(Ipv4Addr, u8)> = cluster
         .services
         .iter()
         .filter(|s| s.network == net.name)
         .filter_map(|s| s.vip)
+        .map(|ip| (ip, 32))
         .collect();
-    out.insert(net.dns);
+    if bridge {
+        let own = cluster.tap_address(net, node).unwrap_or(net.dns);
+        out.insert((own, net.subnet.prefix_len()));
+        if own != net.dns {
+            out.insert((net.dns, 32));
+        }
+    } else {
+        out.insert((net.dns, 32));
+    }
     out
+}
+
+/// With the cluster file, every node allocates container addresses from
+/// its own range, and the others cannot hear of each allocation: they
+/// forward every address of a remote node's range to that node, with the
+/// MAC derived from the address (`02:42:<ip>`, the rule allocations use),
+/// and answer ARP for it. Addresses an endpoint declares keep their own
+/// entry.
+fn pool_entries(
+    cluster: &Cluster,
+    net: &Network,
+    addresses: &std::collections::HashMap<&str, Ipv4Addr>,
+    node: &str,
+) -> Vec<EndpointEntry> {
+    let mut out = Vec::new();
+    if net.pools.is_empty() {
+        return out;
+    }
+    let declared: std::collections::HashSet<Ipv4Addr> =
+        cluster.endpoints_of(&net.name).map(|e| e.ip).collect();
+    for (owner, range) in &net.pools {
+        let Some(vtep) = addresses.get(owner.as_str()) else {
+            continue;
+        };
+        if owner == node {
+            continue;
+        }
+        for ip in range.hosts().filter(|ip| net.allocatable(*ip)) {
+            if !declared.contains(&ip) {
+                out.push(EndpointEntry {
+                    ip,
+                    mac: MacAddr::from_ipv4(ip),
+                    vtep: *vtep,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The MAC of a bridged TAP: the node's MAC in the network with its second
+/// byte changed, so that the bridge (which answers as the node) and its
+/// TAP port never share one.
+fn port_mac(node: MacAddr) -> MacAddr {
+    let mut m = node.0;
+    m[1] ^= 0x80;
+    MacAddr(m)
 }

@@ -403,13 +403,12 @@ fn api() -> &'static (tokio::runtime::Runtime, axum::Router) {
             .expect("a runtime");
         let path = PathBuf::from("fuzz-admin.toml");
         let cluster = config::parse(&path, API_CLUSTER).expect("the fuzz cluster is valid");
-        let opts = Options {
-            config: path.clone(),
-            node: "me".into(),
-            socket: PathBuf::from("/nonexistent/vxmeshd.sock"),
-            admin_addr: None,
-            etcd: None,
-        };
+        let opts = Options::file(
+            path.clone(),
+            "me",
+            PathBuf::from("/nonexistent/vxmeshd.sock"),
+            std::env::temp_dir().join(format!("vxmesh-fuzz-{}", std::process::id())),
+        );
         let state = rt
             .block_on(async { daemon::start(&opts, cluster, Store::File(path)) })
             .expect("the daemon state starts without root");

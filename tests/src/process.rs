@@ -152,7 +152,20 @@ impl Testbed {
     /// group and is tracked: stopped (SIGTERM, then SIGKILL) when the testbed
     /// drops.
     pub fn spawn(&mut self, ns: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Proc, Error> {
-        self.spawn_inner(ns, args, envs, None)
+        self.spawn_inner(ns, args, envs, None, false)
+    }
+
+    /// Like [`Testbed::spawn`], entering only the network namespace
+    /// (`nsenter --net`) and keeping the host's mounts. `ip netns exec`
+    /// remounts /sys privately, where /sys/fs/cgroup is empty: container
+    /// runtimes (dockerd, podman) need this instead.
+    pub fn spawn_host_mounts(
+        &mut self,
+        ns: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Proc, Error> {
+        self.spawn_inner(ns, args, envs, None, true)
     }
 
     /// Spawns a one-member etcd (Debian's `etcd-server`) in namespace `ns`,
@@ -203,7 +216,7 @@ impl Testbed {
         let sock = UnixDatagram::bind(&path)
             .map_err(|e| Error::io(format!("bind notify socket {}", path.display()), e))?;
         let deadline = Instant::now() + timeout;
-        let proc = self.spawn_inner(ns, args, envs, Some((sock, path)))?;
+        let proc = self.spawn_inner(ns, args, envs, Some((sock, path)), false)?;
         let sock = proc
             .notify
             .as_ref()
@@ -299,6 +312,7 @@ impl Testbed {
         args: &[&str],
         envs: &[(&str, &str)],
         notify: Option<(UnixDatagram, PathBuf)>,
+        host_mounts: bool,
     ) -> Result<Proc, Error> {
         let full = self.resolve(ns)?;
         let line = self.cmdline(ns, args);
@@ -331,7 +345,11 @@ impl Testbed {
             .into_iter()
             .chain(args.iter().copied())
             .collect();
-        let mut cmd = netns_command(&full, &with_defaults);
+        let mut cmd = if host_mounts {
+            crate::testbed::nsenter_command(&full, &with_defaults)
+        } else {
+            netns_command(&full, &with_defaults)
+        };
         cmd.envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)

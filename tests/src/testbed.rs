@@ -360,6 +360,16 @@ impl Drop for Testbed {
 }
 
 /// `ip netns exec <full> <args>` with a stable locale for parsing.
+/// `nsenter --net=<netns> args...`: the network namespace only, the host's
+/// mounts kept (what dockerd and podman need).
+pub fn nsenter_command(full: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={NETNS_DIR}/{full}"))
+        .args(args)
+        .env("LC_ALL", "C");
+    cmd
+}
+
 pub(crate) fn netns_command(full: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", full])

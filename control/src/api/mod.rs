@@ -152,6 +152,13 @@ pub struct EndpointInfo {
     pub mac: String,
     pub node: String,
     pub name: Option<String>,
+    /// The container it was allocated for (none: declared by an operator,
+    /// or a node's own address).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The service it is a task of, by its selector.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 /// The body of every error answer.

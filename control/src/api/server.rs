@@ -40,6 +40,9 @@ pub fn router(state: Shared) -> Router {
             "/v1/services/{name}",
             patch(service_update).delete(service_rm),
         )
+        .route("/v1/attachments", get(attachments).post(attachment_add))
+        .route("/v1/attachments/check", post(attachment_check))
+        .route("/v1/attachments/{key}", delete(attachment_del))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -197,6 +200,8 @@ async fn networks(AxState(st): AxState<Shared>) -> Json<Vec<NetworkInfo>> {
                             mac: e.mac.to_string(),
                             node: e.node.clone(),
                             name: e.name.clone(),
+                            container: e.container.clone(),
+                            service: e.service.clone(),
                         })
                         .collect(),
                 }
@@ -348,4 +353,61 @@ async fn service_update(
 
 async fn service_rm(AxState(st): AxState<Shared>, AxPath(name): AxPath<String>) -> Response {
     write(&st, Write::RemoveService(name), StatusCode::OK).await
+}
+
+/// The answer to a failed attachment: 404 unknown network, 409 no address
+/// left or the address is taken, 400 otherwise (503 when etcd is away).
+fn attach_error(e: crate::attach::AttachError) -> Response {
+    use crate::attach::AttachError as E;
+    let code = match &e {
+        E::UnknownNetwork(_) => StatusCode::NOT_FOUND,
+        E::Exhausted { .. } | E::Unavailable { .. } => StatusCode::CONFLICT,
+        E::Store(StoreError::Etcd(_) | StoreError::Unavailable(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        E::NotApplied(_) | E::Device(_) | E::StateFile(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (
+        code,
+        Json(ApiError {
+            error: e.to_string(),
+        }),
+    )
+        .into_response()
+}
+
+/// This node's container endpoints.
+async fn attachments(AxState(st): AxState<Shared>) -> Json<Vec<crate::attach::LocalAttachment>> {
+    Json(crate::attach::local_attachments(&st))
+}
+
+/// CNI ADD: allocate, plumb and configure inside the namespace.
+async fn attachment_add(
+    AxState(st): AxState<Shared>,
+    Json(req): Json<crate::attach::AttachRequest>,
+) -> Response {
+    match crate::attach::attach_into(&st, &req).await {
+        Ok(a) => (StatusCode::CREATED, Json(a)).into_response(),
+        Err(e) => attach_error(e),
+    }
+}
+
+/// CNI CHECK.
+async fn attachment_check(
+    AxState(st): AxState<Shared>,
+    Json(req): Json<crate::attach::AttachRequest>,
+) -> Response {
+    match crate::attach::check(&st, &req) {
+        Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Err(e) => attach_error(e),
+    }
+}
+
+/// CNI DEL (idempotent: an unknown key releases nothing and succeeds).
+async fn attachment_del(AxState(st): AxState<Shared>, AxPath(key): AxPath<String>) -> Response {
+    match crate::attach::detach(&st, &key).await {
+        Ok(n) => Json(serde_json::json!({ "ok": true, "released": n })).into_response(),
+        Err(e) => attach_error(e),
+    }
 }

@@ -82,6 +82,10 @@ enum NetworkCmd {
         /// endpoints (under their lease).
         #[arg(long)]
         announce: bool,
+        /// Containers may attach (Docker's driver, vxmesh-cni): each member
+        /// node bridges the TAP with the containers' veths.
+        #[arg(long)]
+        attachable: bool,
         /// Learned and announced entries expire after this idle time.
         #[arg(long)]
         ageing_s: Option<u64>,
@@ -418,6 +422,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     mtu,
                     learning,
                     announce,
+                    attachable,
                     ageing_s,
                     nodes,
                     dns_forward,
@@ -432,6 +437,9 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             }
             if announce {
                 spec["announce"] = true.into();
+            }
+            if attachable {
+                spec["attachable"] = true.into();
             }
             if let Some(a) = ageing_s {
                 spec["ageing_s"] = a.into();
@@ -498,7 +506,8 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     .flat_map(|n| {
                         n.endpoints.iter().map(|e| {
                             serde_json::json!({ "network": n.name, "ip": e.ip, "mac": e.mac,
-                                                "node": e.node, "name": e.name })
+                                                "node": e.node, "name": e.name,
+                                                "container": e.container, "service": e.service })
                         })
                     })
                     .collect();
@@ -507,13 +516,29 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 } else {
                     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
                     table(
-                        &["NETWORK", "IP", "MAC", "NODE", "NAME"],
+                        &[
+                            "NETWORK",
+                            "IP",
+                            "MAC",
+                            "NODE",
+                            "NAME",
+                            "CONTAINER",
+                            "SERVICE",
+                        ],
                         rows.iter()
                             .map(|r| {
-                                ["network", "ip", "mac", "node", "name"]
-                                    .iter()
-                                    .map(|k| s(&r[*k]))
-                                    .collect()
+                                [
+                                    "network",
+                                    "ip",
+                                    "mac",
+                                    "node",
+                                    "name",
+                                    "container",
+                                    "service",
+                                ]
+                                .iter()
+                                .map(|k| s(&r[*k]))
+                                .collect()
                             })
                             .collect(),
                     );

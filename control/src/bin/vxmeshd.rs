@@ -69,6 +69,21 @@ struct Args {
     /// store it comes from [[nodes]]).
     #[arg(long, env = "VXMESH_ADDRESS", required_if_eq("store", "etcd"))]
     address: Option<std::net::Ipv4Addr>,
+    /// Where the daemon keeps its state: container allocations (cluster
+    /// file store) and the Docker networks bound to vxmesh networks.
+    #[arg(long, env = "VXMESH_STATE_DIR", default_value = daemon::Options::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Serve Docker's network and IPAM plugin protocol under this name
+    /// (`docker network create -d NAME --ipam-driver NAME`); off unless set.
+    #[arg(long, env = "VXMESH_DOCKER_PLUGIN")]
+    docker_plugin: Option<String>,
+    /// Where Docker looks for plugin sockets.
+    #[arg(long, env = "VXMESH_DOCKER_PLUGIN_DIR", default_value = daemon::Options::DEFAULT_PLUGIN_DIR)]
+    docker_plugin_dir: PathBuf,
+    /// dockerd's API socket (for example /run/docker.sock): attached
+    /// containers get their names (DNS) and `vxmesh.service` labels from it.
+    #[arg(long, env = "VXMESH_DOCKER_HOST")]
+    docker_host: Option<PathBuf>,
     /// Log filter (tracing's env-filter syntax); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -135,6 +150,17 @@ fn main() -> ExitCode {
         etcd,
         socket: args.socket,
         admin_addr: args.admin_addr,
+        state_dir: args.state_dir,
+        docker_plugin: args.docker_plugin,
+        docker_plugin_dir: args.docker_plugin_dir,
+        docker_host: args.docker_host.map(|p| {
+            // `unix:///run/docker.sock`, as DOCKER_HOST writes it, or a path.
+            PathBuf::from(
+                p.to_string_lossy()
+                    .trim_start_matches("unix://")
+                    .to_string(),
+            )
+        }),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

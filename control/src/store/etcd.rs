@@ -751,7 +751,31 @@ impl EtcdStore {
                 self.create(doc::service_key(&name), spec, format!("service `{name}`"))
                     .await?
             }
-            Write::UpdateService { name, patch } => self.update_service(&name, patch).await?,
+            Write::UpdateService { name, patch } => {
+                if patch.get("name").is_some_and(|n| n.as_str() != Some(&name)) {
+                    return Err(StoreError::Invalid("a service cannot be renamed".into()));
+                }
+                self.update_doc(doc::service_key(&name), format!("service `{name}`"), patch)
+                    .await?
+            }
+            Write::UpdateEndpoint { network, ip, patch } => {
+                let ip_s = ip.to_string();
+                if patch
+                    .get("network")
+                    .is_some_and(|n| n.as_str() != Some(&network))
+                    || patch.get("ip").is_some_and(|n| n.as_str() != Some(&ip_s))
+                {
+                    return Err(StoreError::Invalid(
+                        "an endpoint's network and address cannot change".into(),
+                    ));
+                }
+                self.update_doc(
+                    doc::endpoint_key(&network, ip),
+                    format!("endpoint {ip} in network `{network}`"),
+                    patch,
+                )
+                .await?
+            }
             Write::RemoveService(name) => {
                 self.remove(doc::service_key(&name), None, format!("service `{name}`"))
                     .await?
@@ -762,26 +786,23 @@ impl EtcdStore {
     }
 
     /// Read, merge, validate, compare-and-swap on the key's revision; a few
-    /// tries if someone else wrote in between.
-    async fn update_service(&self, name: &str, patch: Value) -> Result<i64, StoreError> {
+    /// tries if someone else wrote in between. Members of `patch` replace
+    /// the document's, `null` removes one (RFC 7386 at the top level).
+    async fn update_doc(&self, key: String, what: String, patch: Value) -> Result<i64, StoreError> {
         let Value::Object(patch) = patch else {
             return Err(StoreError::Invalid(
                 "the update is not a JSON object".into(),
             ));
         };
-        if patch.get("name").is_some_and(|n| n.as_str() != Some(name)) {
-            return Err(StoreError::Invalid("a service cannot be renamed".into()));
-        }
-        let key = doc::service_key(name);
         let full = self.key(&key);
         for _ in 0..5 {
             let mut c = self.client().await?;
             let got = c.get(full.clone(), None).await?;
             let Some(kv) = got.kvs().first() else {
-                return Err(StoreError::NotFound(format!("service `{name}`")));
+                return Err(StoreError::NotFound(what));
             };
             let mut d: Doc = serde_json::from_slice(kv.value())
-                .map_err(|e| StoreError::Invalid(format!("stored service `{name}`: {e}")))?;
+                .map_err(|e| StoreError::Invalid(format!("stored {what}: {e}")))?;
             if let Value::Object(spec) = &mut d.spec {
                 for (k, v) in &patch {
                     if v.is_null() {
@@ -794,6 +815,7 @@ impl EtcdStore {
             let mut candidate = self.snapshot();
             candidate.docs.insert(key.clone(), d.clone());
             self.validate(&candidate)?;
+            let put = d.lease.map(|l| PutOptions::new().with_lease(l));
             let r = c
                 .txn(
                     Txn::new()
@@ -802,7 +824,7 @@ impl EtcdStore {
                             CompareOp::Equal,
                             kv.mod_revision(),
                         )])
-                        .and_then([TxnOp::put(full.clone(), d.to_bytes(), None)]),
+                        .and_then([TxnOp::put(full.clone(), d.to_bytes(), put)]),
                 )
                 .await?;
             if r.succeeded() {
@@ -810,7 +832,7 @@ impl EtcdStore {
             }
         }
         Err(StoreError::Invalid(format!(
-            "service `{name}` kept changing under this update; try again"
+            "{what} kept changing under this update; try again"
         )))
     }
 }

@@ -37,6 +37,13 @@ pub enum Write {
         network: String,
         ip: std::net::Ipv4Addr,
     },
+    /// Merge `patch` into an endpoint's spec (as `UpdateService` does); the
+    /// network and address cannot change.
+    UpdateEndpoint {
+        network: String,
+        ip: std::net::Ipv4Addr,
+        patch: Value,
+    },
     /// Create a service (spec: a `[[services]]` table as JSON).
     CreateService(Value),
     /// Merge `patch` into a service's spec: members given replace the old

@@ -107,6 +107,9 @@ impl Core {
         let dst = MacAddr::from_slice(&frame[0..6]);
         if dst.is_multicast() {
             if let Some(req) = arp::parse_request(frame) {
+                if n.local.contains(&req.target_ip) {
+                    return drop(n, DropReason::LocalTarget);
+                }
                 if let Some(mac) = n.arp.get(&req.target_ip) {
                     let len = arp::write_reply(&req, *mac, reply);
                     if len > 0 {

@@ -30,10 +30,14 @@ pub enum DropReason {
     TapError,
     /// A flood over the network's flood rate limit.
     FloodRate,
+    /// An ARP request from a local workload for an address that lives on
+    /// this node's bridge (another local container, the node, its DNS or a
+    /// VIP): answered on the bridge, never flooded to the other nodes.
+    LocalTarget,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::BadFlags,
@@ -44,6 +48,7 @@ impl DropReason {
         DropReason::SendError,
         DropReason::TapError,
         DropReason::FloodRate,
+        DropReason::LocalTarget,
     ];
 
     /// The metric label value.
@@ -58,6 +63,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::TapError => "tap_error",
             DropReason::FloodRate => "flood_rate",
+            DropReason::LocalTarget => "local_target",
         }
     }
 }

@@ -39,6 +39,13 @@ pub struct NetworkTable {
     pub fdb: HashMap<MacAddr, Ipv4Addr>,
     /// IP -> MAC of every known endpoint, for the local ARP responder.
     pub arp: HashMap<Ipv4Addr, MacAddr>,
+    /// Addresses on this node's bridge (attachable networks): local
+    /// containers, the node's own, DNS, VIPs. ARP requests for them are
+    /// answered on the bridge itself; the copy that reaches the TAP is
+    /// dropped, so that no other node answers for them and no reply with a
+    /// local MAC is written back into the TAP (the bridge would learn the
+    /// local container behind the TAP and send its traffic away).
+    pub local: std::collections::HashSet<Ipv4Addr>,
     /// Learn remote MACs from received datagrams (off by default).
     pub learning: bool,
     /// Broadcast/multicast/unknown-unicast frames per second this node
@@ -71,6 +78,7 @@ impl NetworkTable {
             peer_stats: Vec::new(),
             fdb: HashMap::new(),
             arp: HashMap::new(),
+            local: std::collections::HashSet::new(),
             learning: false,
             flood: FloodLimiter::new(0, 1),
             learned,
@@ -102,6 +110,12 @@ impl NetworkTable {
                 self.fdb.insert(e.mac, e.vtep);
             }
         }
+        self
+    }
+
+    /// Sets the addresses that live on this node's bridge (see `local`).
+    pub fn with_local(mut self, ips: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        self.local = ips.into_iter().collect();
         self
     }
 

@@ -94,6 +94,11 @@ impl Lab {
     /// under `prefix`, and waits for READY=1. Replaces an earlier entry of
     /// the host in `daemons`.
     pub fn start_etcd(&mut self, host: &str, prefix: &str, ttl: u32) {
+        self.start_etcd_args(host, prefix, ttl, &[]);
+    }
+
+    /// [`Lab::start_etcd`] with extra daemon arguments.
+    pub fn start_etcd_args(&mut self, host: &str, prefix: &str, ttl: u32, extra: &[&str]) {
         let bin = workspace_bin("vxmeshd");
         let sock = self.socket(host);
         let ns = self.tb.ns(host);
@@ -119,7 +124,10 @@ impl Lab {
                     &addr,
                     "--socket",
                     sock.to_str().unwrap(),
-                ],
+                ]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect::<Vec<_>>(),
                 &[("RUST_LOG", "info")],
                 Duration::from_secs(40),
             )

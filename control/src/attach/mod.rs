@@ -1,0 +1,704 @@
+//! Containers on the overlay: address allocation, endpoint registration
+//! and the veth that hangs a container off its network's bridge. One core
+//! serves both runtime interfaces: Docker's plugin protocol ([`docker`])
+//! and the CNI plugin (`vxmesh-cni`, through `/v1/attachments`).
+//!
+//! Life of an attachment:
+//! 1. **allocate**: a free address of the network (never the DNS address or
+//!    the VIP pool) becomes an endpoint of this node with a `container`
+//!    key: with etcd an endpoint document created with a compare-and-swap
+//!    (a lost race retries the next address), with the cluster file an
+//!    entry in this node's state file from the node's own `pools` range.
+//!    Every node's reconcile then installs a static forwarding entry and
+//!    answers ARP for it; nothing floods to find a container.
+//! 2. **plumb**: a veth pair, the host end a port of the network's bridge
+//!    (`vxb-<network>`, which also holds the TAP), the other end handed to
+//!    the runtime (Docker moves it itself) or moved into the container's
+//!    namespace, renamed and addressed (CNI).
+//! 3. **release**: the endpoint goes from the store (every node drops it at
+//!    once) and the veth is deleted.
+
+pub mod docker;
+pub mod ipam;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use vxmesh_dataplane::io::netdev::{self, Veth};
+use vxmesh_dataplane::wire::MacAddr;
+
+use crate::daemon::State;
+use crate::model::Network;
+use crate::store::{Store, StoreError, Write};
+use ipam::{Attachment, LocalAllocations};
+
+/// Most addresses tried before an allocation gives up on lost races.
+const MAX_TRIES: usize = 64;
+/// How long plumbing waits for this node to apply its own new endpoint
+/// (the bridge exists only once the node is a member of the network).
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("vxmesh network `{0}` does not exist")]
+    UnknownNetwork(String),
+    #[error("vxmesh network `{0}` is not attachable: set `attachable = true` on it (cluster file) or create it with `vxmesh network create --attachable`")]
+    NotAttachable(String),
+    #[error("vxmesh network `{network}`: no free address left for a container in {range} ({capacity} usable outside the DNS address and the VIP pool, all in use)")]
+    Exhausted {
+        network: String,
+        range: String,
+        capacity: usize,
+    },
+    #[error("vxmesh network `{network}`: this node has no range in its `pools` (the cluster file gives each node one to allocate from)")]
+    NoPool { network: String },
+    #[error("vxmesh network `{network}`: {ip} {why}")]
+    Unavailable {
+        network: String,
+        ip: Ipv4Addr,
+        why: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("this node did not apply the change within {0:?} (see its log: was the store's state rejected?)")]
+    NotApplied(Duration),
+    #[error("{0}")]
+    Device(#[from] std::io::Error),
+    #[error("the state file: {0}")]
+    StateFile(String),
+}
+
+/// What a runtime asks for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// The vxmesh network.
+    pub network: String,
+    /// The attachment's key, unique on the node (`cni:<id>/<ifname>`).
+    pub container: String,
+    /// A static address (`docker run --ip`, CNI `IP=`).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// A MAC the runtime chose; default `02:42:<ip>`.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The container's name (answered by the network's DNS).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The service the container is a task of.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// CNI: the container's network namespace and interface name; the
+    /// daemon moves the veth there and configures it.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    #[serde(default)]
+    pub ifname: Option<String>,
+}
+
+/// What the runtime gets back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachResponse {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub mac: String,
+    pub mtu: u16,
+    pub dns: Ipv4Addr,
+    pub domain: String,
+    /// The veth: host end and (before the runtime moves it) container end.
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+    #[serde(default)]
+    pub ifname: Option<String>,
+}
+
+/// One endpoint allocated for a container on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalAttachment {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub container: String,
+    pub name: Option<String>,
+    pub service: Option<String>,
+}
+
+/// The daemon's attachment state.
+pub struct Attach {
+    /// Where the state files live (`--state-dir`).
+    pub state_dir: PathBuf,
+    /// Allocations of this node (cluster file store only).
+    local: Mutex<Option<LocalAllocations>>,
+    /// Bumped after every applied desired state.
+    applied: watch::Sender<u64>,
+    /// Serialises allocations on this node (a race with another node is
+    /// settled by the store; two of our own would only cost retries).
+    alloc: tokio::sync::Mutex<()>,
+}
+
+impl Attach {
+    /// Opens the state of `state_dir`; with the file store it reads the
+    /// allocations kept there (a state file that cannot be read stops the
+    /// start: handing out its addresses again would give them twice).
+    pub fn open(state_dir: &Path, node: &str, file_store: bool) -> Result<Attach, AttachError> {
+        let local = if file_store {
+            let p = state_dir.join(format!("{node}-allocations.json"));
+            Some(LocalAllocations::open(&p).map_err(|e| AttachError::StateFile(e.to_string()))?)
+        } else {
+            None
+        };
+        Ok(Attach {
+            state_dir: state_dir.to_path_buf(),
+            local: Mutex::new(local),
+            applied: watch::channel(0).0,
+            alloc: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// This node's allocations kept in the state file (file store).
+    pub fn local_list(&self) -> Vec<Attachment> {
+        self.local
+            .lock()
+            .expect("allocations lock")
+            .as_ref()
+            .map(|l| l.list().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Called after each applied state.
+    pub fn applied(&self) {
+        self.applied.send_modify(|n| *n += 1);
+    }
+}
+
+/// The network `name` as this node runs it, checked for attaching.
+fn attachable(st: &State, name: &str) -> Result<(Network, HashSet<Ipv4Addr>), AttachError> {
+    let inner = st.inner.lock().expect("state lock poisoned");
+    let net = inner
+        .cluster
+        .network(name)
+        .cloned()
+        .ok_or_else(|| AttachError::UnknownNetwork(name.to_string()))?;
+    if !net.attachable {
+        return Err(AttachError::NotAttachable(name.to_string()));
+    }
+    let mut taken: HashSet<Ipv4Addr> = inner.cluster.endpoints_of(name).map(|e| e.ip).collect();
+    if let Store::Etcd(e) = &st.store {
+        // Declared endpoints of nodes that are down hold their address too.
+        e.with_snapshot(|snap| {
+            for (_, spec) in snap.kind("endpoints") {
+                if spec.get("network").and_then(Value::as_str) == Some(name) {
+                    if let Some(ip) = spec
+                        .get("ip")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok())
+                    {
+                        taken.insert(ip);
+                    }
+                }
+            }
+        });
+    }
+    Ok((net, taken))
+}
+
+/// This node's container endpoints, from what it runs.
+pub fn local_attachments(st: &State) -> Vec<LocalAttachment> {
+    let inner = st.inner.lock().expect("state lock poisoned");
+    inner
+        .cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.node == st.node && e.container.is_some())
+        .map(|e| LocalAttachment {
+            network: e.network.clone(),
+            ip: e.ip,
+            mac: e.mac.to_string(),
+            container: e.container.clone().unwrap_or_default(),
+            name: e.name.clone(),
+            service: e.service.clone(),
+        })
+        .collect()
+}
+
+fn response(net: &Network, ip: Ipv4Addr, mac: MacAddr) -> AttachResponse {
+    AttachResponse {
+        network: net.name.clone(),
+        ip,
+        prefix: net.subnet.prefix_len(),
+        mac: mac.to_string(),
+        mtu: net.mtu,
+        dns: net.dns,
+        domain: net.domain.clone(),
+        host_ifname: None,
+        ifname: None,
+    }
+}
+
+/// Allocates an address for `req` and registers its endpoint. Asking again
+/// for a container key that already holds an address of the network
+/// returns that address (runtimes retry).
+pub async fn allocate(st: &State, req: &AttachRequest) -> Result<AttachResponse, AttachError> {
+    allocate_with(st, req, true).await
+}
+
+/// [`allocate`], with `reuse = false` for callers whose key is not unique
+/// per container (Docker's IPAM calls name no container).
+pub async fn allocate_with(
+    st: &State,
+    req: &AttachRequest,
+    reuse: bool,
+) -> Result<AttachResponse, AttachError> {
+    let _one = st.attach.alloc.lock().await;
+    let (net, taken) = attachable(st, &req.network)?;
+    if let Some(a) = local_attachments(st)
+        .into_iter()
+        .find(|a| reuse && a.network == req.network && a.container == req.container)
+    {
+        let mac = a.mac.parse().unwrap_or(MacAddr::from_ipv4(a.ip));
+        return Ok(response(&net, a.ip, mac));
+    }
+    let mac_req = match &req.mac {
+        Some(m) => Some(
+            m.parse::<MacAddr>()
+                .map_err(|e| AttachError::Invalid(format!("mac `{m}`: {e}")))?,
+        ),
+        None => None,
+    };
+    let shared = matches!(st.store, Store::Etcd(_));
+    let range = ipam::range_for(&net, &st.node, shared).ok_or_else(|| AttachError::NoPool {
+        network: net.name.clone(),
+    })?;
+    let tries: Vec<Ipv4Addr> = match req.ip {
+        Some(ip) => {
+            let why = if !net.subnet.contains(&ip) {
+                Some(format!("is outside the subnet {}", net.subnet))
+            } else if !net.allocatable(ip) {
+                Some(
+                    "is reserved (the network's own, broadcast or DNS address, or the VIP pool)"
+                        .to_string(),
+                )
+            } else if !range.net().contains(&ip) {
+                Some(format!("is outside this node's pool {}", range.net()))
+            } else if taken.contains(&ip) {
+                Some("is already in use".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(AttachError::Unavailable {
+                    network: net.name.clone(),
+                    ip,
+                    why,
+                });
+            }
+            vec![ip]
+        }
+        None => ipam::candidates(&net, &range, &st.node, &taken),
+    };
+    let exhausted = || AttachError::Exhausted {
+        network: net.name.clone(),
+        range: range.net().to_string(),
+        capacity: ipam::capacity(&net, &range),
+    };
+    match &st.store {
+        Store::Etcd(_) => {
+            let mut taken = taken;
+            if !has_host_address(st, &net.name) {
+                // The node's own address in the network, before its first
+                // container's: the source of its mesh and health-check
+                // traffic to tasks on other nodes (the DNS address is on
+                // every node and cannot be one). Like Docker's per-node
+                // load-balancer address, it stays while the node is a member.
+                let own: Vec<Ipv4Addr> = ipam::candidates(&net, &range, &st.node, &taken)
+                    .into_iter()
+                    .filter(|ip| Some(*ip) != req.ip)
+                    .collect();
+                let got = cas_create(
+                    st,
+                    &net.name,
+                    own,
+                    |ip| {
+                        json!({
+                            "network": net.name, "node": st.node, "ip": ip.to_string(),
+                            "mac": MacAddr::from_ipv4(ip).to_string(),
+                        })
+                    },
+                    |st, _| has_host_address(st, &net.name),
+                )
+                .await?
+                .ok_or_else(exhausted)?;
+                taken.insert(got);
+            }
+            let tries: Vec<Ipv4Addr> = match req.ip {
+                Some(ip) => vec![ip],
+                None => ipam::candidates(&net, &range, &st.node, &taken),
+            };
+            let (name, key) = (net.name.as_str(), req.container.as_str());
+            let got = cas_create(
+                st,
+                &net.name,
+                tries,
+                |ip| {
+                    let mac = mac_req.unwrap_or(MacAddr::from_ipv4(ip));
+                    let mut spec = json!({
+                        "network": net.name, "node": st.node, "ip": ip.to_string(),
+                        "mac": mac.to_string(), "container": req.container,
+                    });
+                    if let Some(n) = &req.name {
+                        spec["name"] = json!(n);
+                    }
+                    if let Some(s) = &req.service {
+                        spec["service"] = json!(s);
+                    }
+                    spec
+                },
+                // Allocated means this node runs the endpoint: the
+                // runtime's next call (Docker's CreateEndpoint, the veth on
+                // the bridge) finds it.
+                |st, ip| {
+                    local_attachments(st)
+                        .iter()
+                        .any(|a| a.network == name && a.ip == ip && a.container == key)
+                },
+            )
+            .await?;
+            match (got, req.ip) {
+                (Some(ip), _) => Ok(response(
+                    &net,
+                    ip,
+                    mac_req.unwrap_or(MacAddr::from_ipv4(ip)),
+                )),
+                (None, Some(ip)) => Err(AttachError::Unavailable {
+                    network: net.name.clone(),
+                    ip,
+                    why: "was taken meanwhile".into(),
+                }),
+                (None, None) => Err(exhausted()),
+            }
+        }
+        Store::File(_) => {
+            let Some(ip) = tries.first().copied() else {
+                return Err(exhausted());
+            };
+            let mac = mac_req.unwrap_or(MacAddr::from_ipv4(ip));
+            edit_local(st, |list| {
+                list.push(Attachment {
+                    network: net.name.clone(),
+                    ip,
+                    mac: mac.to_string(),
+                    container: req.container.clone(),
+                    name: req.name.clone(),
+                    service: req.service.clone(),
+                });
+            })?;
+            Ok(response(&net, ip, mac))
+        }
+    }
+}
+
+/// True when this node has an address of its own (not a container's) in
+/// `network`.
+fn has_host_address(st: &State, network: &str) -> bool {
+    let inner = st.inner.lock().expect("state lock poisoned");
+    inner
+        .cluster
+        .network(network)
+        .is_some_and(|n| inner.cluster.host_endpoint(n, &st.node).is_some())
+}
+
+/// Creates the endpoint `spec(ip)` for the first address of `tries` that
+/// no one else takes first (compare-and-swap in etcd), then waits until
+/// this node runs it (`applied`). `None` when every try was taken.
+async fn cas_create(
+    st: &State,
+    network: &str,
+    tries: Vec<Ipv4Addr>,
+    spec: impl Fn(Ipv4Addr) -> Value,
+    applied: impl Fn(&State, Ipv4Addr) -> bool,
+) -> Result<Option<Ipv4Addr>, AttachError> {
+    for ip in tries.into_iter().take(MAX_TRIES) {
+        match st.store.write(Write::CreateEndpoint(spec(ip))).await {
+            Ok(()) => {
+                wait_applied(st, |st| applied(st, ip)).await?;
+                tracing::info!(network, %ip, "address allocated");
+                return Ok(Some(ip));
+            }
+            // Another node took it first: the next one.
+            Err(StoreError::Exists(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Changes this node's state file and applies the result.
+fn edit_local(st: &State, f: impl FnOnce(&mut Vec<Attachment>)) -> Result<(), AttachError> {
+    {
+        let mut guard = st.attach.local.lock().expect("allocations lock");
+        let local = guard
+            .as_mut()
+            .ok_or_else(|| AttachError::Invalid("no state file with this store".into()))?;
+        let mut list = local.list().to_vec();
+        f(&mut list);
+        local
+            .store(list)
+            .map_err(|e| AttachError::StateFile(e.to_string()))?;
+    }
+    st.reload().map_err(AttachError::Invalid)?;
+    Ok(())
+}
+
+/// Releases the endpoint at `ip` of `network` if this node allocated it
+/// for a container (and `container`, when given, is its key). Releasing
+/// what is not there is no error: runtimes repeat their cleanups.
+pub async fn release(
+    st: &State,
+    network: &str,
+    ip: Ipv4Addr,
+    container: Option<&str>,
+) -> Result<bool, AttachError> {
+    let mine = local_attachments(st).into_iter().chain(
+        // Allocations of the state file that a reload left out are ours too.
+        st.attach.local_list().into_iter().map(|a| LocalAttachment {
+            network: a.network,
+            ip: a.ip,
+            mac: a.mac,
+            container: a.container,
+            name: a.name,
+            service: a.service,
+        }),
+    );
+    let found = mine
+        .filter(|a| a.network == network && a.ip == ip)
+        .any(|a| container.is_none_or(|c| c == a.container));
+    if !found && !etcd_owns(st, network, ip, container) {
+        return Ok(false);
+    }
+    match &st.store {
+        Store::Etcd(_) => {
+            match st
+                .store
+                .write(Write::RemoveEndpoint {
+                    network: network.to_string(),
+                    ip,
+                })
+                .await
+            {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Store::File(_) => edit_local(st, |list| {
+            list.retain(|a| !(a.network == network && a.ip == ip));
+        })?,
+    }
+    Ok(true)
+}
+
+/// With etcd, an endpoint document of this node with a container key (one
+/// this node's reconcile left out, for example because its network went
+/// away and came back) is this node's to release too.
+fn etcd_owns(st: &State, network: &str, ip: Ipv4Addr, container: Option<&str>) -> bool {
+    let Store::Etcd(e) = &st.store else {
+        return false;
+    };
+    let key = crate::store::doc::endpoint_key(network, ip);
+    e.with_snapshot(|snap| {
+        snap.docs.get(&key).is_some_and(|d| {
+            let c = d.spec.get("container").and_then(Value::as_str);
+            d.spec.get("node").and_then(Value::as_str) == Some(st.node.as_str())
+                && c.is_some()
+                && container.is_none_or(|want| c == Some(want))
+        })
+    })
+}
+
+/// Releases every endpoint of container key `container` on this node.
+pub async fn release_container(st: &State, container: &str) -> Result<usize, AttachError> {
+    let mut n = 0;
+    let all: Vec<(String, Ipv4Addr)> = local_attachments(st)
+        .into_iter()
+        .filter(|a| a.container == container)
+        .map(|a| (a.network, a.ip))
+        .chain(
+            st.attach
+                .local_list()
+                .into_iter()
+                .filter(|a| a.container == container)
+                .map(|a| (a.network, a.ip)),
+        )
+        .collect();
+    for (net, ip) in all {
+        if release(st, &net, ip, Some(container)).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Sets (or clears) the name and service of a container's endpoint.
+pub async fn label(
+    st: &State,
+    network: &str,
+    ip: Ipv4Addr,
+    name: Option<&str>,
+    service: Option<&str>,
+) -> Result<(), AttachError> {
+    match &st.store {
+        Store::Etcd(_) => {
+            let patch = json!({ "name": name, "service": service });
+            st.store
+                .write(Write::UpdateEndpoint {
+                    network: network.to_string(),
+                    ip,
+                    patch,
+                })
+                .await?;
+        }
+        Store::File(_) => edit_local(st, |list| {
+            for a in list.iter_mut() {
+                if a.network == network && a.ip == ip {
+                    a.name = name.map(str::to_string);
+                    a.service = service.map(str::to_string);
+                }
+            }
+        })?,
+    }
+    Ok(())
+}
+
+/// Waits until `done` holds of the state this node runs, checked after
+/// each applied change, bounded by [`APPLY_WAIT`].
+async fn wait_applied(st: &State, done: impl Fn(&State) -> bool) -> Result<(), AttachError> {
+    let mut rx = st.attach.applied.subscribe();
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    loop {
+        if done(st) {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return Err(AttachError::NotApplied(APPLY_WAIT));
+        }
+    }
+}
+
+/// The bridge of `network` on this node, once it runs it (a new endpoint
+/// makes the node a member).
+async fn bridge_of(st: &State, network: &str) -> Result<String, AttachError> {
+    let get = |st: &State| {
+        st.inner
+            .lock()
+            .expect("state lock poisoned")
+            .reconciler
+            .bridge(network)
+            .map(str::to_string)
+    };
+    wait_applied(st, |st| get(st).is_some()).await?;
+    get(st).ok_or(AttachError::NotApplied(APPLY_WAIT))
+}
+
+/// Creates the veth of attachment `key` with the host end on the
+/// network's bridge; the container end keeps the name in the result.
+pub async fn plumb(st: &State, a: &AttachResponse, key: &str) -> Result<Veth, AttachError> {
+    let br = bridge_of(st, &a.network).await?;
+    let v = Veth::for_key(key);
+    let mac: MacAddr = a
+        .mac
+        .parse()
+        .map_err(|e| AttachError::Invalid(format!("mac: {e}")))?;
+    netdev::create_veth(&v, a.mtu, mac, &br)?;
+    Ok(v)
+}
+
+/// Removes the veth of attachment `key` (gone already is fine).
+pub fn unplumb(key: &str) -> Result<(), AttachError> {
+    netdev::delete(&Veth::for_key(key).host)?;
+    Ok(())
+}
+
+/// The whole CNI ADD: allocate, plumb, move into the namespace. Anything
+/// that fails after the allocation releases it again, so a failed ADD
+/// leaves no veth, no allocation and no endpoint behind.
+pub async fn attach_into(st: &State, req: &AttachRequest) -> Result<AttachResponse, AttachError> {
+    let (Some(netns), Some(ifname)) = (&req.netns, &req.ifname) else {
+        return Err(AttachError::Invalid("netns and ifname are required".into()));
+    };
+    if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') || ifname.contains(' ') {
+        return Err(AttachError::Invalid(format!(
+            "interface name `{ifname}` must be 1-15 bytes without '/' or spaces"
+        )));
+    }
+    if !netns.exists() {
+        return Err(AttachError::Invalid(format!(
+            "network namespace {} does not exist",
+            netns.display()
+        )));
+    }
+    let mut a = allocate(st, req).await?;
+    let done = async {
+        let v = plumb(st, &a, &req.container).await?;
+        netdev::move_into(&v, netns, ifname, a.ip, a.prefix)?;
+        Ok::<Veth, AttachError>(v)
+    }
+    .await;
+    match done {
+        Ok(v) => {
+            a.host_ifname = Some(v.host);
+            a.ifname = Some(ifname.clone());
+            Ok(a)
+        }
+        Err(e) => {
+            let _ = unplumb(&req.container);
+            let _ = release(st, &a.network, a.ip, Some(&req.container)).await;
+            Err(e)
+        }
+    }
+}
+
+/// The CNI DEL: the veth and every allocation of the key; idempotent.
+pub async fn detach(st: &State, container: &str) -> Result<usize, AttachError> {
+    unplumb(container)?;
+    release_container(st, container).await
+}
+
+/// The CNI CHECK: the key holds an address of `network`, and the
+/// namespace's interface has it.
+pub fn check(st: &State, req: &AttachRequest) -> Result<(), AttachError> {
+    let a = local_attachments(st)
+        .into_iter()
+        .find(|a| a.network == req.network && a.container == req.container)
+        .ok_or_else(|| {
+            AttachError::Invalid(format!(
+                "container `{}` has no address in `{}`",
+                req.container, req.network
+            ))
+        })?;
+    if let (Some(ns), Some(ifname)) = (&req.netns, &req.ifname) {
+        if !netdev::has_address(ns, ifname, a.ip) {
+            return Err(AttachError::Invalid(format!(
+                "{ifname} in {} does not hold {}",
+                ns.display(),
+                a.ip
+            )));
+        }
+    }
+    if !netdev::exists(&Veth::for_key(&req.container).host) {
+        return Err(AttachError::Invalid(format!(
+            "the veth of `{}` is gone",
+            req.container
+        )));
+    }
+    Ok(())
+}
