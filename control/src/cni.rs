@@ -289,14 +289,15 @@ pub async fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
 }
 
-async fn add(
+/// The attachment an ADD asks for: the configuration and the runtime's
+/// arguments (`CNI_ARGS`, `runtimeConfig.ips`) read into a request. Pure:
+/// the fuzz target runs it on arbitrary input.
+fn attach_request(
     env: &Env,
     conf: &NetConf,
-    version: &str,
     network: &str,
-    socket: &Path,
     k: &str,
-) -> Result<Value, CniError> {
+) -> Result<AttachRequest, CniError> {
     let args = parse_args(&env.args);
     let ip_text = args.get("IP").cloned().or_else(|| {
         conf.runtime_config
@@ -319,7 +320,7 @@ async fn add(
         ),
         None => None,
     };
-    let req = AttachRequest {
+    Ok(AttachRequest {
         network: network.to_string(),
         container: k.to_string(),
         ip,
@@ -331,7 +332,41 @@ async fn add(
             .or_else(|| conf.service.clone()),
         netns: Some(PathBuf::from(&env.netns)),
         ifname: Some(env.ifname.clone()),
+    })
+}
+
+/// Decodes a configuration and `CNI_ARGS` as ADD would, without asking the
+/// daemon: what the fuzz target runs. Never panics.
+pub fn decode(stdin: &[u8], args: &str) -> Result<(), CniError> {
+    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            "the network configuration is not valid JSON",
+            e.to_string(),
+        )
+    })?;
+    let env = Env {
+        command: "ADD".into(),
+        container_id: "fuzz".into(),
+        netns: "/nonexistent".into(),
+        ifname: "eth0".into(),
+        args: args.to_string(),
     };
+    let network = conf.network.clone().unwrap_or_else(|| conf.name.clone());
+    let req = attach_request(&env, &conf, &network, &key("fuzz", "eth0"))?;
+    let _ = serde_json::to_value(&req).expect("a request serialises");
+    Ok(())
+}
+
+async fn add(
+    env: &Env,
+    conf: &NetConf,
+    version: &str,
+    network: &str,
+    socket: &Path,
+    k: &str,
+) -> Result<Value, CniError> {
+    let req = attach_request(env, conf, network, k)?;
     let body = serde_json::to_value(&req).expect("request serialises");
     let answer = client::request(socket, Method::POST, "/v1/attachments", Some(&body))
         .await

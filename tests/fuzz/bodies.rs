@@ -46,6 +46,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("config", config),
     ("csum_gso", csum_gso),
     ("admin_api", admin_api),
+    ("plugin_requests", plugin_requests),
 ];
 
 /// What the UDP worker segments into (`dataplane/src/io/worker.rs`).
@@ -658,4 +659,27 @@ pub fn dns(data: &[u8]) {
     assert_eq!((t.id(), t.response_code()), (same_id, m.response_code()));
     assert!(!t.truncated(), "a TCP answer is never truncated");
     assert!(t.answers().len() >= m.answers().len());
+}
+
+/// The container runtimes' requests: the first byte picks a Docker plugin
+/// call (`attach::docker::METHODS`, past their count: the CNI
+/// configuration), the rest is its body; for CNI the body's first line is
+/// `CNI_ARGS`. Decoding never panics, whatever arrives.
+pub fn plugin_requests(data: &[u8]) {
+    use vxmesh_control::attach::docker;
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    let methods = docker::METHODS;
+    match methods.get(usize::from(pick)) {
+        Some(m) => {
+            let _ = docker::decode(m, body);
+        }
+        None => {
+            let split = body.iter().position(|b| *b == b'\n').unwrap_or(0);
+            let args = String::from_utf8_lossy(&body[..split]).into_owned();
+            let conf = body.get(split + 1..).unwrap_or_default();
+            let _ = vxmesh_control::cni::decode(conf, &args);
+        }
+    }
 }

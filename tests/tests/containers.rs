@@ -626,3 +626,271 @@ fn containers_labelled_with_a_service_are_its_tasks_and_scaling_changes_what_ans
     drop(d2);
     drop(d1);
 }
+
+/// One plugin call on the Docker plugin socket: (status, body as JSON).
+fn plugin_call(sock: &std::path::Path, method: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("plugin socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+/// Runs vxmesh-cni with `command` for `container` (ifname eth0, netns
+/// `netns`), `conf` on stdin: (exit ok, stdout as JSON).
+fn cni(command: &str, container: &str, netns: &str, args: &str, conf: &str) -> (bool, Value) {
+    use std::io::Write;
+    let mut c = std::process::Command::new(workspace_bin("vxmesh-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), v)
+}
+
+#[test]
+fn both_plugin_interfaces_refuse_bad_input_and_leave_nothing_half_made() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("cbad", 1, "");
+    lab.tb.add_namespace("c1").expect("container namespace");
+    let _etcd = etcd::start(&mut lab.tb);
+    let prefix = format!("/{}", lab.tb.suffix());
+    start_with_plugin(&mut lab, "h1", &prefix);
+    lab.cli_json(
+        "h1",
+        &[
+            "network",
+            "create",
+            "front",
+            "--vni",
+            "4096",
+            "--subnet",
+            "10.0.9.0/24",
+            "--attachable",
+        ],
+    );
+    lab.cli_json(
+        "h1",
+        &[
+            "network",
+            "create",
+            "plain",
+            "--vni",
+            "4097",
+            "--subnet",
+            "10.0.10.0/24",
+        ],
+    );
+    let sock =
+        std::path::Path::new("/run/docker/plugins").join(format!("{}.sock", plugin(&lab, "h1")));
+
+    // Docker's protocol.
+    let (code, v) = plugin_call(&sock, "Plugin.Activate", "{}");
+    assert_eq!(
+        (code, v["Implements"].clone()),
+        (200, serde_json::json!(["NetworkDriver", "IpamDriver"]))
+    );
+    let refused = |method: &str, body: &str, says: &str| {
+        let (code, v) = plugin_call(&sock, method, body);
+        let err = v["Err"].as_str().unwrap_or_default().to_string();
+        assert!(
+            code == 500 && err.contains(says),
+            "{method} {body}: {code} {v}"
+        );
+    };
+    refused(
+        "NetworkDriver.CreateNetwork",
+        "{not json",
+        "malformed request",
+    );
+    refused(
+        "IpamDriver.RequestPool",
+        r#"{"Pool":"","Options":null}"#,
+        "say which vxmesh network",
+    );
+    refused(
+        "IpamDriver.RequestPool",
+        r#"{"Pool":"10.0.77.0/24","Options":{"network":"front"}}"#,
+        "does not match",
+    );
+    refused(
+        "IpamDriver.RequestPool",
+        r#"{"Options":{"network":"nope"}}"#,
+        "does not exist",
+    );
+    refused(
+        "IpamDriver.RequestPool",
+        r#"{"Options":{"network":"plain"}}"#,
+        "not attachable",
+    );
+    refused(
+        "IpamDriver.RequestPool",
+        r#"{"Options":{"network":"front"},"V6":true}"#,
+        "IPv6",
+    );
+    refused(
+        "NetworkDriver.CreateNetwork",
+        r#"{"NetworkID":"n1","Options":{},"IPv4Data":[{"AddressSpace":"LocalDefault","Pool":"10.0.9.0/24"}]}"#,
+        "--ipam-driver",
+    );
+    refused(
+        "NetworkDriver.CreateNetwork",
+        r#"{"NetworkID":"n1","Options":{"com.docker.network.generic":{"network":"front"}},"IPv4Data":[{"AddressSpace":"vxmesh","Pool":"10.0.8.0/24"}]}"#,
+        "does not match",
+    );
+    refused(
+        "NetworkDriver.Join",
+        r#"{"NetworkID":"n1","EndpointID":"e1","SandboxKey":"/x"}"#,
+        "not created",
+    );
+    refused(
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"default/x","Address":""}"#,
+        "not a vxmesh pool",
+    );
+    refused(
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"vxmesh/front","Address":"10.0.9.254"}"#,
+        "reserved",
+    );
+    refused("NetworkDriver.Frobnicate", "{}", "unknown call");
+    // The good path of the IPAM side, then its release (twice: idempotent).
+    let (code, pool) = plugin_call(
+        &sock,
+        "IpamDriver.RequestPool",
+        r#"{"Options":{"network":"front"}}"#,
+    );
+    assert_eq!(
+        (code, pool["PoolID"].as_str(), pool["Pool"].as_str()),
+        (200, Some("vxmesh/front"), Some("10.0.9.0/24"))
+    );
+    let (code, a) = plugin_call(
+        &sock,
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"vxmesh/front","Address":"10.0.9.7"}"#,
+    );
+    assert_eq!((code, a["Address"].as_str()), (200, Some("10.0.9.7/24")));
+    refused(
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"vxmesh/front","Address":"10.0.9.7"}"#,
+        "already in use",
+    );
+    for _ in 0..2 {
+        let (code, _) = plugin_call(
+            &sock,
+            "IpamDriver.ReleaseAddress",
+            r#"{"PoolID":"vxmesh/front","Address":"10.0.9.7"}"#,
+        );
+        assert_eq!(code, 200);
+    }
+    assert!(
+        endpoints(&lab, "h1", "front").is_empty(),
+        "{:?}",
+        endpoints(&lab, "h1", "front")
+    );
+
+    // CNI.
+    let ns = format!("/run/netns/{}", lab.tb.ns("c1"));
+    let conf = |net: &str| {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{net}","type":"vxmesh-cni","socket":"{}"}}"#,
+            lab.socket("h1").display()
+        )
+    };
+    let (ok, v) = cni("ADD", "bad1", &ns, "", "{not json");
+    assert!(!ok && v["code"] == 6, "{v}");
+    let (ok, v) = cni("ADD", "bad1", &ns, "", &conf("nope"));
+    assert!(
+        !ok && v["code"] == 101 && v["msg"].as_str().unwrap().contains("does not exist"),
+        "{v}"
+    );
+    let (ok, v) = cni("ADD", "bad1", &ns, "", &conf("plain"));
+    assert!(
+        !ok && v["msg"].as_str().unwrap().contains("not attachable"),
+        "{v}"
+    );
+    let (ok, v) = cni("ADD", "bad1", "/run/netns/no-such-ns", "", &conf("front"));
+    assert!(
+        !ok && v["msg"].as_str().unwrap().contains("does not exist"),
+        "{v}"
+    );
+    let (ok, v) = cni("ADD", "bad1", &ns, "IP=10.0.10.5", &conf("front"));
+    assert!(
+        !ok && v["msg"].as_str().unwrap().contains("outside the subnet"),
+        "{v}"
+    );
+    let (ok, v) = cni("DEL", "never-added", &ns, "", &conf("front"));
+    assert!(ok, "DEL of an unknown container succeeds: {v}");
+    assert!(
+        endpoints(&lab, "h1", "front").is_empty(),
+        "nothing half made"
+    );
+    assert!(
+        veths(&lab, "h1").is_empty(),
+        "no veth: {:?}",
+        veths(&lab, "h1")
+    );
+
+    // A good ADD, the same ADD again (same answer), CHECK, DEL twice.
+    let (ok, first) = cni("ADD", "good1", &ns, "K8S_POD_NAME=web-1", &conf("front"));
+    assert!(ok, "{first}");
+    let ip = first["ips"][0]["address"].as_str().unwrap().to_string();
+    assert_eq!(first["interfaces"][1]["name"], "eth0");
+    assert_eq!(first["dns"]["nameservers"][0], "10.0.9.254");
+    let (ok, again) = cni("ADD", "good1", &ns, "K8S_POD_NAME=web-1", &conf("front"));
+    assert!(ok && again["ips"][0]["address"] == ip.as_str(), "{again}");
+    let (ok, v) = cni("CHECK", "good1", &ns, "", &conf("front"));
+    assert!(ok, "{v}");
+    let bare = ip.split('/').next().unwrap().to_string();
+    let eps = endpoints(&lab, "h1", "front");
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(
+        (eps[0].0.as_str(), eps[0].3.as_deref()),
+        (bare.as_str(), Some("web-1"))
+    );
+    // The container reaches the node over its veth and the bridge.
+    let node_ip = lab.cli_json("h1", &["network", "inspect", "front"])["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["container"].is_null())
+        .map(|e| e["ip"].as_str().unwrap().to_string())
+        .expect("the node's own address");
+    let out = lab
+        .tb
+        .exec(&lab.tb.ns("c1"), &["ping", "-c", "2", "-W", "2", &node_ip])
+        .unwrap();
+    assert!(out.status.success(), "c1 -> node {node_ip}");
+    for _ in 0..2 {
+        let (ok, v) = cni("DEL", "good1", &ns, "", &conf("front"));
+        assert!(ok, "{v}");
+    }
+    let (ok, _) = cni("CHECK", "good1", &ns, "", &conf("front"));
+    assert!(!ok, "CHECK after DEL fails");
+    assert!(endpoints(&lab, "h1", "front").is_empty());
+    assert!(veths(&lab, "h1").is_empty(), "{:?}", veths(&lab, "h1"));
+}

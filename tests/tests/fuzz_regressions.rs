@@ -96,6 +96,11 @@ fn dns() {
     replay("dns");
 }
 
+#[test]
+fn plugin_requests() {
+    replay("plugin_requests");
+}
+
 /// A target added to `tests/fuzz/Cargo.toml` gets a replay here too.
 #[test]
 fn every_fuzz_target_is_replayed() {

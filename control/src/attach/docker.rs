@@ -241,6 +241,72 @@ struct RequestAddress {
     options: BTreeMap<String, String>,
 }
 
+/// The calls a plugin answers, in a fixed order (the fuzz target picks one
+/// by index).
+pub const METHODS: [&str; 21] = [
+    "Plugin.Activate",
+    "NetworkDriver.GetCapabilities",
+    "NetworkDriver.CreateNetwork",
+    "NetworkDriver.DeleteNetwork",
+    "NetworkDriver.CreateEndpoint",
+    "NetworkDriver.DeleteEndpoint",
+    "NetworkDriver.EndpointOperInfo",
+    "NetworkDriver.Join",
+    "NetworkDriver.Leave",
+    "NetworkDriver.ProgramExternalConnectivity",
+    "NetworkDriver.RevokeExternalConnectivity",
+    "NetworkDriver.DiscoverNew",
+    "NetworkDriver.DiscoverDelete",
+    "IpamDriver.GetCapabilities",
+    "IpamDriver.GetDefaultAddressSpaces",
+    "IpamDriver.RequestPool",
+    "IpamDriver.ReleasePool",
+    "IpamDriver.RequestAddress",
+    "IpamDriver.ReleaseAddress",
+    "NetworkDriver.Unknown",
+    "",
+];
+
+/// Decodes a request body the way [`dispatch`] does, without acting on it:
+/// what the fuzz target runs. Never panics; a body that does not decode is
+/// the error the plugin would answer.
+pub fn decode(method: &str, body: &[u8]) -> Result<(), AttachError> {
+    match method {
+        "NetworkDriver.CreateNetwork" => {
+            let r: CreateNetwork = parse(body)?;
+            let _ = generic(&r.options);
+            for d in r.ipv4_data.iter().chain(&r.ipv6_data) {
+                let _ = (&d.address_space, &d.pool);
+            }
+            let _ = r.network_id;
+        }
+        "NetworkDriver.DeleteNetwork" => {
+            let _: NetworkRef = parse(body)?;
+        }
+        "NetworkDriver.CreateEndpoint" => {
+            let r: EndpointReq = parse(body)?;
+            address(&r.interface.unwrap_or_default().address)?;
+            let _ = r.options.get(SERVICE_LABEL);
+        }
+        "NetworkDriver.DeleteEndpoint" | "NetworkDriver.Join" | "NetworkDriver.Leave" => {
+            let _: EndpointReq = parse(body)?;
+        }
+        "IpamDriver.RequestPool" => {
+            let _: RequestPool = parse(body)?;
+        }
+        "IpamDriver.RequestAddress" | "IpamDriver.ReleaseAddress" => {
+            let r: RequestAddress = parse(body)?;
+            pool_network(&r.pool_id)?;
+            if !r.address.is_empty() {
+                address(&r.address)?;
+            }
+        }
+        m if METHODS[..19].contains(&m) => {}
+        other => return Err(AttachError::Invalid(format!("unknown call {other}"))),
+    }
+    Ok(())
+}
+
 /// The vxmesh network behind an IPAM pool ID (`vxmesh/<network>`).
 fn pool_network(pool_id: &str) -> Result<&str, AttachError> {
     pool_id
