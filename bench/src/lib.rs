@@ -19,11 +19,14 @@
 //!   and HAProxy on one testbed (iperf3 and wrk through a published port).
 //! - [`http`], the HTTP/1.1 keep-alive server the `mesh` command's tasks
 //!   run (`vxmesh-bench-backend`).
+//! - [`containers`], the `containers` command: containers on vxmesh against
+//!   containers on Docker swarm's own overlay, same hosts, one run.
 //! - [`chart`], the PNG bar chart.
 //! - [`profile`], `perf` recordings of extra runs: where the CPU and the
 //!   round-trip time go.
 
 pub mod chart;
+pub mod containers;
 pub mod cpu;
 pub mod http;
 pub mod iperf;

@@ -29,6 +29,10 @@ enum Cmd {
     /// splice), client -> h1:8080 -> tasks on h2 and h3, in one run: iperf3,
     /// new connections/s, keep-alive requests/s and MB/s, CPU.
     Mesh(MeshArgs),
+    /// Containers on a vxmesh network (vxmeshd's Docker driver) against
+    /// containers on Docker swarm's own overlay, same two hosts, one run:
+    /// iperf3, ping, `docker run` time.
+    Containers(vxmesh_bench::containers::ContainersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Overlay(args) => run_overlay(args),
         Cmd::Convergence(args) => convergence::run_convergence(args),
         Cmd::Mesh(args) => run_mesh(args),
+        Cmd::Containers(args) => vxmesh_bench::containers::run_containers(args),
     }
 }

@@ -15,6 +15,9 @@
 //!   [`icmp_ping()`], [`tcp_bulk()`] (pure Rust) and [`iperf3_tcp()`].
 //! - [`flood`]: hostile traffic in bulk, [`UdpFlood`] (`sendmmsg` batches
 //!   paced by what the receiver has read, [`udp_stats()`]).
+//! - [`runtime`]: real container runtimes in namespace hosts (dockerd,
+//!   podman with CNI) and a registry-free busybox image, with guards that
+//!   remove what the runtimes leave.
 //!
 //! ## Call protocol
 //! Build a [`Testbed`] with [`Testbed::new`], add hosts and links, run or
@@ -40,6 +43,7 @@ pub mod echo;
 pub mod flood;
 pub mod measure;
 pub mod process;
+pub mod runtime;
 pub mod testbed;
 
 use std::io;

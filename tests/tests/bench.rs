@@ -1,4 +1,4 @@
-//! The overlay benchmark end to end, in miniature: `vxmesh-bench overlay`
+//! The benchmarks end to end, in miniature (the overlay one here first): `vxmesh-bench overlay`
 //! with 1 s runs, one round and 20 pings, so that the command the README
 //! gives keeps working from a clean checkout. Its figures are not judged
 //! here (speed is measured in `bench/`, never in tests): the test checks
@@ -118,5 +118,62 @@ fn overlay_benchmark_measures_every_path_and_writes_its_report() {
     assert!(
         !left.contains(suffix),
         "namespaces of {suffix} left: {left}"
+    );
+}
+
+/// `vxmesh-bench containers` in miniature (1 s runs, one round): swarm's
+/// overlay, vxmesh containers and vxmesh hosts each carry a transfer and
+/// answer pings, `docker run` is timed on every network, the report is
+/// written with its commit. Figures are not judged.
+#[test]
+fn containers_benchmark_measures_swarm_and_vxmesh_and_writes_its_report() {
+    if !require_root() {
+        return;
+    }
+    let out =
+        OutDir(std::env::temp_dir().join(format!("vxmesh-bench-ctr-smoke-{}", std::process::id())));
+    let run = Command::new("timeout")
+        .arg("600")
+        .arg(workspace_bin("vxmesh-bench"))
+        .args([
+            "containers",
+            "--secs",
+            "1",
+            "--reps",
+            "1",
+            "--pings",
+            "10",
+            "--runs",
+            "1",
+            "--out",
+        ])
+        .arg(&out.0)
+        .output()
+        .expect("run vxmesh-bench");
+    assert!(
+        run.status.success(),
+        "vxmesh-bench containers failed: {}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let j: Value = serde_json::from_slice(
+        &std::fs::read(out.0.join("containers.json")).expect("containers.json"),
+    )
+    .expect("containers.json is JSON");
+    let paths = j["paths"].as_array().expect("paths");
+    let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
+    assert_eq!(names, ["swarm", "vxmesh", "vxmesh-hosts"]);
+    for p in paths {
+        assert!(p["tcp1_gbit"][0].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+        assert!(p["ping_p50_us"][0].as_f64().unwrap_or(0.0) > 0.0, "{p}");
+    }
+    for r in j["docker_run_s"].as_array().expect("docker runs") {
+        assert!(r["seconds"][0].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+    assert!(j["ratios"]["tcp1_vxmesh_over_swarm"].as_f64().is_some());
+    let text = std::fs::read_to_string(out.0.join("containers.txt")).expect("containers.txt");
+    assert!(
+        text.contains("commit ") && text.contains("vxmesh/swarm"),
+        "{text}"
     );
 }

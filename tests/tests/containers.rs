@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::runtime::{Docker, Podman, IMAGE};
 use common::{backend, etcd, Lab};
 use serde_json::Value;
+use vxmesh_testbed::runtime::{image_tarball, Docker, Podman, IMAGE};
 use vxmesh_testbed::{require_root, workspace_bin};
 
 /// The plugin name of `host`'s daemon: unique per testbed (Docker finds
@@ -138,7 +138,7 @@ fn docker_and_podman_containers_on_three_hosts_reach_each_other_by_address_and_n
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     lab.start_etcd("h3", &prefix, 5);
-    let image = common::runtime::image_tarball(lab.tb.dir());
+    let image = image_tarball(lab.tb.dir());
     let d1 = Docker::start(&mut lab.tb, "h1", &image);
     let d2 = Docker::start(&mut lab.tb, "h2", &image);
     let pm = Podman::new(&lab.tb, "h3", &image, &workspace_bin("vxmesh-cni"));
@@ -332,7 +332,7 @@ fn fifty_containers_never_share_an_address_and_an_exhausted_pool_is_a_clear_erro
             "--attachable",
         ],
     );
-    let image = common::runtime::image_tarball(lab.tb.dir());
+    let image = image_tarball(lab.tb.dir());
     let mut d1 = Docker::start(&mut lab.tb, "h1", &image);
     let mut d2 = Docker::start(&mut lab.tb, "h2", &image);
     for d in [&d1, &d2] {
@@ -496,7 +496,7 @@ fn containers_labelled_with_a_service_are_its_tasks_and_scaling_changes_what_ans
             "round-robin",
         ],
     );
-    let image = common::runtime::image_tarball(lab.tb.dir());
+    let image = image_tarball(lab.tb.dir());
     let d1 = Docker::start(&mut lab.tb, "h1", &image);
     let d2 = Docker::start(&mut lab.tb, "h2", &image);
     for d in [&d1, &d2] {

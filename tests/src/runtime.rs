@@ -18,12 +18,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vxmesh_testbed::testbed::nsenter_command;
-use vxmesh_testbed::{Proc, Testbed};
+use crate::testbed::nsenter_command;
+use crate::{Proc, Testbed};
 
 /// The Docker CLI that matches Debian's dockerd (a newer client may sit
 /// earlier in PATH).
 pub const DOCKER: &str = "/usr/bin/docker";
+/// The image every runtime of the testbed imports.
 pub const IMAGE: &str = "vxmesh/busybox:1";
 
 /// Host-wide paths the runtimes leave behind.
@@ -144,7 +145,9 @@ pub fn ok(out: Output, what: &str) -> String {
 
 /// A dockerd in a namespace host.
 pub struct Docker {
+    /// The namespace host it runs in.
     pub host: String,
+    /// Its API socket.
     pub sock: PathBuf,
     root: PathBuf,
     proc: Option<Proc>,
@@ -209,6 +212,7 @@ impl Docker {
         d
     }
 
+    /// `docker args...` against this dockerd (any exit status).
     pub fn docker(&self, args: &[&str]) -> Output {
         Command::new(DOCKER)
             .arg("-H")
@@ -298,9 +302,12 @@ impl Drop for Docker {
 
 /// Rootful podman in a namespace host, CNI backend, with vxmesh-cni.
 pub struct Podman {
+    /// The namespace host it runs in.
     pub host: String,
     ns: String,
+    /// Its containers.conf.
     pub conf: PathBuf,
+    /// Its CNI configuration directory.
     pub cni_conf: PathBuf,
     root: PathBuf,
 }
@@ -360,6 +367,7 @@ impl Podman {
         .unwrap();
     }
 
+    /// `podman args...` in its namespace with its configuration.
     pub fn podman(&self, args: &[&str]) -> Output {
         let root = self.root.join("root");
         let run = self.root.join("runroot");
@@ -372,6 +380,7 @@ impl Podman {
             .expect("run podman")
     }
 
+    /// `podman args...`, asserting success; stdout trimmed.
     pub fn ok(&self, args: &[&str]) -> String {
         ok(
             self.podman(args),

@@ -1,8 +1,11 @@
 //! `vxmesh lab`: the default cluster (`config/lab.toml`, embedded) on three
 //! hosts made of network namespaces on this machine. It starts a vxmeshd per
 //! host, proves the overlay with ping and a bulk TCP transfer between every
-//! pair, prints what it measured, and cleans up (or, with `--keep`, leaves
-//! the lab up and prints how to enter it).
+//! pair, then the routing mesh and service discovery ([`mesh`]: the
+//! published port answered through every node by tasks on other nodes, the
+//! service's name resolved by every node's DNS), prints what it measured,
+//! and cleans up (or, with `--keep`, leaves the lab up and prints how to
+//! enter it).
 //!
 //! Everything it needs is in the workspace and iproute2: ping and the
 //! transfer are done in Rust, so it runs on a machine without iputils or
@@ -17,8 +20,10 @@ use vxmesh_testbed::{echo, tcp_bulk, Testbed};
 
 use crate::config;
 
+pub mod mesh;
+
 /// The default cluster file, as shipped in `config/lab.toml`.
-pub const DEFAULT_CONFIG: &str = include_str!("../../config/lab.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/lab.toml");
 
 #[derive(clap::Args, Debug)]
 pub struct LabArgs {
@@ -186,6 +191,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|r| r.lost > 0 || r.gbit <= 0.0)
         .collect();
+    let mesh = mesh::prove(&mut tb, &cluster)?;
+    let mesh_problems = match &mesh {
+        Some(m) => {
+            m.print();
+            m.problems(&cluster)
+        }
+        None => Vec::new(),
+    };
     if args.keep {
         println!("\nThe lab stays up. Enter a host with:");
         for n in &cluster.nodes {
@@ -207,6 +220,15 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             rows.len()
         );
     }
-    println!("\noverlay OK: every pair reached each other; the lab was removed");
+    if !mesh_problems.is_empty() {
+        bail!("the mesh: {}", mesh_problems.join("; "));
+    }
+    match &mesh {
+        Some(m) => println!(
+            "\noverlay OK: every pair reached each other; mesh OK: `{}` answered through every node by tasks on other nodes, its name resolved everywhere; the lab was removed",
+            m.service
+        ),
+        None => println!("\noverlay OK: every pair reached each other; the lab was removed"),
+    }
     Ok(())
 }
