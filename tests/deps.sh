@@ -26,3 +26,13 @@ install_missing_no_recommends() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
 }
+
+# busybox-static's /bin/busybox is the containers' image (a dynamic busybox
+# would not run in an image without libraries).
+install_busybox_static() {
+    if ! dpkg -s busybox-static >/dev/null 2>&1; then
+        echo "== installing busybox-static"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
+    fi
+}

@@ -21,13 +21,7 @@ install_missing systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils
 # Debian's dockerd and podman (CNI backend), busybox for the image.
 install_missing_no_recommends dockerd:docker.io podman:podman runc:runc \
     /usr/lib/cni/bridge:containernetworking-plugins nsenter:util-linux
-# The image is busybox-static's /bin/busybox (a dynamic busybox would not run
-# in an image without libraries).
-if ! dpkg -s busybox-static >/dev/null 2>&1; then
-    echo "== installing busybox-static"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
-fi
+install_busybox_static
 
 export CI=true
 export CARGO_TERM_COLOR=never

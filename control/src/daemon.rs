@@ -435,6 +435,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 });
                 match &r {
                     Ok(changes) => {
+                        // A member of an attachable network gets its own
+                        // address there (off the watch's path: it writes).
+                        let weak = Arc::downgrade(&st);
+                        tokio::spawn(async move {
+                            if let Some(st) = weak.upgrade() {
+                                crate::attach::ensure_own_addresses(&st).await;
+                            }
+                        });
                         let t = st.times.last();
                         info!(
                             revision = rev,
@@ -464,6 +472,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 store_stop_rx.clone(),
             )));
             store_tasks.push(tokio::spawn(etcd.run_lease(store_stop_rx.clone())));
+            let weak = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                if let Some(st) = weak.upgrade() {
+                    crate::attach::ensure_own_addresses(&st).await;
+                }
+            });
             state
         }
     };

@@ -656,7 +656,7 @@ async fn join(p: &Plugin, st: &Arc<State>, r: EndpointReq) -> Result<Value, Atta
 
 /// How long a joined endpoint's container is looked for in dockerd (it
 /// shows in the network only once Docker has finished the join).
-const NAME_WAIT: Duration = Duration::from_secs(10);
+const NAME_WAIT: Duration = Duration::from_secs(30);
 
 /// Asks dockerd for the container behind endpoint `eid` of Docker network
 /// `nid` and gives the endpoint the container's name and its

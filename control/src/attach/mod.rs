@@ -36,7 +36,7 @@ use vxmesh_dataplane::wire::MacAddr;
 use crate::daemon::State;
 use crate::model::Network;
 use crate::store::{Store, StoreError, Write};
-use ipam::{Attachment, LocalAllocations};
+use ipam::{Attachment, LocalAllocations, Range};
 
 /// Most addresses tried before an allocation gives up on lost races.
 const MAX_TRIES: usize = 64;
@@ -313,29 +313,9 @@ pub async fn allocate_with(
         Store::Etcd(_) => {
             let mut taken = taken;
             if !has_host_address(st, &net.name) {
-                // The node's own address in the network, before its first
-                // container's: the source of its mesh and health-check
-                // traffic to tasks on other nodes (the DNS address is on
-                // every node and cannot be one). Like Docker's per-node
-                // load-balancer address, it stays while the node is a member.
-                let own: Vec<Ipv4Addr> = ipam::candidates(&net, &range, &st.node, &taken)
-                    .into_iter()
-                    .filter(|ip| Some(*ip) != req.ip)
-                    .collect();
-                let got = cas_create(
-                    st,
-                    &net.name,
-                    own,
-                    |ip| {
-                        json!({
-                            "network": net.name, "node": st.node, "ip": ip.to_string(),
-                            "mac": MacAddr::from_ipv4(ip).to_string(),
-                        })
-                    },
-                    |st, _| has_host_address(st, &net.name),
-                )
-                .await?
-                .ok_or_else(exhausted)?;
+                let got = own_address(st, &net, &range, &taken, req.ip)
+                    .await?
+                    .ok_or_else(exhausted)?;
                 taken.insert(got);
             }
             let tries: Vec<Ipv4Addr> = match req.ip {
@@ -401,6 +381,74 @@ pub async fn allocate_with(
                 });
             })?;
             Ok(response(&net, ip, mac))
+        }
+    }
+}
+
+/// Allocates this node's own address in attachable network `net` (etcd
+/// store): the source of its mesh and health-check traffic to tasks on
+/// other nodes (the DNS address is on every node and cannot be one). Like
+/// Docker's per-node load-balancer address, it stays while the node is a
+/// member. `None` when the network is full.
+async fn own_address(
+    st: &State,
+    net: &Network,
+    range: &Range,
+    taken: &HashSet<Ipv4Addr>,
+    avoid: Option<Ipv4Addr>,
+) -> Result<Option<Ipv4Addr>, AttachError> {
+    let own: Vec<Ipv4Addr> = ipam::candidates(net, range, &st.node, taken)
+        .into_iter()
+        .filter(|ip| Some(*ip) != avoid)
+        .collect();
+    cas_create(
+        st,
+        &net.name,
+        own,
+        |ip| {
+            json!({
+                "network": net.name, "node": st.node, "ip": ip.to_string(),
+                "mac": MacAddr::from_ipv4(ip).to_string(),
+            })
+        },
+        |st, _| has_host_address(st, &net.name),
+    )
+    .await
+}
+
+/// Gives this node its own address in every attachable network it is a
+/// member of without one (etcd store): a member listed in a network's
+/// `nodes` serves the network's published ports before any container of
+/// its own attaches. Run after each applied change; what it writes comes
+/// back through the watch, and then there is nothing left to do.
+pub async fn ensure_own_addresses(st: &State) {
+    if !matches!(st.store, Store::Etcd(_)) {
+        return;
+    }
+    let missing: Vec<String> = {
+        let inner = st.inner.lock().expect("state lock poisoned");
+        inner
+            .cluster
+            .networks_of(&st.node)
+            .filter(|n| n.attachable && inner.cluster.host_endpoint(n, &st.node).is_none())
+            .map(|n| n.name.clone())
+            .collect()
+    };
+    for name in missing {
+        let _one = st.attach.alloc.lock().await;
+        let Ok((net, taken)) = attachable(st, &name) else {
+            continue;
+        };
+        if has_host_address(st, &name) {
+            continue;
+        }
+        let range = Range::Shared(net.subnet);
+        match own_address(st, &net, &range, &taken, None).await {
+            Ok(Some(ip)) => tracing::info!(network = %name, %ip, "this node's own address"),
+            Ok(None) => tracing::warn!(network = %name, "no address left for this node's own"),
+            Err(e) => {
+                tracing::warn!(network = %name, error = %e, "allocating this node's own address failed")
+            }
         }
     }
 }

@@ -37,6 +37,20 @@ pub struct MeshReport {
     pub rows: Vec<MeshRow>,
     /// (node, responder address, name asked, addresses answered).
     pub dns: Vec<(String, Ipv4Addr, String, Vec<Ipv4Addr>)>,
+    /// How many tasks the service has.
+    pub tasks: usize,
+}
+
+/// What to ask: a service's published port on every member node and the
+/// members' DNS responders.
+pub struct Target {
+    pub service: String,
+    pub published: u16,
+    /// (node, underlay address) of every member node.
+    pub nodes: Vec<(String, Ipv4Addr)>,
+    /// The network's DNS address (the same on every member).
+    pub dns: Ipv4Addr,
+    pub tasks: usize,
 }
 
 impl MeshReport {
@@ -79,7 +93,7 @@ impl MeshReport {
 
     /// What is wrong, if anything: a node whose port failed a request or
     /// was answered only by its own tasks, a name that resolved to nothing.
-    pub fn problems(&self, cluster: &Cluster) -> Vec<String> {
+    pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         for r in &self.rows {
             if r.failed > 0 {
@@ -89,11 +103,7 @@ impl MeshReport {
                 out.push(format!("{} was answered by no task on another node", r.via));
             }
         }
-        let tasks = cluster
-            .services
-            .iter()
-            .find(|s| s.name == self.service)
-            .map_or(0, |s| s.tasks.len());
+        let tasks = self.tasks;
         for (node, _, name, ips) in &self.dns {
             if ips.is_empty() || (name.starts_with("tasks.") && ips.len() != tasks) {
                 out.push(format!("{node}'s DNS answered {ips:?} for {name}"));
@@ -246,31 +256,44 @@ pub fn prove(tb: &mut Testbed, cluster: &Cluster) -> anyhow::Result<Option<MeshR
             stop.clone(),
         )?;
     }
-    // The client: a namespace on the underlay, in the first node's /24.
-    let first = cluster.nodes.first().context("the cluster has no nodes")?;
-    let o = first.address.octets();
+    let net = cluster
+        .network(&svc.network)
+        .context("the service's network")?;
+    let target = Target {
+        service: svc.name.clone(),
+        published: port.published,
+        nodes: cluster
+            .members(net)
+            .iter()
+            .map(|n| (n.name.clone(), n.address))
+            .collect(),
+        dns: net.dns,
+        tasks: svc.tasks.len(),
+    };
+    measure(tb, &target).map(Some)
+}
+
+/// Asks every member node's published port and DNS responder, from a
+/// client namespace `cl` on the underlay (in the first node's /24).
+pub fn measure(tb: &mut Testbed, t: &Target) -> anyhow::Result<MeshReport> {
+    let first = t.nodes.first().context("no member nodes")?;
+    let o = first.1.octets();
     tb.add_host("cl", &format!("{}.{}.{}.200/24", o[0], o[1], o[2]), 1500)?;
     let cl = tb.ns("cl");
     let mut rows = Vec::new();
-    for n in &cluster.nodes {
-        let is_member = cluster
-            .networks_of(&n.name)
-            .any(|net| net.name == svc.network);
-        if !is_member {
-            continue;
-        }
-        let addr = SocketAddr::new(n.address.into(), port.published);
+    for (name, address) in &t.nodes {
+        let addr = SocketAddr::new((*address).into(), t.published);
         // Ready once a first request is answered (the tasks' health checks
         // must rise first).
         let t0 = Instant::now();
         while get(tb, &cl, addr)?.is_none() {
             if t0.elapsed() > Duration::from_secs(15) {
-                bail!("{addr} (node {}) answered nothing within 15 s", n.name);
+                bail!("{addr} (node {name}) answered nothing within 15 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let mut row = MeshRow {
-            via: n.name.clone(),
+            via: name.clone(),
             addr,
             answered: BTreeMap::new(),
             failed: 0,
@@ -284,19 +307,18 @@ pub fn prove(tb: &mut Testbed, cluster: &Cluster) -> anyhow::Result<Option<MeshR
         rows.push(row);
     }
     let mut dns = Vec::new();
-    if let Some(net) = cluster.network(&svc.network) {
-        for n in cluster.members(net) {
-            for name in [svc.name.clone(), format!("tasks.{}", svc.name)] {
-                let ips = resolve(tb, &tb.ns(&n.name), net.dns, &name)?;
-                dns.push((n.name.clone(), net.dns, name, ips));
-            }
+    for (node, _) in &t.nodes {
+        for name in [t.service.clone(), format!("tasks.{}", t.service)] {
+            let ips = resolve(tb, &tb.ns(node), t.dns, &name)?;
+            dns.push((node.clone(), t.dns, name, ips));
         }
     }
-    Ok(Some(MeshReport {
-        service: svc.name.clone(),
+    Ok(MeshReport {
+        service: t.service.clone(),
         rows,
         dns,
-    }))
+        tasks: t.tasks,
+    })
 }
 
 /// Stops the task servers when the lab ends, whichever way.

@@ -195,22 +195,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let mesh_problems = match &mesh {
         Some(m) => {
             m.print();
-            m.problems(&cluster)
+            m.problems()
         }
         None => Vec::new(),
     };
     if args.keep {
-        println!("\nThe lab stays up. Enter a host with:");
-        for n in &cluster.nodes {
-            println!("  ip netns exec {} bash", tb.ns(&n.name));
-        }
-        println!(
-            "and ask a daemon with: vxmesh --socket {}/h1.sock status",
-            tb.dir().display()
-        );
-        println!("Press Enter to tear it down.");
-        let mut s = String::new();
-        let _ = std::io::stdin().read_line(&mut s);
+        keep(&tb, &cluster);
     }
     drop(tb);
     if !bad.is_empty() {
@@ -231,4 +221,19 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         None => println!("\noverlay OK: every pair reached each other; the lab was removed"),
     }
     Ok(())
+}
+
+/// `--keep`: tells how to enter the lab and waits for Enter.
+fn keep(tb: &Testbed, cluster: &crate::model::Cluster) {
+    println!("\nThe lab stays up. Enter a host with:");
+    for n in &cluster.nodes {
+        println!("  ip netns exec {} bash", tb.ns(&n.name));
+    }
+    println!(
+        "and ask a daemon with: vxmesh --socket {}/h1.sock status",
+        tb.dir().display()
+    );
+    println!("Press Enter to tear it down.");
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
 }
