@@ -1,29 +1,28 @@
 # Sourced by tests/run.sh and tests/lab.sh: installs the Debian packages
 # behind any command of `command:package` pairs that is missing.
 install_missing() {
-    local need=() pair
-    for pair in "$@"; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
-    done
-    if [ ${#need[@]} -gt 0 ]; then
-        echo "== installing: ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    fi
+    install_with "" "$@"
 }
 
 # The same without the packages' recommendations: for the container
 # runtimes (docker.io, podman), whose recommendations pull in needrestart
 # (which hooks every later apt run) and apparmor (absent here).
 install_missing_no_recommends() {
-    local need=() pair
+    install_with --no-install-recommends "$@"
+}
+
+# install_with APT_OPTION PAIR...: the packages behind the missing commands.
+install_with() {
+    local opt=$1 need=() pair
+    shift
     for pair in "$@"; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
     done
     if [ ${#need[@]} -gt 0 ]; then
-        echo "== installing (no recommends): ${need[*]}"
+        echo "== installing: ${need[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        # shellcheck disable=SC2086 # an empty option is no argument
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $opt "${need[@]}" >/dev/null
     fi
 }
 

@@ -88,20 +88,8 @@ fn ping_p50_us(out: &str) -> Option<f64> {
 }
 
 fn etcd_healthy(tb: &Testbed) -> bool {
-    use std::io::{Read, Write};
-    tb.in_ns(&tb.ns("etcd"), || {
-        let addr = format!("{ETCD}:2379").parse().unwrap();
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-        else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.contains("\"health\":\"true\"")
-    })
-    .unwrap_or(false)
+    let addr = format!("{ETCD}:2379").parse().expect("an address");
+    tb.etcd_healthy(&tb.ns("etcd"), addr)
 }
 
 /// The commit the binaries come from, and whether the tree had changes.

@@ -194,16 +194,21 @@ pub fn result(version: &str, a: &AttachResponse, netns: &str) -> Value {
     })
 }
 
-/// Runs one CNI command: the JSON for stdout, or an error (also for
-/// stdout, with a non-zero exit). `stdin` is the network configuration.
-pub async fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
+/// The network configuration on stdin.
+fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
+    serde_json::from_slice(stdin).map_err(|e| {
         CniError::new(
             code::DECODE,
             "the network configuration is not valid JSON",
             e.to_string(),
         )
-    })?;
+    })
+}
+
+/// Runs one CNI command: the JSON for stdout, or an error (also for
+/// stdout, with a non-zero exit). `stdin` is the network configuration.
+pub async fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let conf = parse_conf(stdin)?;
     let version = if conf.cni_version.is_empty() {
         "1.0.0".to_string()
     } else {
@@ -338,13 +343,7 @@ fn attach_request(
 /// Decodes a configuration and `CNI_ARGS` as ADD would, without asking the
 /// daemon: what the fuzz target runs. Never panics.
 pub fn decode(stdin: &[u8], args: &str) -> Result<(), CniError> {
-    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODE,
-            "the network configuration is not valid JSON",
-            e.to_string(),
-        )
-    })?;
+    let conf = parse_conf(stdin)?;
     let env = Env {
         command: "ADD".into(),
         container_id: "fuzz".into(),

@@ -199,6 +199,29 @@ impl Testbed {
         )
     }
 
+    /// True when the etcd serving `client` (`address:port`) from namespace
+    /// `ns` answers `GET /health` with `"health":"true"`.
+    pub fn etcd_healthy(&self, ns: &str, client: std::net::SocketAddr) -> bool {
+        use std::io::{Read, Write};
+        self.in_ns(ns, move || {
+            let Ok(mut s) =
+                std::net::TcpStream::connect_timeout(&client, Duration::from_millis(500))
+            else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            if s.write_all(b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+                .is_err()
+            {
+                return false;
+            }
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.contains("\"health\":\"true\"") || out.contains("\"health\": \"true\"")
+        })
+        .unwrap_or(false)
+    }
+
     /// Like [`Testbed::spawn`], with `NOTIFY_SOCKET` set to a fresh unix
     /// datagram socket in the testbed directory; waits up to `timeout` for a
     /// message with the line `READY=1`. If the process exits first or time

@@ -702,10 +702,20 @@ async fn name_endpoint(
         }
     };
     let (cid, name) = found;
-    let labels = get::<Value>(&docker, &format!("/containers/{cid}/json"))
-        .await
-        .ok()
-        .and_then(|c| c.pointer("/Config/Labels").cloned());
+    // The labels: the inspect can fail while dockerd is still starting the
+    // container; ask again until the deadline rather than take "no label".
+    let labels = loop {
+        match get::<Value>(&docker, &format!("/containers/{cid}/json")).await {
+            Ok(c) => break c.pointer("/Config/Labels").cloned(),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                warn!(endpoint = %eid, error = %e, "dockerd did not answer for the container; its labels are not read");
+                break None;
+            }
+            Err(_) => {
+                tick.tick().await;
+            }
+        }
+    };
     let service = labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_LABEL))

@@ -593,7 +593,8 @@ pub async fn release_container(st: &State, container: &str) -> Result<usize, Att
     Ok(n)
 }
 
-/// Sets (or clears) the name and service of a container's endpoint.
+/// Sets the name and (or) the service of a container's endpoint; `None`
+/// leaves that one as it is.
 pub async fn label(
     st: &State,
     network: &str,
@@ -603,7 +604,13 @@ pub async fn label(
 ) -> Result<(), AttachError> {
     match &st.store {
         Store::Etcd(_) => {
-            let patch = json!({ "name": name, "service": service });
+            let mut patch = json!({});
+            if let Some(n) = name {
+                patch["name"] = json!(n);
+            }
+            if let Some(s) = service {
+                patch["service"] = json!(s);
+            }
             st.store
                 .write(Write::UpdateEndpoint {
                     network: network.to_string(),
@@ -615,8 +622,12 @@ pub async fn label(
         Store::File(_) => edit_local(st, |list| {
             for a in list.iter_mut() {
                 if a.network == network && a.ip == ip {
-                    a.name = name.map(str::to_string);
-                    a.service = service.map(str::to_string);
+                    if let Some(n) = name {
+                        a.name = Some(n.to_string());
+                    }
+                    if let Some(s) = service {
+                        a.service = Some(s.to_string());
+                    }
                 }
             }
         })?,

@@ -3,8 +3,7 @@
 //! [`ETCD_ADDR`], data in the testbed directory, started and killed through
 //! the testbed (so the guard stops it), and vxmeshd daemons that use it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -71,22 +70,8 @@ impl Etcd {
 
 /// GET /health from inside the etcd namespace.
 pub fn healthy(tb: &Testbed) -> bool {
-    tb.in_ns(&tb.ns("etcd"), || {
-        let addr: SocketAddr = format!("{ETCD_ADDR}:2379").parse().unwrap();
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        if s.write_all(b"GET /health HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out.contains("\"health\":\"true\"") || out.contains("\"health\": \"true\"")
-    })
-    .unwrap_or(false)
+    let addr: SocketAddr = format!("{ETCD_ADDR}:2379").parse().unwrap();
+    tb.etcd_healthy(&tb.ns("etcd"), addr)
 }
 
 impl Lab {
