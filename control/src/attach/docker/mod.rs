@@ -28,10 +28,16 @@ use axum::body::Bytes;
 use axum::extract::{Path as AxPath, State as AxState};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
+
+pub mod requests;
+
+use requests::{
+    address, generic, parse, pool_network, CreateNetwork, EndpointReq, NetworkRef, RequestAddress,
+    RequestPool,
+};
+pub use requests::{decode, METHODS};
 
 use super::{AttachError, AttachRequest};
 use crate::daemon::State;
@@ -154,187 +160,6 @@ async fn call(
         Json(v),
     )
         .into_response()
-}
-
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AttachError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AttachError::Invalid(format!("malformed request: {e}")))
-}
-
-/// A member Docker may send as `null` (Go's nil map or slice).
-fn or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de> + Default>(
-    d: D,
-) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct IpamData {
-    #[serde(default)]
-    address_space: String,
-    #[serde(default)]
-    pool: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CreateNetwork {
-    #[serde(rename = "NetworkID")]
-    network_id: String,
-    #[serde(default)]
-    options: Value,
-    #[serde(default, rename = "IPv4Data", deserialize_with = "or_null")]
-    ipv4_data: Vec<IpamData>,
-    #[serde(default, rename = "IPv6Data", deserialize_with = "or_null")]
-    ipv6_data: Vec<IpamData>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct NetworkRef {
-    #[serde(rename = "NetworkID")]
-    network_id: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct Interface {
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    mac_address: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct EndpointReq {
-    #[serde(rename = "NetworkID")]
-    network_id: String,
-    #[serde(rename = "EndpointID")]
-    endpoint_id: String,
-    #[serde(default)]
-    interface: Option<Interface>,
-    #[serde(default)]
-    options: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RequestPool {
-    #[serde(default)]
-    pool: String,
-    #[serde(default, deserialize_with = "or_null")]
-    options: BTreeMap<String, String>,
-    #[serde(default, rename = "V6")]
-    v6: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RequestAddress {
-    #[serde(rename = "PoolID")]
-    pool_id: String,
-    #[serde(default)]
-    address: String,
-    #[serde(default, deserialize_with = "or_null")]
-    options: BTreeMap<String, String>,
-}
-
-/// The calls a plugin answers, in a fixed order (the fuzz target picks one
-/// by index).
-pub const METHODS: [&str; 21] = [
-    "Plugin.Activate",
-    "NetworkDriver.GetCapabilities",
-    "NetworkDriver.CreateNetwork",
-    "NetworkDriver.DeleteNetwork",
-    "NetworkDriver.CreateEndpoint",
-    "NetworkDriver.DeleteEndpoint",
-    "NetworkDriver.EndpointOperInfo",
-    "NetworkDriver.Join",
-    "NetworkDriver.Leave",
-    "NetworkDriver.ProgramExternalConnectivity",
-    "NetworkDriver.RevokeExternalConnectivity",
-    "NetworkDriver.DiscoverNew",
-    "NetworkDriver.DiscoverDelete",
-    "IpamDriver.GetCapabilities",
-    "IpamDriver.GetDefaultAddressSpaces",
-    "IpamDriver.RequestPool",
-    "IpamDriver.ReleasePool",
-    "IpamDriver.RequestAddress",
-    "IpamDriver.ReleaseAddress",
-    "NetworkDriver.Unknown",
-    "",
-];
-
-/// Decodes a request body the way [`dispatch`] does, without acting on it:
-/// what the fuzz target runs. Never panics; a body that does not decode is
-/// the error the plugin would answer.
-pub fn decode(method: &str, body: &[u8]) -> Result<(), AttachError> {
-    match method {
-        "NetworkDriver.CreateNetwork" => {
-            let r: CreateNetwork = parse(body)?;
-            let _ = generic(&r.options);
-            for d in r.ipv4_data.iter().chain(&r.ipv6_data) {
-                let _ = (&d.address_space, &d.pool);
-            }
-            let _ = r.network_id;
-        }
-        "NetworkDriver.DeleteNetwork" => {
-            let _: NetworkRef = parse(body)?;
-        }
-        "NetworkDriver.CreateEndpoint" => {
-            let r: EndpointReq = parse(body)?;
-            address(&r.interface.unwrap_or_default().address)?;
-            let _ = r.options.get(SERVICE_LABEL);
-        }
-        "NetworkDriver.DeleteEndpoint" | "NetworkDriver.Join" | "NetworkDriver.Leave" => {
-            let _: EndpointReq = parse(body)?;
-        }
-        "IpamDriver.RequestPool" => {
-            let _: RequestPool = parse(body)?;
-        }
-        "IpamDriver.RequestAddress" | "IpamDriver.ReleaseAddress" => {
-            let r: RequestAddress = parse(body)?;
-            pool_network(&r.pool_id)?;
-            if !r.address.is_empty() {
-                address(&r.address)?;
-            }
-        }
-        m if METHODS[..19].contains(&m) => {}
-        other => return Err(AttachError::Invalid(format!("unknown call {other}"))),
-    }
-    Ok(())
-}
-
-/// The vxmesh network behind an IPAM pool ID (`vxmesh/<network>`).
-fn pool_network(pool_id: &str) -> Result<&str, AttachError> {
-    pool_id
-        .strip_prefix("vxmesh/")
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| AttachError::Invalid(format!("pool `{pool_id}` is not a vxmesh pool")))
-}
-
-/// An address as Docker writes it: `10.0.9.5/24` or `10.0.9.5`.
-fn address(s: &str) -> Result<Ipv4Addr, AttachError> {
-    s.split('/')
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .map_err(|_| AttachError::Invalid(format!("`{s}` is not an IPv4 address")))
-}
-
-/// The generic driver options (`--opt k=v`) of a request's `Options`.
-fn generic(options: &Value) -> BTreeMap<String, String> {
-    options
-        .get("com.docker.network.generic")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The vxmesh network a request means: the `network` option, else the one
@@ -758,25 +583,4 @@ pub async fn serve(
         }
         let _ = std::fs::remove_file(&path);
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_and_pools_parse_as_docker_writes_them() {
-        assert_eq!(address("10.0.9.5/24").unwrap(), Ipv4Addr::new(10, 0, 9, 5));
-        assert_eq!(address("10.0.9.5").unwrap(), Ipv4Addr::new(10, 0, 9, 5));
-        assert!(address("fe80::1/64").is_err());
-        assert_eq!(pool_network("vxmesh/front").unwrap(), "front");
-        assert!(pool_network("default/front").is_err());
-        assert!(pool_network("vxmesh/").is_err());
-        let o = json!({ "com.docker.network.generic": { "network": "front", "n": 1 } });
-        assert_eq!(
-            generic(&o).get("network").map(String::as_str),
-            Some("front")
-        );
-        assert!(!generic(&o).contains_key("n"));
-    }
 }
