@@ -470,8 +470,8 @@ async fn join(p: &Plugin, st: &Arc<State>, r: EndpointReq) -> Result<Value, Atta
     let v = super::plumb(st, &resp, &format!("docker:{}", r.endpoint_id)).await?;
     if let Some(docker) = p.docker_host.clone() {
         let st = Arc::downgrade(st);
-        let (nid, eid) = (r.network_id.clone(), r.endpoint_id.clone());
-        tokio::spawn(async move { name_endpoint(st, docker, nid, eid, net, ip).await });
+        let eid = r.endpoint_id.clone();
+        tokio::spawn(async move { name_endpoint(st, docker, eid, net, ip).await });
     }
     Ok(json!({
         "InterfaceName": { "SrcName": v.peer, "DstPrefix": "eth" },
@@ -483,62 +483,43 @@ async fn join(p: &Plugin, st: &Arc<State>, r: EndpointReq) -> Result<Value, Atta
 /// shows in the network only once Docker has finished the join).
 const NAME_WAIT: Duration = Duration::from_secs(30);
 
-/// Asks dockerd for the container behind endpoint `eid` of Docker network
-/// `nid` and gives the endpoint the container's name and its
+/// Asks dockerd for the container behind endpoint `eid` and gives the endpoint the container's name and its
 /// `vxmesh.service` label.
-async fn name_endpoint(
-    st: Weak<State>,
-    docker: PathBuf,
-    nid: String,
-    eid: String,
-    net: String,
-    ip: Ipv4Addr,
-) {
-    use crate::api::client::get;
+async fn name_endpoint(st: Weak<State>, docker: PathBuf, eid: String, net: String, ip: Ipv4Addr) {
     let deadline = tokio::time::Instant::now() + NAME_WAIT;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let found = loop {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // The container list carries every container's endpoints, name and
+    // labels in one answer, and takes no container's lock (an inspect waits
+    // for a container that is still starting). Each ask is bounded: a call
+    // dockerd does not answer is asked again, never waited on for good.
+    let (name, labels) = loop {
         tick.tick().await;
         if tokio::time::Instant::now() > deadline {
-            warn!(endpoint = %eid, "dockerd never showed the container of this endpoint; it has no DNS name");
+            warn!(endpoint = %eid, "dockerd never showed the container of this endpoint; it has no DNS name or service");
             return;
         }
-        let Ok(n) = get::<Value>(&docker, &format!("/networks/{nid}")).await else {
+        let ask = crate::api::client::get::<Value>(&docker, "/containers/json?all=1");
+        let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
             continue;
         };
-        let hit = n
-            .get("Containers")
-            .and_then(Value::as_object)
-            .and_then(|m| {
-                m.iter()
-                    .find(|(_, c)| c.get("EndpointID").and_then(Value::as_str) == Some(&eid))
+        let hit = list.as_array().and_then(|cs| {
+            cs.iter().find(|c| {
+                c.pointer("/NetworkSettings/Networks")
+                    .and_then(Value::as_object)
+                    .is_some_and(|nets| {
+                        nets.values()
+                            .any(|n| n.get("EndpointID").and_then(Value::as_str) == Some(&eid))
+                    })
             })
-            .map(|(id, c)| {
-                (
-                    id.clone(),
-                    c.get("Name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            });
-        if let Some(hit) = hit {
-            break hit;
-        }
-    };
-    let (cid, name) = found;
-    // The labels: the inspect can fail while dockerd is still starting the
-    // container; ask again until the deadline rather than take "no label".
-    let labels = loop {
-        match get::<Value>(&docker, &format!("/containers/{cid}/json")).await {
-            Ok(c) => break c.pointer("/Config/Labels").cloned(),
-            Err(e) if tokio::time::Instant::now() > deadline => {
-                warn!(endpoint = %eid, error = %e, "dockerd did not answer for the container; its labels are not read");
-                break None;
-            }
-            Err(_) => {
-                tick.tick().await;
-            }
+        });
+        if let Some(c) = hit {
+            let name = c
+                .pointer("/Names/0")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            break (name, c.get("Labels").cloned());
         }
     };
     let service = labels
