@@ -35,6 +35,9 @@ struct NetState {
     /// The bridge holding the TAP and the containers' veths (attachable
     /// networks), or `None` when the TAP holds the addresses itself.
     bridge: Option<String>,
+    /// The MAC and MTU the bridge was last given (a reconcile that changes
+    /// neither runs no command).
+    bridge_cfg: Option<(MacAddr, u16)>,
     /// Local workload addresses to announce (`announce = true`).
     announce: Option<Arc<Announcements>>,
 }
@@ -184,6 +187,7 @@ impl Reconciler {
                         ageing_s: net.ageing_s,
                         extra: old.extra.clone(),
                         bridge: old.bridge.clone(),
+                        bridge_cfg: old.bridge_cfg,
                         announce: old.announce.clone(),
                     }
                 }
@@ -206,6 +210,7 @@ impl Reconciler {
                         ageing_s: net.ageing_s,
                         extra: BTreeSet::new(),
                         bridge: None,
+                        bridge_cfg: None,
                         announce: None,
                     }
                 }
@@ -315,7 +320,12 @@ impl Reconciler {
             if let Some(br) = state.bridge.take() {
                 netdev::delete(&br).map_err(fail)?;
                 state.extra.clear();
+                state.bridge_cfg = None;
             }
+            return Ok(());
+        }
+        let want = (node_mac, net.mtu);
+        if state.bridge.is_some() && state.bridge_cfg == Some(want) {
             return Ok(());
         }
         let br = net.bridge_name();
@@ -327,6 +337,7 @@ impl Reconciler {
         }
         netdev::set_master(&state.tap_cfg.name, &br).map_err(fail)?;
         state.bridge = Some(br);
+        state.bridge_cfg = Some(want);
         Ok(())
     }
 

@@ -71,6 +71,31 @@ fn docker_network(lab: &Lab, d: &Docker, net: &str, subnet: Option<&str>) {
     d.ok(&args);
 }
 
+/// An etcd for `lab` and the key prefix of this testbed's cluster.
+fn with_etcd(lab: &mut Lab) -> (etcd::Etcd, String) {
+    let e = etcd::start(&mut lab.tb);
+    (e, format!("/{}", lab.tb.suffix()))
+}
+
+/// `vxmesh network create NAME --vni VNI --subnet SUBNET --attachable`
+/// through h1's daemon.
+fn attachable_network(lab: &Lab, name: &str, vni: u32, subnet: &str) {
+    let vni = vni.to_string();
+    lab.cli_json(
+        "h1",
+        &[
+            "network",
+            "create",
+            name,
+            "--vni",
+            &vni,
+            "--subnet",
+            subnet,
+            "--attachable",
+        ],
+    );
+}
+
 /// The address of container `c` on Docker network `net`.
 fn ip_of(d: &Docker, c: &str, net: &str) -> Ipv4Addr {
     let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
@@ -133,8 +158,7 @@ fn docker_and_podman_containers_on_three_hosts_reach_each_other_by_address_and_n
         return;
     }
     let mut lab = Lab::new("ctr", 3, "");
-    let _etcd = etcd::start(&mut lab.tb);
-    let prefix = format!("/{}", lab.tb.suffix());
+    let (_etcd, prefix) = with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     lab.start_etcd("h3", &prefix, 5);
@@ -300,38 +324,13 @@ fn fifty_containers_never_share_an_address_and_an_exhausted_pool_is_a_clear_erro
         return;
     }
     let mut lab = Lab::new("ipam", 2, "");
-    let _etcd = etcd::start(&mut lab.tb);
-    let prefix = format!("/{}", lab.tb.suffix());
+    let (_etcd, prefix) = with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     // A /28 for exhaustion: 14 usable, minus the DNS address (.14) and a
     // VIP pool of 3 (.11-.13): 10 for containers.
-    lab.cli_json(
-        "h1",
-        &[
-            "network",
-            "create",
-            "front",
-            "--vni",
-            "4096",
-            "--subnet",
-            "10.0.9.0/24",
-            "--attachable",
-        ],
-    );
-    lab.cli_json(
-        "h1",
-        &[
-            "network",
-            "create",
-            "tiny",
-            "--vni",
-            "4097",
-            "--subnet",
-            "10.0.10.0/28",
-            "--attachable",
-        ],
-    );
+    attachable_network(&lab, "front", 4096, "10.0.9.0/24");
+    attachable_network(&lab, "tiny", 4097, "10.0.10.0/28");
     let image = image_tarball(lab.tb.dir());
     let mut d1 = Docker::start(&mut lab.tb, "h1", &image);
     let mut d2 = Docker::start(&mut lab.tb, "h2", &image);
@@ -472,23 +471,10 @@ fn containers_labelled_with_a_service_are_its_tasks_and_scaling_changes_what_ans
     lab.tb
         .add_host("cl", "198.18.0.100/24", 1500)
         .expect("client host");
-    let _etcd = etcd::start(&mut lab.tb);
-    let prefix = format!("/{}", lab.tb.suffix());
+    let (_etcd, prefix) = with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
-    lab.cli_json(
-        "h1",
-        &[
-            "network",
-            "create",
-            "front",
-            "--vni",
-            "4096",
-            "--subnet",
-            "10.0.9.0/24",
-            "--attachable",
-        ],
-    );
+    attachable_network(&lab, "front", 4096, "10.0.9.0/24");
     lab.cli_json(
         "h1",
         &[
@@ -692,22 +678,9 @@ fn both_plugin_interfaces_refuse_bad_input_and_leave_nothing_half_made() {
     }
     let mut lab = Lab::new("cbad", 1, "");
     lab.tb.add_namespace("c1").expect("container namespace");
-    let _etcd = etcd::start(&mut lab.tb);
-    let prefix = format!("/{}", lab.tb.suffix());
+    let (_etcd, prefix) = with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
-    lab.cli_json(
-        "h1",
-        &[
-            "network",
-            "create",
-            "front",
-            "--vni",
-            "4096",
-            "--subnet",
-            "10.0.9.0/24",
-            "--attachable",
-        ],
-    );
+    attachable_network(&lab, "front", 4096, "10.0.9.0/24");
     lab.cli_json(
         "h1",
         &[

@@ -430,6 +430,11 @@ pub async fn ensure_own_addresses(st: &State) {
     }
     let missing: Vec<String> = {
         let inner = st.inner.lock().expect("state lock poisoned");
+        // Most clusters have no attachable network: skip the membership
+        // scans after every change.
+        if !inner.cluster.networks.iter().any(|n| n.attachable) {
+            return;
+        }
         inner
             .cluster
             .networks_of(&st.node)

@@ -23,11 +23,11 @@ pub(super) async fn wait_applied(
         if done(st) {
             return Ok(());
         }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            return Err(AttachError::NotApplied(APPLY_WAIT));
+        // A timeout, or the daemon dropping the sender: either way no
+        // further change will come (never loop on a closed channel).
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(AttachError::NotApplied(APPLY_WAIT)),
         }
     }
 }
