@@ -180,6 +180,14 @@ struct RawNetwork {
     /// Per-node ranges for container addresses (cluster file store).
     #[serde(default)]
     pools: Vec<Spanned<RawPool>>,
+    /// Workloads may send router advertisements and redirects.
+    #[serde(default)]
+    allow_ra: bool,
+    /// Workloads may answer as DHCP servers.
+    #[serde(default)]
+    allow_dhcp: bool,
+    /// Forwarded DNS queries per second and client.
+    dns_forward_qps: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +530,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
         }
         net_by_name.insert(name.clone(), subnet);
         networks.push(Network {
+            allow_ra: n.allow_ra,
+            allow_dhcp: n.allow_dhcp,
+            dns_forward_qps: n
+                .dns_forward_qps
+                .unwrap_or(Network::DEFAULT_DNS_FORWARD_QPS),
             attachable: n.attachable,
             pools,
             announce: n.announce,

@@ -357,7 +357,8 @@ fn file_cluster(opts: &Options) -> anyhow::Result<Cluster> {
 
 /// Logs when the dataplane starts or stops hitting a limit (the learned
 /// table's cap, the flood rate): one line per change, read from the
-/// counters every 2 s, never from the packet path.
+/// counters every 2 s, never from the packet path. The same tick ages the
+/// learned forwarding entries out.
 #[derive(Default)]
 struct LimitWatch {
     last: std::collections::HashMap<(String, &'static str), (u64, bool)>,
@@ -366,7 +367,12 @@ struct LimitWatch {
 impl LimitWatch {
     fn check(&mut self, st: &State) {
         let tables = st.tables();
+        let now = std::time::Instant::now();
         for n in &tables.networks {
+            // Learned entries age out here, off the packet path.
+            if n.learning && n.learned.expire(now) > 0 {
+                tracing::debug!(network = %n.name, left = n.learned.len(), "learned entries aged out");
+            }
             let now = [
                 (
                     "fdb_full",

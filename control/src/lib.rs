@@ -19,6 +19,7 @@ pub mod attach;
 pub mod cni;
 pub mod config;
 pub mod daemon;
+pub mod firewall;
 pub mod lab;
 pub mod metrics;
 pub mod model;

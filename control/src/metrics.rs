@@ -107,7 +107,7 @@ impl Collector for DaemonCollector {
         let status = crate::api::server::build_status(&st);
         let (services, dns) = {
             let inner = st.inner.lock().expect("state lock poisoned");
-            let dns: Vec<(String, [u64; 7])> = inner
+            let dns: Vec<(String, [u64; 12])> = inner
                 .mesh
                 .dns_status()
                 .into_iter()
@@ -123,6 +123,11 @@ impl Collector for DaemonCollector {
                         n(&c.malformed),
                         n(&c.forwarded),
                         n(&c.forward_failed),
+                        n(&c.refused_source),
+                        n(&c.rate_limited),
+                        n(&c.truncated),
+                        n(&c.tcp_refused),
+                        n(&c.accept_errors),
                     ];
                     (net, all)
                 })
@@ -236,6 +241,12 @@ impl Collector for DaemonCollector {
             "Learned entries refused because the table was at its cap.",
             None,
             fdb_full
+        );
+        per_network!(
+            "vxmesh_fdb_evicted",
+            "Learned entries a full table dropped, stalest first, to make room for new ones (at most one sweep a second).",
+            None,
+            fdb_evicted
         );
         per_network!(
             "vxmesh_announced",
@@ -390,8 +401,28 @@ impl Collector for DaemonCollector {
                         "forward_failed",
                     ]
                     .into_iter()
-                    .zip(&c[1..])
+                    .zip(&c[1..7])
                     .map(|(r, v)| (vec![("network", net.clone()), ("result", r.into())], *v))
+                })
+                .collect(),
+        )?;
+        counters(
+            e,
+            "vxmesh_dns_guarded",
+            "Queries and connections the network's DNS responder refused to serve, by guard.",
+            None,
+            dns.iter()
+                .flat_map(|(net, c)| {
+                    [
+                        "outside_subnet",
+                        "forward_rate",
+                        "truncated",
+                        "tcp_limit",
+                        "accept_error",
+                    ]
+                    .into_iter()
+                    .zip(&c[7..])
+                    .map(|(r, v)| (vec![("network", net.clone()), ("guard", r.into())], *v))
                 })
                 .collect(),
         )?;

@@ -113,12 +113,21 @@ pub struct Network {
     /// store is the cluster file (node name, range). With etcd the whole
     /// subnet is shared and allocated with a compare-and-swap instead.
     pub pools: Vec<(String, Ipv4Net)>,
+    /// Workloads may send IPv6 router advertisements and redirects and
+    /// ICMPv4 redirects (off: the overlay drops them).
+    pub allow_ra: bool,
+    /// Workloads may act as DHCP or DHCPv6 servers (off: dropped).
+    pub allow_dhcp: bool,
+    /// Queries a second one client may have forwarded to `dns_forward`;
+    /// more are dropped unanswered (0: no limit).
+    pub dns_forward_qps: u32,
 }
 
 impl Network {
     pub const DEFAULT_FDB_CAP: usize = 4096;
     pub const DEFAULT_AGEING_S: u64 = 300;
     pub const DEFAULT_FLOOD_PPS: u32 = 1000;
+    pub const DEFAULT_DNS_FORWARD_QPS: u32 = 50;
     pub const DEFAULT_ANNOUNCE_CAP: usize = 256;
     pub const DEFAULT_DOMAIN: &'static str = "vxmesh";
 

@@ -3,7 +3,7 @@
 //! learned entries survive a reload, a TAP whose settings changed is
 //! adjusted in place (a TAP is never torn down while its network stays).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use vxmesh_dataplane::overlay::{
 };
 use vxmesh_dataplane::wire::MacAddr;
 
+use crate::firewall::{Firewall, NetRules, Port};
 use crate::model::{Cluster, Network};
 
 /// What the reconciler keeps for one network between snapshots.
@@ -40,6 +41,9 @@ struct NetState {
     bridge_cfg: Option<(MacAddr, u16)>,
     /// Local workload addresses to announce (`announce = true`).
     announce: Option<Arc<Announcements>>,
+    /// The permanent neighbour entries installed for the endpoints, and
+    /// the device they are on (the TAP, or the bridge).
+    neigh: (String, BTreeMap<Ipv4Addr, MacAddr>),
 }
 
 /// The reconciler of one node.
@@ -50,6 +54,7 @@ pub struct Reconciler {
     announce: bool,
     global: Arc<GlobalStats>,
     nets: HashMap<String, NetState>,
+    firewall: Firewall,
 }
 
 /// A change the reconciler made, for the log.
@@ -93,8 +98,10 @@ fn tap_mac(cluster: &Cluster, net: &Network, node: &str, underlay: Ipv4Addr) -> 
 
 impl Reconciler {
     pub fn new(node: impl Into<String>) -> Reconciler {
+        let node = node.into();
         Reconciler {
-            node: node.into(),
+            firewall: Firewall::new(&node),
+            node,
             announce: false,
             global: Arc::new(GlobalStats::default()),
             nets: HashMap::new(),
@@ -189,6 +196,7 @@ impl Reconciler {
                         bridge: old.bridge.clone(),
                         bridge_cfg: old.bridge_cfg,
                         announce: old.announce.clone(),
+                        neigh: old.neigh.clone(),
                     }
                 }
                 None => {
@@ -197,6 +205,7 @@ impl Reconciler {
                         source,
                     })?;
                     changes.push(Change::NetworkAdded(net.name.clone()));
+                    netdev::refuse_router_traffic(&tap_cfg.name);
                     NetState {
                         vni: net.vni,
                         tap_cfg,
@@ -212,6 +221,7 @@ impl Reconciler {
                         bridge: None,
                         bridge_cfg: None,
                         announce: None,
+                        neigh: (String::new(), BTreeMap::new()),
                     }
                 }
             };
@@ -244,6 +254,7 @@ impl Reconciler {
             } else {
                 Vec::new()
             };
+            sync_neighbours(&mut state, &endpoints);
             let peers = cluster.members(net).into_iter().map(|n| n.address);
             tables.push(
                 NetworkTable::new(
@@ -258,6 +269,7 @@ impl Reconciler {
                 .with_endpoints(local, &endpoints)
                 .with_local(on_bridge)
                 .with_learning(net.learning)
+                .with_router_traffic(net.allow_ra, net.allow_dhcp)
                 .with_announce(state.announce.clone())
                 .with_flood_limit(net.flood_pps),
             );
@@ -277,6 +289,7 @@ impl Reconciler {
         }
         let taps: TapSet = next.values().map(|s| (s.vni, s.tap.clone())).collect();
         self.nets = next;
+        self.sync_firewall(cluster);
         Ok((
             Tables::new(local, tables, self.global.clone()),
             taps,
@@ -378,6 +391,60 @@ impl Reconciler {
         Ok(want)
     }
 
+    /// Writes the node's nftables table for the networks it now has (see
+    /// [`crate::firewall`]). A failure is logged, not fatal: the dataplane's
+    /// own checks still hold, but the DNS and VIP addresses then answer
+    /// beyond their network.
+    fn sync_firewall(&mut self, cluster: &Cluster) {
+        let mut rules: Vec<NetRules> = cluster
+            .networks_of(&self.node)
+            .filter_map(|net| {
+                let st = self.nets.get(&net.name)?;
+                let mut guarded: Vec<Ipv4Addr> = vec![net.dns];
+                guarded.extend(
+                    cluster
+                        .services
+                        .iter()
+                        .filter(|s| s.network == net.name)
+                        .filter_map(|s| s.vip),
+                );
+                guarded.sort();
+                guarded.dedup();
+                let ports = if st.bridge.is_some() {
+                    cluster
+                        .endpoints_of(&net.name)
+                        .filter(|e| e.node == self.node)
+                        .filter_map(|e| {
+                            e.container.as_ref().map(|key| Port {
+                                dev: netdev::Veth::for_key(key).host,
+                                mac: e.mac,
+                                ip: e.ip,
+                            })
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Some(NetRules {
+                    ports,
+                    allow_ra: net.allow_ra,
+                    allow_dhcp: net.allow_dhcp,
+                    name: net.name.clone(),
+                    devices: std::iter::once(st.tap_cfg.name.clone())
+                        .chain(st.bridge.clone())
+                        .collect(),
+                    bridge: st.bridge.clone(),
+                    subnet: (net.subnet.network(), net.subnet.prefix_len()),
+                    guarded,
+                })
+            })
+            .collect();
+        rules.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Err(e) = self.firewall.sync(&rules) {
+            tracing::warn!(error = %e, "nftables guard table not written: DNS and VIPs answer beyond their networks, and routing into the overlay is not blocked");
+        }
+    }
+
     /// The bridge of `network` on this node, when it is attachable and
     /// this node is a member.
     pub fn bridge(&self, network: &str) -> Option<&str> {
@@ -389,6 +456,7 @@ impl Reconciler {
     /// containers keep talking locally and a restarted daemon finds it
     /// again; an empty one is removed.
     pub fn clear(&mut self) {
+        self.firewall.remove();
         for (name, s) in self.nets.drain() {
             let Some(br) = s.bridge else { continue };
             let tap = s.tap_cfg.name;
@@ -397,6 +465,43 @@ impl Reconciler {
                     tracing::warn!(network = %name, bridge = %br, error = %e, "bridge not removed");
                 }
             }
+        }
+    }
+}
+
+/// Makes the node's neighbour entries for the network's endpoints permanent
+/// (on the TAP, or on the bridge): the kernel then never asks for them and
+/// no ARP a workload sends can move them. The node's own addresses (its
+/// address in the network, DNS, VIPs) are local and need none. A failure is
+/// logged and the whole set written again at the next reconcile.
+fn sync_neighbours(state: &mut NetState, endpoints: &[EndpointEntry]) {
+    let dev = state
+        .bridge
+        .clone()
+        .unwrap_or_else(|| state.tap_cfg.name.clone());
+    let own: BTreeSet<Ipv4Addr> = state
+        .tap_cfg
+        .address
+        .iter()
+        .map(|(ip, _)| *ip)
+        .chain(state.extra.iter().map(|(ip, _)| *ip))
+        .collect();
+    let want: BTreeMap<Ipv4Addr, MacAddr> = endpoints
+        .iter()
+        .filter(|e| !own.contains(&e.ip))
+        .map(|e| (e.ip, e.mac))
+        .collect();
+    let empty = BTreeMap::new();
+    let old = if state.neigh.0 == dev {
+        &state.neigh.1
+    } else {
+        &empty
+    };
+    match netdev::sync_neighbours(&dev, old, &want) {
+        Ok(()) => state.neigh = (dev, want),
+        Err(e) => {
+            tracing::warn!(device = %dev, error = %e, "permanent neighbour entries not written");
+            state.neigh = (dev, BTreeMap::new());
         }
     }
 }
@@ -457,6 +562,8 @@ pub fn dns_zones(cluster: &Cluster, node: &str) -> Vec<ZoneSpec> {
             addr: net.dns,
             domain: net.domain.clone(),
             forward: net.dns_forward.clone(),
+            clients: (net.subnet.network(), net.subnet.prefix_len()),
+            forward_qps: net.dns_forward_qps,
             services: cluster
                 .services
                 .iter()

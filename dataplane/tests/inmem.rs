@@ -380,17 +380,25 @@ fn learning_fills_the_table_up_to_its_cap_and_no_further() {
     n.run();
     let t = &n.hosts[0].tables;
     let front = &t.networks[t.network_by_vni(VNI_FRONT).expect("front")];
+    // The fifth MAC made room (one entry went, stalest first); the other
+    // five found the table full within the same second.
     assert_eq!(front.learned.len(), 4);
-    assert_eq!(front.stats.learned.load(Relaxed), 4);
-    assert_eq!(front.stats.fdb_full.load(Relaxed), 6);
+    assert_eq!(front.stats.learned.load(Relaxed), 5);
+    assert_eq!(front.stats.fdb_evicted.load(Relaxed), 1);
+    assert_eq!(front.stats.fdb_full.load(Relaxed), 5);
+    let (learned, _, _) = front.learned.entries(n.now)[0];
+    let unknown = (0..10u8)
+        .map(|i| MacAddr([2, 0xaa, 0, 0, 0, i]))
+        .find(|m| front.learned.lookup(*m, n.now).is_none())
+        .expect("six MACs were not kept");
     // A learned MAC is now sent unicast, not flooded.
-    let to_learned = udp_frame(ov(1), ov(100), MacAddr([2, 0xaa, 0, 0, 0, 0]), b"y");
+    let to_learned = udp_frame(ov(1), ov(100), learned, b"y");
     n.tap_send(0, VNI_FRONT, &to_learned);
     assert_eq!(n.wire.len(), 1);
     assert_eq!(n.wire[0].1, ul(2));
     // An unknown one is still flooded.
     n.wire.clear();
-    let to_unknown = udp_frame(ov(1), ov(109), MacAddr([2, 0xaa, 0, 0, 0, 9]), b"z");
+    let to_unknown = udp_frame(ov(1), ov(109), unknown, b"z");
     n.tap_send(0, VNI_FRONT, &to_unknown);
     assert_eq!(n.wire.len(), 2);
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{backend, etcd, Lab};
+use common::{backend, cni, etcd, Lab};
 use serde_json::Value;
 use vxmesh_testbed::runtime::{image_tarball, Docker, Podman, IMAGE};
 use vxmesh_testbed::{require_root, workspace_bin};
@@ -69,31 +69,6 @@ fn docker_network(lab: &Lab, d: &Docker, net: &str, subnet: Option<&str>) {
     }
     args.push(net);
     d.ok(&args);
-}
-
-/// An etcd for `lab` and the key prefix of this testbed's cluster.
-fn with_etcd(lab: &mut Lab) -> (etcd::Etcd, String) {
-    let e = etcd::start(&mut lab.tb);
-    (e, format!("/{}", lab.tb.suffix()))
-}
-
-/// `vxmesh network create NAME --vni VNI --subnet SUBNET --attachable`
-/// through h1's daemon.
-fn attachable_network(lab: &Lab, name: &str, vni: u32, subnet: &str) {
-    let vni = vni.to_string();
-    lab.cli_json(
-        "h1",
-        &[
-            "network",
-            "create",
-            name,
-            "--vni",
-            &vni,
-            "--subnet",
-            subnet,
-            "--attachable",
-        ],
-    );
 }
 
 /// The address of container `c` on Docker network `net`.
@@ -158,7 +133,7 @@ fn docker_and_podman_containers_on_three_hosts_reach_each_other_by_address_and_n
         return;
     }
     let mut lab = Lab::new("ctr", 3, "");
-    let (_etcd, prefix) = with_etcd(&mut lab);
+    let (_etcd, prefix) = etcd::with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     lab.start_etcd("h3", &prefix, 5);
@@ -324,13 +299,13 @@ fn fifty_containers_never_share_an_address_and_an_exhausted_pool_is_a_clear_erro
         return;
     }
     let mut lab = Lab::new("ipam", 2, "");
-    let (_etcd, prefix) = with_etcd(&mut lab);
+    let (_etcd, prefix) = etcd::with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     // A /28 for exhaustion: 14 usable, minus the DNS address (.14) and a
     // VIP pool of 3 (.11-.13): 10 for containers.
-    attachable_network(&lab, "front", 4096, "10.0.9.0/24");
-    attachable_network(&lab, "tiny", 4097, "10.0.10.0/28");
+    lab.attachable_network("front", 4096, "10.0.9.0/24");
+    lab.attachable_network("tiny", 4097, "10.0.10.0/28");
     let image = image_tarball(lab.tb.dir());
     let mut d1 = Docker::start(&mut lab.tb, "h1", &image);
     let mut d2 = Docker::start(&mut lab.tb, "h2", &image);
@@ -471,10 +446,10 @@ fn containers_labelled_with_a_service_are_its_tasks_and_scaling_changes_what_ans
     lab.tb
         .add_host("cl", "198.18.0.100/24", 1500)
         .expect("client host");
-    let (_etcd, prefix) = with_etcd(&mut lab);
+    let (_etcd, prefix) = etcd::with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
-    attachable_network(&lab, "front", 4096, "10.0.9.0/24");
+    lab.attachable_network("front", 4096, "10.0.9.0/24");
     lab.cli_json(
         "h1",
         &[
@@ -650,27 +625,6 @@ fn plugin_call(sock: &std::path::Path, method: &str, body: &str) -> (u16, Value)
     (status, serde_json::from_str(json).unwrap_or(Value::Null))
 }
 
-/// Runs vxmesh-cni with `command` for `container` (ifname eth0, netns
-/// `netns`), `conf` on stdin: (exit ok, stdout as JSON).
-fn cni(command: &str, container: &str, netns: &str, args: &str, conf: &str) -> (bool, Value) {
-    use std::io::Write;
-    let mut c = std::process::Command::new(workspace_bin("vxmesh-cni"))
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/nonexistent")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-    let out = c.wait_with_output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.success(), v)
-}
-
 #[test]
 fn both_plugin_interfaces_refuse_bad_input_and_leave_nothing_half_made() {
     if !require_root() {
@@ -678,9 +632,9 @@ fn both_plugin_interfaces_refuse_bad_input_and_leave_nothing_half_made() {
     }
     let mut lab = Lab::new("cbad", 1, "");
     lab.tb.add_namespace("c1").expect("container namespace");
-    let (_etcd, prefix) = with_etcd(&mut lab);
+    let (_etcd, prefix) = etcd::with_etcd(&mut lab);
     start_with_plugin(&mut lab, "h1", &prefix);
-    attachable_network(&lab, "front", 4096, "10.0.9.0/24");
+    lab.attachable_network("front", 4096, "10.0.9.0/24");
     lab.cli_json(
         "h1",
         &[

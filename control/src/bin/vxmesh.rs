@@ -96,6 +96,22 @@ enum NetworkCmd {
         /// (repeat, asked in turn; default: such names are REFUSED).
         #[arg(long = "dns-forward")]
         dns_forward: Vec<String>,
+        /// Forwarded DNS queries per second and client (default 50; 0: no
+        /// limit).
+        #[arg(long = "dns-forward-qps")]
+        dns_forward_qps: Option<u32>,
+        /// Most learned MACs kept (with --learning).
+        #[arg(long = "fdb-cap")]
+        fdb_cap: Option<usize>,
+        /// Floods per second this node replicates into the network.
+        #[arg(long = "flood-pps")]
+        flood_pps: Option<u32>,
+        /// Let workloads send router advertisements and redirects.
+        #[arg(long = "allow-ra")]
+        allow_ra: bool,
+        /// Let workloads answer as DHCP servers.
+        #[arg(long = "allow-dhcp")]
+        allow_dhcp: bool,
     },
     /// Remove a network and its endpoints (refused while a service uses it).
     Rm { name: String },
@@ -426,6 +442,11 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     ageing_s,
                     nodes,
                     dns_forward,
+                    dns_forward_qps,
+                    fdb_cap,
+                    flood_pps,
+                    allow_ra,
+                    allow_dhcp,
                 },
         } => {
             let mut spec = serde_json::json!({ "name": name, "vni": vni, "subnet": subnet });
@@ -449,6 +470,20 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             }
             if !dns_forward.is_empty() {
                 spec["dns_forward"] = dns_forward.into();
+            }
+            for (key, v) in [
+                ("dns_forward_qps", dns_forward_qps.map(u64::from)),
+                ("fdb_cap", fdb_cap.map(|c| c as u64)),
+                ("flood_pps", flood_pps.map(u64::from)),
+            ] {
+                if let Some(v) = v {
+                    spec[key] = v.into();
+                }
+            }
+            for (key, on) in [("allow_ra", allow_ra), ("allow_dhcp", allow_dhcp)] {
+                if on {
+                    spec[key] = true.into();
+                }
             }
             write(
                 sock,

@@ -21,6 +21,12 @@ fn run(prog: &str, args: &[&str]) -> io::Result<()> {
         .args(args)
         .output()
         .map_err(|e| io::Error::new(e.kind(), format!("running {prog}: {e}")))?;
+    finished(prog, args, &out)
+}
+
+/// Ok for a command that succeeded; otherwise an error with the command
+/// line and what it printed on stderr.
+fn finished(prog: &str, args: &[&str], out: &std::process::Output) -> io::Result<()> {
     if out.status.success() {
         return Ok(());
     }
@@ -70,16 +76,69 @@ pub fn bridge_ports(name: &str) -> Vec<String> {
     ports
 }
 
-/// Turns off IPv6 router advertisements and redirects on `dev`: a workload
-/// on the bridge must not plant routes or addresses on the host.
-fn refuse_ra(dev: &str) {
-    for (knob, v) in [("accept_ra", "0"), ("accept_redirects", "0")] {
-        let p = format!("/proc/sys/net/ipv6/conf/{dev}/{knob}");
-        if let Err(e) = std::fs::write(&p, v) {
+/// Makes `dev` (a TAP or a bridge) deaf to router advertisements and
+/// redirects (IPv6 and IPv4): a workload must not plant routes or
+/// addresses on the host, whatever reaches the device.
+pub fn refuse_router_traffic(dev: &str) {
+    for (family, knob) in [
+        ("ipv6", "accept_ra"),
+        ("ipv6", "accept_redirects"),
+        ("ipv4", "accept_redirects"),
+        ("ipv4", "send_redirects"),
+    ] {
+        let p = format!("/proc/sys/net/{family}/conf/{dev}/{knob}");
+        if let Err(e) = std::fs::write(&p, "0") {
             // IPv6 may be off in this kernel or namespace: nothing to refuse.
-            tracing::debug!(path = %p, error = %e, "ipv6 setting not written");
+            tracing::debug!(path = %p, error = %e, "setting not written");
         }
     }
+}
+
+/// Replaces the permanent neighbour entries vxmesh keeps on `dev`: `old`
+/// is what the last call installed, `new` what should be there now. Only
+/// the difference is written, in one `ip -batch` run. Permanent entries are
+/// never replaced by ARP, so no workload can redirect the node's own
+/// traffic (the mesh's, the probes') by answering for another endpoint.
+pub fn sync_neighbours(
+    dev: &str,
+    old: &std::collections::BTreeMap<Ipv4Addr, MacAddr>,
+    new: &std::collections::BTreeMap<Ipv4Addr, MacAddr>,
+) -> io::Result<()> {
+    use std::fmt::Write as _;
+    let mut batch = String::new();
+    for ip in old.keys().filter(|ip| !new.contains_key(ip)) {
+        let _ = writeln!(batch, "neigh del {ip} dev {dev}");
+    }
+    for (ip, mac) in new.iter().filter(|(ip, mac)| old.get(ip) != Some(mac)) {
+        let _ = writeln!(
+            batch,
+            "neigh replace {ip} lladdr {mac} dev {dev} nud permanent"
+        );
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    // `-force`: one entry already gone (a device flap) must not stop the
+    // rest of the batch.
+    run_with_input("ip", &["-force", "-batch", "-"], &batch)
+}
+
+/// Runs `prog args...` with `input` on its standard input.
+fn run_with_input(prog: &str, args: &[&str], input: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("running {prog}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    finished(prog, args, &out)
 }
 
 /// Makes sure bridge `name` exists with `mac` and `mtu` and is up; returns
@@ -94,7 +153,7 @@ pub fn ensure_bridge(name: &str, mac: MacAddr, mtu: u16) -> io::Result<bool> {
     ip(&[
         "link", "set", "dev", name, "address", &mac, "mtu", &mtu, "up",
     ])?;
-    refuse_ra(name);
+    refuse_router_traffic(name);
     Ok(created)
 }
 
@@ -184,7 +243,7 @@ pub fn create_veth(v: &Veth, mtu: u16, mac: MacAddr, bridge: &str) -> io::Result
         let _ = delete(&v.host);
         return Err(e);
     }
-    refuse_ra(&v.host);
+    refuse_router_traffic(&v.host);
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use super::announce::{self, Announcements};
 use super::fdb::Learn;
+use super::guard;
 use super::stats::{bump, DropReason};
 use super::tables::{NetworkTable, Tables};
 use crate::wire::csum::{self, L4Csum};
@@ -101,6 +102,9 @@ impl Core {
         if frame.len() - hlen > usize::from(n.mtu) {
             return drop(n, DropReason::Mtu);
         }
+        if let Some(reason) = guard::check_tap(n, frame, hlen) {
+            return drop(n, reason);
+        }
         if let Some(a) = &n.announce {
             note_source(n, a, frame, hlen, now);
         }
@@ -178,6 +182,9 @@ impl Core {
         let Some(hlen) = eth_header_len(inner) else {
             return drop(n, DropReason::Malformed);
         };
+        if let Some(reason) = guard::check_underlay(n, inner, src) {
+            return drop(n, reason);
+        }
         let st = &n.stats;
         if inner.len() - hlen > usize::from(n.mtu) {
             return match gso::mss_for(inner, usize::from(n.mtu)) {
@@ -199,6 +206,10 @@ impl Core {
             if !smac.is_multicast() && !n.fdb.contains_key(&smac) {
                 match n.learned.learn(smac, src, now) {
                     Learn::Added => bump(&st.learned, 1),
+                    Learn::AddedEvicting(n) => {
+                        bump(&st.learned, 1);
+                        bump(&st.fdb_evicted, n);
+                    }
                     Learn::Full => bump(&st.fdb_full, 1),
                     Learn::Refreshed => {}
                 }

@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod core;
 pub mod fdb;
+pub mod guard;
 pub mod limit;
 pub mod stats;
 pub mod tables;

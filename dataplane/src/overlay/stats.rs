@@ -34,10 +34,23 @@ pub enum DropReason {
     /// this node's bridge (another local container, the node, its DNS or a
     /// VIP): answered on the bridge, never flooded to the other nodes.
     LocalTarget,
+    /// A frame from a local workload with another endpoint's source MAC (or
+    /// a multicast one, or an ARP sender MAC that is not the frame's), or
+    /// from a peer with the MAC of an endpoint that is not that peer's.
+    SpoofedMac,
+    /// A frame from a local workload whose ARP sender or IPv4 source
+    /// address is an endpoint with another MAC.
+    SpoofedIp,
+    /// An IPv6 router advertisement or redirect, or an ICMPv4 redirect,
+    /// from a workload of a network that does not allow them.
+    RogueRouter,
+    /// A DHCP or DHCPv6 server message from a workload of a network that
+    /// does not allow them.
+    RogueDhcp,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 14;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::BadFlags,
@@ -49,6 +62,10 @@ impl DropReason {
         DropReason::TapError,
         DropReason::FloodRate,
         DropReason::LocalTarget,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::RogueRouter,
+        DropReason::RogueDhcp,
     ];
 
     /// The metric label value.
@@ -64,6 +81,10 @@ impl DropReason {
             DropReason::TapError => "tap_error",
             DropReason::FloodRate => "flood_rate",
             DropReason::LocalTarget => "local_target",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::RogueRouter => "rogue_router",
+            DropReason::RogueDhcp => "rogue_dhcp",
         }
     }
 }
@@ -130,6 +151,8 @@ pub struct NetStats {
     pub learned: AtomicU64,
     /// Learning refused because the table was at its cap.
     pub fdb_full: AtomicU64,
+    /// Learned entries a full table dropped (stalest first) to make room.
+    pub fdb_evicted: AtomicU64,
     /// Local workload addresses seen on the TAP for the first time (to be
     /// announced), and those refused (at the cap or over the rate).
     pub announced: AtomicU64,
@@ -170,6 +193,8 @@ pub struct NetStatsSnapshot {
     pub arp_answered: u64,
     pub learned: u64,
     pub fdb_full: u64,
+    #[serde(default)]
+    pub fdb_evicted: u64,
     #[serde(default)]
     pub announced: u64,
     #[serde(default)]
@@ -215,6 +240,7 @@ impl NetStats {
             arp_answered: self.arp_answered.load(Relaxed),
             learned: self.learned.load(Relaxed),
             fdb_full: self.fdb_full.load(Relaxed),
+            fdb_evicted: self.fdb_evicted.load(Relaxed),
             announced: self.announced.load(Relaxed),
             announce_refused: self.announce_refused.load(Relaxed),
             csum_completed: self.csum_completed.load(Relaxed),

@@ -45,7 +45,15 @@ pub struct NetworkTable {
     /// dropped, so that no other node answers for them and no reply with a
     /// local MAC is written back into the TAP (the bridge would learn the
     /// local container behind the TAP and send its traffic away).
-    pub local: std::collections::HashSet<Ipv4Addr>,
+    pub local: HashSet<Ipv4Addr>,
+    /// MACs of this node's own endpoints and TAP: no peer may send a frame
+    /// from one of them (see [`super::guard`]).
+    pub local_macs: HashSet<MacAddr>,
+    /// Workloads may send IPv6 router advertisements and redirects and
+    /// ICMPv4 redirects (off: they are dropped, see [`super::guard`]).
+    pub allow_ra: bool,
+    /// Workloads may answer as DHCP (v4 or v6) servers (off: dropped).
+    pub allow_dhcp: bool,
     /// Learn remote MACs from received datagrams (off by default).
     pub learning: bool,
     /// Broadcast/multicast/unknown-unicast frames per second this node
@@ -78,7 +86,10 @@ impl NetworkTable {
             peer_stats: Vec::new(),
             fdb: HashMap::new(),
             arp: HashMap::new(),
-            local: std::collections::HashSet::new(),
+            local: HashSet::new(),
+            local_macs: HashSet::from([tap_mac]),
+            allow_ra: false,
+            allow_dhcp: false,
             learning: false,
             flood: FloodLimiter::new(0, 1),
             learned,
@@ -108,6 +119,8 @@ impl NetworkTable {
             self.arp.insert(e.ip, e.mac);
             if e.vtep != local {
                 self.fdb.insert(e.mac, e.vtep);
+            } else {
+                self.local_macs.insert(e.mac);
             }
         }
         self
@@ -129,6 +142,14 @@ impl NetworkTable {
     /// Records local workload addresses seen on the TAP in `a`.
     pub fn with_announce(mut self, a: Option<Arc<Announcements>>) -> Self {
         self.announce = a;
+        self
+    }
+
+    /// Lets workloads send router advertisements and redirects (`ra`) and
+    /// DHCP server messages (`dhcp`).
+    pub fn with_router_traffic(mut self, ra: bool, dhcp: bool) -> Self {
+        self.allow_ra = ra;
+        self.allow_dhcp = dhcp;
         self
     }
 

@@ -23,6 +23,12 @@ pub struct Etcd {
 }
 
 /// Adds the `etcd` namespace on the underlay and starts etcd there.
+/// An etcd for `lab` and the key prefix of this testbed's cluster.
+pub fn with_etcd(lab: &mut Lab) -> (Etcd, String) {
+    let e = start(&mut lab.tb);
+    (e, format!("/{}", lab.tb.suffix()))
+}
+
 pub fn start(tb: &mut Testbed) -> Etcd {
     tb.add_host("etcd", &format!("{ETCD_ADDR}/24"), 1500)
         .expect("etcd host");
@@ -80,6 +86,25 @@ impl Lab {
     /// the host in `daemons`.
     pub fn start_etcd(&mut self, host: &str, prefix: &str, ttl: u32) {
         self.start_etcd_args(host, prefix, ttl, &[]);
+    }
+
+    /// `vxmesh network create NAME --vni VNI --subnet SUBNET --attachable`
+    /// through h1's daemon.
+    pub fn attachable_network(&self, name: &str, vni: u32, subnet: &str) {
+        let vni = vni.to_string();
+        self.cli_json(
+            "h1",
+            &[
+                "network",
+                "create",
+                name,
+                "--vni",
+                &vni,
+                "--subnet",
+                subnet,
+                "--attachable",
+            ],
+        );
     }
 
     /// [`Lab::start_etcd`] with extra daemon arguments.

@@ -232,3 +232,24 @@ pub fn sample(scrape: &str, name_and_labels: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{scrape}")) as u64
 }
+
+/// Runs vxmesh-cni with `command` for `container` (ifname eth0, netns
+/// `netns`), `conf` on stdin: (exit ok, stdout as JSON).
+pub fn cni(command: &str, container: &str, netns: &str, args: &str, conf: &str) -> (bool, Value) {
+    use std::io::Write;
+    let mut c = std::process::Command::new(workspace_bin("vxmesh-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), v)
+}

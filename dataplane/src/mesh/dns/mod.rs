@@ -27,21 +27,20 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecodable;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{watch, Semaphore};
 
 use super::service::Service;
+
+mod serve;
+pub use serve::{accept_backoff, serve, serve_tcp, ForwardLimiter, TCP_CONNS_PER_SOURCE};
 
 /// The DNS wire library, re-exported so callers (and tests) use the same
 /// version.
@@ -85,6 +84,11 @@ pub struct ZoneSpec {
     /// Resolvers asked, in turn, for names outside the cluster (empty:
     /// those are REFUSED).
     pub forward: Vec<SocketAddr>,
+    /// The network's subnet (address, prefix length): the only clients
+    /// answered.
+    pub clients: (Ipv4Addr, u8),
+    /// Queries a second one client may have forwarded (0: no limit).
+    pub forward_qps: u32,
 }
 
 struct ZoneService {
@@ -98,6 +102,9 @@ pub struct Zone {
     services: HashMap<String, ZoneService>,
     endpoints: HashMap<String, Vec<Ipv4Addr>>,
     forward: Arc<[SocketAddr]>,
+    /// Network and mask of the clients answered.
+    clients: (u32, u32),
+    forward_qps: u32,
 }
 
 /// What becomes of one datagram.
@@ -138,6 +145,20 @@ pub struct DnsStats {
     /// Queries no forwarder answered in time, or refused for too many in
     /// flight (SERVFAIL).
     pub forward_failed: AtomicU64,
+    /// Queries from outside the network's subnet (the underlay, another
+    /// network): not answered.
+    pub refused_source: AtomicU64,
+    /// Queries for outside names over a client's forwarding rate: dropped
+    /// unanswered.
+    pub rate_limited: AtomicU64,
+    /// Forwarded answers larger than the client could take over UDP,
+    /// replaced by an empty truncated answer (it asks again over TCP).
+    pub truncated: AtomicU64,
+    /// TCP connections closed at once: over the responder's or one
+    /// client's connection limit.
+    pub tcp_refused: AtomicU64,
+    /// Failed accepts on the TCP listener (each followed by a pause).
+    pub accept_errors: AtomicU64,
 }
 
 impl Zone {
@@ -171,7 +192,29 @@ impl Zone {
             services,
             endpoints,
             forward: spec.forward.clone().into(),
+            clients: {
+                let (net, len) = spec.clients;
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(len.min(32)))
+                    .unwrap_or(0);
+                (u32::from(net) & mask, mask)
+            },
+            forward_qps: spec.forward_qps,
         }
+    }
+
+    /// True when `client` is in the network's subnet: nobody else is
+    /// answered (not the underlay, not another network's workloads).
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        let client = match client {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4,
+                None => return false,
+            },
+        };
+        let (net, mask) = self.clients;
+        u32::from(client) & mask == net
     }
 
     /// The healthy tasks of a service, in address order: the tasks its
@@ -352,174 +395,6 @@ fn servfail(id: u16) -> Result<Vec<u8>, hickory_proto::ProtoError> {
     Message::error_msg(id, OpCode::Query, ResponseCode::ServFail).to_vec()
 }
 
-/// Serves `zone` on `sock` until `stop` turns true. Every datagram gets at
-/// most one answer; nothing a client sends ends the loop. Forwarded
-/// queries are answered from their own tasks, so a slow forwarder never
-/// holds up the names of the cluster.
-pub async fn serve(
-    sock: UdpSocket,
-    zone: Arc<ArcSwap<Zone>>,
-    stats: Arc<DnsStats>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let sock = Arc::new(sock);
-    let inflight = Arc::new(Semaphore::new(FORWARD_INFLIGHT));
-    let turn = AtomicUsize::new(0);
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, from) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-        };
-        let rotate = turn.fetch_add(1, Relaxed);
-        match zone.load().answer(&buf[..n], rotate, &stats) {
-            Outcome::Reply(reply) => {
-                let _ = sock.send_to(&reply, from).await;
-            }
-            Outcome::Nothing => {}
-            Outcome::Forward(to) => {
-                let query = buf[..n].to_vec();
-                let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                    if let Some(b) = forward_failed(&query, &stats) {
-                        let _ = sock.send_to(&b, from).await;
-                    }
-                    continue;
-                };
-                let (sock, stats) = (sock.clone(), stats.clone());
-                tokio::spawn(async move {
-                    if let Some(b) = forwarded(&query, &to, &stats).await {
-                        let _ = sock.send_to(&b, from).await;
-                    }
-                    drop(permit);
-                });
-            }
-        }
-    }
-}
-
-/// The answer of `to` to `query`, or SERVFAIL when none answered; counted.
-async fn forwarded(query: &[u8], to: &[SocketAddr], stats: &DnsStats) -> Option<Vec<u8>> {
-    match forward(query, to).await {
-        Some(a) => {
-            stats.forwarded.fetch_add(1, Relaxed);
-            Some(a)
-        }
-        None => forward_failed(query, stats),
-    }
-}
-
-/// SERVFAIL for a query that could not be forwarded, counted.
-fn forward_failed(query: &[u8], stats: &DnsStats) -> Option<Vec<u8>> {
-    stats.forward_failed.fetch_add(1, Relaxed);
-    servfail(query_id(query)).ok()
-}
-
-/// Serves `zone` over TCP on `l` (RFC 7766: clients retry there when a UDP
-/// answer came back truncated) until `stop` turns true: messages with a
-/// two-byte length in front, several per connection, answers never
-/// truncated. At most [`TCP_CONNS`] connections at once, each closed after
-/// [`TCP_IDLE`] without a query or at the first message that gets no answer.
-pub async fn serve_tcp(
-    l: TcpListener,
-    zone: Arc<ArcSwap<Zone>>,
-    stats: Arc<DnsStats>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let conns = Arc::new(Semaphore::new(TCP_CONNS));
-    let turn = Arc::new(AtomicUsize::new(0));
-    loop {
-        let c = tokio::select! {
-            r = l.accept() => match r { Ok((c, _)) => c, Err(_) => continue },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-        };
-        // Over the limit: the connection is dropped, i.e. closed.
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (zone, stats, turn, mut stop) =
-            (zone.clone(), stats.clone(), turn.clone(), stop.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tcp_conn(c, &zone, &stats, &turn) => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
-            }
-            drop(permit);
-        });
-    }
-}
-
-async fn tcp_conn(mut c: TcpStream, zone: &ArcSwap<Zone>, stats: &DnsStats, turn: &AtomicUsize) {
-    use tokio::time::timeout;
-    let mut req = vec![0u8; usize::from(u16::MAX)];
-    loop {
-        let mut len = [0u8; 2];
-        let Ok(Ok(_)) = timeout(TCP_IDLE, c.read_exact(&mut len)).await else {
-            return;
-        };
-        let n = usize::from(u16::from_be_bytes(len));
-        let Ok(Ok(_)) = timeout(TCP_IDLE, c.read_exact(&mut req[..n])).await else {
-            return;
-        };
-        let rotate = turn.fetch_add(1, Relaxed);
-        let outcome = zone.load().answer_tcp(&req[..n], rotate, stats);
-        let reply = match outcome {
-            Outcome::Reply(b) => b,
-            Outcome::Nothing => return,
-            Outcome::Forward(to) => match forwarded(&req[..n], &to, stats).await {
-                Some(b) => b,
-                None => return,
-            },
-        };
-        let Ok(len) = u16::try_from(reply.len()) else {
-            return;
-        };
-        let mut out = Vec::with_capacity(2 + reply.len());
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&reply);
-        if c.write_all(&out).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The ID of a query [`Zone::answer`] found well formed.
-fn query_id(q: &[u8]) -> u16 {
-    u16::from_be_bytes([q[0], q[1]])
-}
-
-/// Asks each of `to` in turn for `query`, each for at most
-/// [`FORWARD_TIMEOUT`], from a fresh socket (a fresh source port: an answer
-/// can only come from the forwarder it was sent to). The first response
-/// with the query's ID is the answer, passed back unchanged.
-async fn forward(query: &[u8], to: &[SocketAddr]) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; FORWARD_BUF];
-    for up in to {
-        let local: SocketAddr = match up {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let Ok(s) = UdpSocket::bind(local).await else {
-            continue;
-        };
-        if s.connect(up).await.is_err() || s.send(query).await.is_err() {
-            continue;
-        }
-        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, s.recv(&mut buf)).await {
-                // A response (QR set) to this query; anything else is ignored.
-                Ok(Ok(n)) if n >= 12 && buf[..2] == query[..2] && buf[2] & 0x80 != 0 => {
-                    return Some(buf[..n].to_vec());
-                }
-                Ok(Ok(_)) => continue,
-                // Refused (port unreachable), an error, or the time is up.
-                _ => break,
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,6 +452,8 @@ mod tests {
             ],
             endpoints: vec![("web-1".into(), ip(2))],
             forward: Vec::new(),
+            clients: (Ipv4Addr::new(10, 0, 9, 0), 24),
+            forward_qps: 0,
         };
         let (w, d) = (web.clone(), db.clone());
         let z = Zone::new(&zs, move |n| match n {
@@ -702,6 +579,8 @@ mod tests {
             services: vec![("big".into(), None)],
             endpoints: Vec::new(),
             forward: Vec::new(),
+            clients: (Ipv4Addr::new(10, 0, 9, 0), 24),
+            forward_qps: 0,
         };
         Zone::new(&zs, |_| Some(s.clone()))
     }
@@ -754,6 +633,8 @@ mod tests {
             services: Vec::new(),
             endpoints: vec![("web-1".into(), ip(2))],
             forward,
+            clients: (Ipv4Addr::new(10, 0, 9, 0), 24),
+            forward_qps: 0,
         };
         Zone::new(&zs, |_| None)
     }
@@ -784,51 +665,5 @@ mod tests {
             panic!("forwarded without forwarders")
         };
         assert_eq!(code(r), ResponseCode::Refused);
-    }
-
-    #[tokio::test]
-    async fn forward_skips_a_dead_forwarder_and_wrong_ids() {
-        // A forwarder that is gone: its port answers with ICMP unreachable.
-        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
-        // A live one that first sends a response to another query.
-        let live = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let live_addr = live.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = [0u8; 512];
-            let (n, from) = live.recv_from(&mut buf).unwrap();
-            let q = Message::from_vec(&buf[..n]).unwrap();
-            let mut other = q.clone();
-            other
-                .set_id(q.id().wrapping_add(1))
-                .set_message_type(MessageType::Response);
-            live.send_to(&other.to_vec().unwrap(), from).unwrap();
-            let mut a = q.clone();
-            a.set_message_type(MessageType::Response)
-                .add_answer(Record::from_rdata(
-                    q.queries()[0].name().clone(),
-                    60,
-                    RData::A(A(Ipv4Addr::new(10, 99, 0, 1))),
-                ));
-            live.send_to(&a.to_vec().unwrap(), from).unwrap();
-        });
-        let q = query("example.com.", RecordType::A);
-        let got = forward(&q, &[dead_addr, live_addr])
-            .await
-            .expect("an answer");
-        server.join().unwrap();
-        let m = Message::from_vec(&got).unwrap();
-        assert_eq!(m.id(), 0x1234);
-        assert_eq!(
-            m.answers().len(),
-            1,
-            "the answer to this query, not the other"
-        );
-        // Nobody answers: no answer, and promptly (the refusal is seen).
-        let t = std::time::Instant::now();
-        assert_eq!(forward(&q, &[dead_addr]).await, None);
-        assert!(t.elapsed() < FORWARD_TIMEOUT, "{:?}", t.elapsed());
     }
 }
