@@ -18,10 +18,13 @@ use std::time::Duration;
 
 use vxmesh_dataplane::mesh::balance::Algorithm;
 use vxmesh_dataplane::mesh::spec::{
-    EndpointMode, HealthKind, HealthSpec, Mode, PortSpec, Protocol, ServiceSpec,
+    ClientLimits, EndpointMode, Mode, PortSpec, Protocol, ServiceSpec,
 };
 
 use crate::model::{Cluster, Endpoint, Network, Node, Settings};
+
+mod mesh;
+pub use mesh::bad_path;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,13 +99,17 @@ struct RawService {
     health: Option<Spanned<RawHealth>>,
     mode: Option<Spanned<String>>,
     proxy_protocol: Option<Spanned<String>>,
-    drain_ms: Option<u64>,
-    slow_start_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    udp_timeout_ms: Option<u64>,
-    connect_timeout_ms: Option<u64>,
-    max_connections: Option<u32>,
-    max_sessions: Option<u32>,
+    drain_ms: Option<Spanned<u64>>,
+    slow_start_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    udp_timeout_ms: Option<Spanned<u64>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    first_byte_timeout_ms: Option<Spanned<u64>>,
+    write_timeout_ms: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u32>>,
+    max_sessions: Option<Spanned<u32>>,
+    max_connections_per_source: Option<Spanned<u32>>,
+    max_sessions_per_source: Option<Spanned<u32>>,
     vip: Option<Spanned<Ipv4Addr>>,
     endpoint_mode: Option<Spanned<String>>,
 }
@@ -120,14 +127,17 @@ struct RawPort {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     kind: Option<Spanned<String>>,
-    interval_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-    rise: Option<u32>,
-    fall: Option<u32>,
-    path: Option<String>,
+    interval_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+    path: Option<Spanned<String>>,
     status: Option<u16>,
-    port: Option<u16>,
-    passive_failures: Option<u32>,
+    port: Option<Spanned<u16>>,
+    passive_failures: Option<Spanned<u32>>,
+    /// kind "udp": the probe's payload, and bytes its reply must hold.
+    udp_send: Option<Spanned<String>>,
+    udp_expect: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,9 +170,9 @@ struct RawNetwork {
     nodes: Vec<Spanned<String>>,
     #[serde(default)]
     learning: bool,
-    fdb_cap: Option<usize>,
-    ageing_s: Option<u64>,
-    flood_pps: Option<u32>,
+    fdb_cap: Option<Spanned<u32>>,
+    ageing_s: Option<Spanned<u64>>,
+    flood_pps: Option<Spanned<u32>>,
     /// Announce local workload addresses learned from the TAP (etcd store).
     #[serde(default)]
     announce: bool,
@@ -548,9 +558,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
             mtu,
             extra_nodes: n.nodes.iter().map(|s| s.get_ref().clone()).collect(),
             learning: n.learning,
-            fdb_cap: n.fdb_cap.unwrap_or(Network::DEFAULT_FDB_CAP),
-            ageing_s: n.ageing_s.unwrap_or(Network::DEFAULT_AGEING_S),
-            flood_pps: n.flood_pps.unwrap_or(Network::DEFAULT_FLOOD_PPS),
+            fdb_cap: mesh::FDB_CAP.get(&n.fdb_cap, Network::DEFAULT_FDB_CAP as u32, &mut err)
+                as usize,
+            ageing_s: mesh::AGEING.get(&n.ageing_s, Network::DEFAULT_AGEING_S, &mut err),
+            flood_pps: mesh::FLOOD_PPS.get(&n.flood_pps, Network::DEFAULT_FLOOD_PPS, &mut err),
         });
     }
 
@@ -915,47 +926,7 @@ fn services(
                 false
             }
         };
-        let mut health = HealthSpec::default();
-        if let Some(h) = &s.health {
-            let span = h.span();
-            let h = h.get_ref();
-            health.kind = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
-                None | Some("tcp") => HealthKind::Tcp,
-                Some("http") => HealthKind::Http {
-                    path: h.path.clone().unwrap_or_else(|| "/".into()),
-                    status: h.status.unwrap_or(200),
-                },
-                Some(other) => {
-                    err(
-                        span.clone(),
-                        format!("health kind `{other}` must be \"tcp\" or \"http\""),
-                    );
-                    HealthKind::Tcp
-                }
-            };
-            if let Some(v) = h.interval_ms {
-                health.interval = Duration::from_millis(v.max(10));
-            }
-            if let Some(v) = h.timeout_ms {
-                health.timeout = Duration::from_millis(v.max(1));
-            }
-            if health.timeout > health.interval {
-                err(
-                    span.clone(),
-                    "health timeout_ms must not exceed interval_ms".to_string(),
-                );
-            }
-            health.rise = h.rise.unwrap_or(health.rise);
-            health.fall = h.fall.unwrap_or(health.fall);
-            if health.rise == 0 || health.fall == 0 {
-                err(
-                    span.clone(),
-                    "health rise and fall must be at least 1".to_string(),
-                );
-            }
-            health.port = h.port;
-            health.passive_failures = h.passive_failures.unwrap_or(health.passive_failures);
-        }
+        let health = mesh::health(s.health.as_ref(), &ports, s.name.span(), err);
         let endpoint_mode = match s
             .endpoint_mode
             .as_ref()
@@ -999,7 +970,6 @@ fn services(
                 );
             }
         }
-        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
         out.push(ServiceSpec {
             name: name.clone(),
             network: net.clone(),
@@ -1009,19 +979,55 @@ fn services(
             health,
             mode,
             proxy_protocol,
-            drain: ms(s.drain_ms, ServiceSpec::DEFAULT_DRAIN),
-            slow_start: ms(s.slow_start_ms, Duration::ZERO),
-            idle_timeout: ms(s.idle_timeout_ms, ServiceSpec::DEFAULT_IDLE),
-            udp_timeout: ms(s.udp_timeout_ms, ServiceSpec::DEFAULT_UDP_TIMEOUT),
-            connect_timeout: ms(s.connect_timeout_ms, ServiceSpec::DEFAULT_CONNECT_TIMEOUT),
+            drain: mesh::DRAIN.ms(&s.drain_ms, ServiceSpec::DEFAULT_DRAIN, err),
+            slow_start: mesh::SLOW_START.ms(&s.slow_start_ms, Duration::ZERO, err),
+            idle_timeout: mesh::IDLE_TIMEOUT.ms(&s.idle_timeout_ms, ServiceSpec::DEFAULT_IDLE, err),
+            udp_timeout: mesh::UDP_TIMEOUT.ms(
+                &s.udp_timeout_ms,
+                ServiceSpec::DEFAULT_UDP_TIMEOUT,
+                err,
+            ),
+            connect_timeout: mesh::CONNECT_TIMEOUT.ms(
+                &s.connect_timeout_ms,
+                ServiceSpec::DEFAULT_CONNECT_TIMEOUT,
+                err,
+            ),
             endpoint_mode,
             vip: vip
                 .map(|v| v.0)
                 .filter(|_| endpoint_mode == EndpointMode::Vip),
-            max_connections: s
-                .max_connections
-                .unwrap_or(ServiceSpec::DEFAULT_MAX_CONNECTIONS),
-            max_sessions: s.max_sessions.unwrap_or(ServiceSpec::DEFAULT_MAX_SESSIONS),
+            max_connections: mesh::MAX_CONNECTIONS.get(
+                &s.max_connections,
+                ServiceSpec::DEFAULT_MAX_CONNECTIONS,
+                err,
+            ),
+            max_sessions: mesh::MAX_SESSIONS.get(
+                &s.max_sessions,
+                ServiceSpec::DEFAULT_MAX_SESSIONS,
+                err,
+            ),
+            limits: ClientLimits {
+                connections_per_source: mesh::CONNECTIONS_PER_SOURCE.get(
+                    &s.max_connections_per_source,
+                    ClientLimits::DEFAULT_PER_SOURCE,
+                    err,
+                ),
+                sessions_per_source: mesh::SESSIONS_PER_SOURCE.get(
+                    &s.max_sessions_per_source,
+                    ClientLimits::DEFAULT_PER_SOURCE,
+                    err,
+                ),
+                first_byte_timeout: mesh::FIRST_BYTE_TIMEOUT.ms(
+                    &s.first_byte_timeout_ms,
+                    ClientLimits::DEFAULT_FIRST_BYTE,
+                    err,
+                ),
+                write_timeout: mesh::WRITE_TIMEOUT.ms(
+                    &s.write_timeout_ms,
+                    ClientLimits::DEFAULT_WRITE,
+                    err,
+                ),
+            },
         });
     }
     out

@@ -18,6 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::daemon::State;
 use vxmesh_dataplane::mesh::service::HistogramSnapshot;
 
+mod mesh_limits;
+
 type Labels = Vec<(&'static str, String)>;
 /// Name, help, unit and rows of one counter family.
 type CounterFamily<'a> = (&'a str, &'a str, Option<&'a Unit>, Vec<(Labels, u64)>);
@@ -570,15 +572,14 @@ impl Collector for DaemonCollector {
             ),
         ];
         let mut no_backend = Vec::new();
-        let (mut refused, mut open) = (Vec::new(), Vec::new());
+        let mut open = Vec::new();
         for s in &services {
             no_backend.push((vec![("service", s.name.clone())], s.no_backend));
-            for (kind, r, o) in [
-                ("connections", s.refused_connections, s.open_connections),
-                ("sessions", s.refused_sessions, s.open_sessions),
+            for (kind, o) in [
+                ("connections", s.open_connections),
+                ("sessions", s.open_sessions),
             ] {
                 let l = vec![("service", s.name.clone()), ("kind", kind.to_string())];
-                refused.push((l.clone(), r));
                 open.push((l, o as f64));
             }
             for t in &s.tasks {
@@ -624,13 +625,14 @@ impl Collector for DaemonCollector {
                 })
                 .collect(),
         )?;
-        counters(
-            e,
-            "vxmesh_service_refused",
-            "Connections and sessions refused at the service's max_connections / max_sessions.",
-            None,
-            refused,
-        )?;
+        let res = st
+            .inner
+            .lock()
+            .expect("state lock poisoned")
+            .mesh
+            .resources()
+            .clone();
+        mesh_limits::encode(e, &services, &res)?;
         gauges(
             e,
             "vxmesh_service_open",

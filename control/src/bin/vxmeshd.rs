@@ -128,6 +128,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Before the mesh exists: its budget is a share of this limit.
+    match vxmesh_dataplane::mesh::limits::raise_nofile() {
+        Ok((before, now)) => tracing::info!(
+            before,
+            now,
+            "open files limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE: the mesh's budget follows the current limit")
+        }
+    }
     let node = args.node.expect("clap requires --node without --check");
     let etcd = (args.store == "etcd").then(|| EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),

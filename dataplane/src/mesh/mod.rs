@@ -12,6 +12,7 @@
 pub mod balance;
 pub mod dns;
 pub mod health;
+pub mod limits;
 pub mod maglev;
 pub mod probe;
 pub mod runtime;

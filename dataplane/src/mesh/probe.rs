@@ -1,12 +1,13 @@
 //! The active health probe of one task: async I/O only. Every verdict it
 //! reaches goes through the pure state machine in [`super::health`].
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 
 use super::service::{Service, Task};
@@ -14,10 +15,14 @@ use super::spec::{HealthKind, HealthSpec};
 
 /// One probe: true when the task answered as the spec wants.
 pub async fn probe_once(addr: SocketAddr, spec: &HealthSpec) -> bool {
+    if let HealthKind::Udp { send, expect } = &spec.kind {
+        return probe_udp(addr, send.as_bytes(), expect.as_bytes(), spec.timeout).await;
+    }
     let attempt = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         match &spec.kind {
             HealthKind::Tcp => Some(true),
+            HealthKind::Udp { .. } => None,
             HealthKind::Http { path, status } => {
                 let req = format!(
                     "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: vxmesh-health\r\nConnection: close\r\n\r\n",
@@ -40,6 +45,39 @@ pub async fn probe_once(addr: SocketAddr, spec: &HealthSpec) -> bool {
         }
     };
     matches!(timeout(spec.timeout, attempt).await, Ok(Some(true)))
+}
+
+/// A UDP probe: `send` on a socket connected to `addr`. With `expect`,
+/// up only when a reply holding `expect` comes within `limit`; without,
+/// down only when the task's host answers ICMP port unreachable (the
+/// connected socket reports ECONNREFUSED), so silence counts as up.
+async fn probe_udp(addr: SocketAddr, send: &[u8], expect: &[u8], limit: Duration) -> bool {
+    let Ok(s) = UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)).await else {
+        return false;
+    };
+    if s.connect(addr).await.is_err() || s.send(send).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + limit;
+    // Bounded by the deadline; a stray reply that does not match is
+    // skipped, one that does ends the probe.
+    loop {
+        match tokio::time::timeout_at(deadline, s.recv(&mut buf)).await {
+            Err(_) => return expect.is_empty(),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => return false,
+            Ok(Err(_)) => return false,
+            Ok(Ok(n)) => {
+                if expect.is_empty() || contains(&buf[..n], expect) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Probes `task` of `svc` every interval until the task leaves the service.
@@ -112,6 +150,68 @@ mod tests {
         );
         let teapot = server(418).await;
         assert!(!probe_once(teapot, &http(200)).await);
+    }
+
+    /// A UDP server on loopback that answers `reply` to each datagram.
+    async fn udp_server(reply: &'static [u8]) -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = s.recv_from(&mut buf).await {
+                let _ = s.send_to(reply, from).await;
+            }
+        });
+        addr
+    }
+
+    fn udp(send: &str, expect: &str) -> HealthSpec {
+        HealthSpec {
+            kind: HealthKind::Udp {
+                send: send.into(),
+                expect: expect.into(),
+            },
+            timeout: Duration::from_millis(300),
+            ..HealthSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_wants_the_expected_reply_or_no_port_unreachable() {
+        let pong = udp_server(b"PONG from task").await;
+        assert!(probe_once(pong, &udp("PING", "PONG")).await);
+        assert!(
+            !probe_once(pong, &udp("PING", "OK")).await,
+            "a reply without the expected bytes is a failure"
+        );
+        // Nobody listens: the kernel answers ICMP port unreachable.
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        assert!(!probe_once(closed, &udp("", "")).await, "ICMP: down");
+        assert!(!probe_once(closed, &udp("PING", "PONG")).await);
+        // A server that never answers: up without `expect`, down with it.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let quiet = silent.local_addr().unwrap();
+        assert!(probe_once(quiet, &udp("PING", "")).await, "silence: up");
+        assert!(!probe_once(quiet, &udp("PING", "PONG")).await);
+        drop(silent);
+    }
+
+    #[test]
+    fn a_udp_only_service_is_probed_on_its_udp_port() {
+        use crate::mesh::spec::{PortSpec, Protocol};
+        let mut spec = crate::mesh::service::tests::spec(Duration::ZERO);
+        spec.ports = vec![PortSpec {
+            protocol: Protocol::Udp,
+            published: 5353,
+            target: 53,
+            listen: None,
+        }];
+        assert_eq!(spec.probe_port(), None, "a TCP check has no port");
+        spec.health = udp("", "");
+        assert_eq!(spec.probe_port(), Some(53));
     }
 
     #[tokio::test]

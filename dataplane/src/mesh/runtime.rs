@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::dns;
+use super::limits::{Budget, Resources};
 use super::probe;
 use super::service::{Service, ServiceStatus, Task};
 use super::spec::{Protocol, ServiceSpec};
@@ -77,6 +78,8 @@ pub struct Mesh {
     probes: HashMap<(String, Ipv4Addr), JoinHandle<()>>,
     listeners: HashMap<(Protocol, SocketAddr), Listener>,
     dns: HashMap<SocketAddr, DnsServer>,
+    /// The node-wide budget and accept counters of every listener.
+    res: Arc<Resources>,
 }
 
 enum Bound {
@@ -126,14 +129,32 @@ fn bind_free(proto: Protocol, addr: SocketAddr) -> io::Result<Bound> {
 }
 
 impl Mesh {
+    /// A mesh whose budget comes from the process's `RLIMIT_NOFILE` now
+    /// (raise it first: [`super::limits::raise_nofile`]).
     pub fn new(handle: Handle) -> Mesh {
+        Mesh::with_budget(handle, Budget::for_this_process())
+    }
+
+    pub fn with_budget(handle: Handle, budget: Budget) -> Mesh {
+        let b = budget.status();
+        info!(
+            descriptors = b.fds_limit,
+            memory_bytes = b.bytes_limit,
+            "mesh budget for client connections and sessions"
+        );
         Mesh {
             handle,
             services: HashMap::new(),
             probes: HashMap::new(),
             listeners: HashMap::new(),
             dns: HashMap::new(),
+            res: Arc::new(Resources::new(budget)),
         }
+    }
+
+    /// The node-wide budget and accept counters.
+    pub fn resources(&self) -> &Arc<Resources> {
+        &self.res
     }
 
     /// Applies the desired state: services, their listeners and the DNS
@@ -284,6 +305,7 @@ impl Mesh {
             let route = Arc::new(Route {
                 service: self.services[svc].clone(),
                 target: *target,
+                res: self.res.clone(),
             });
             if let Some(l) = self.listeners.get_mut(key) {
                 l.route.store(route);

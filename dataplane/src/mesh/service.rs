@@ -15,6 +15,7 @@ use tracing::info;
 
 use super::balance::Balancer;
 use super::health::{Health, HealthConfig, State, Transition};
+use super::limits::PerSource;
 use super::maglev;
 use super::spec::ServiceSpec;
 
@@ -160,6 +161,19 @@ pub struct Service {
     /// Refused at the service's limits (max_connections, max_sessions).
     pub refused_connections: AtomicU64,
     pub refused_sessions: AtomicU64,
+    /// What each client address holds (per-source caps).
+    pub conn_sources: Arc<PerSource>,
+    pub session_sources: Arc<PerSource>,
+    /// Refused because the client address held its per-source cap.
+    pub source_refused_connections: AtomicU64,
+    pub source_refused_sessions: AtomicU64,
+    /// Refused because the node's budget was spent.
+    pub budget_refused_connections: AtomicU64,
+    pub budget_refused_sessions: AtomicU64,
+    /// Clients closed for sending nothing within `first_byte_timeout`.
+    pub first_byte_timeouts: AtomicU64,
+    /// Connections reset because a write stayed blocked `write_timeout`.
+    pub write_timeouts: AtomicU64,
     /// The limit is being hit now (for one log line per change).
     at_limit: std::sync::atomic::AtomicBool,
 }
@@ -196,6 +210,14 @@ impl Service {
             open_sessions: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
             refused_sessions: AtomicU64::new(0),
+            conn_sources: Arc::default(),
+            session_sources: Arc::default(),
+            source_refused_connections: AtomicU64::new(0),
+            source_refused_sessions: AtomicU64::new(0),
+            budget_refused_connections: AtomicU64::new(0),
+            budget_refused_sessions: AtomicU64::new(0),
+            first_byte_timeouts: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
             at_limit: std::sync::atomic::AtomicBool::new(false),
         };
         s.rebuild();
@@ -366,6 +388,12 @@ impl Service {
             open_sessions: self.open_sessions.load(Relaxed),
             refused_connections: self.refused_connections.load(Relaxed),
             refused_sessions: self.refused_sessions.load(Relaxed),
+            source_refused_connections: self.source_refused_connections.load(Relaxed),
+            source_refused_sessions: self.source_refused_sessions.load(Relaxed),
+            budget_refused_connections: self.budget_refused_connections.load(Relaxed),
+            budget_refused_sessions: self.budget_refused_sessions.load(Relaxed),
+            first_byte_timeouts: self.first_byte_timeouts.load(Relaxed),
+            write_timeouts: self.write_timeouts.load(Relaxed),
             tasks,
         }
     }
@@ -398,6 +426,14 @@ pub struct ServiceStatus {
     /// Refused at `max_connections` / `max_sessions`.
     pub refused_connections: u64,
     pub refused_sessions: u64,
+    /// Refused at `max_connections_per_source` / `max_sessions_per_source`.
+    pub source_refused_connections: u64,
+    pub source_refused_sessions: u64,
+    /// Refused because the node's budget of descriptors or memory was spent.
+    pub budget_refused_connections: u64,
+    pub budget_refused_sessions: u64,
+    pub first_byte_timeouts: u64,
+    pub write_timeouts: u64,
     pub tasks: Vec<TaskStatus>,
 }
 
@@ -423,13 +459,13 @@ impl Drop for OpenGuard<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mesh::balance::Algorithm;
     use crate::mesh::spec::{EndpointMode, HealthSpec, Mode};
     use std::time::Duration;
 
-    fn spec(slow_start: Duration) -> ServiceSpec {
+    pub(crate) fn spec(slow_start: Duration) -> ServiceSpec {
         ServiceSpec {
             name: "web".into(),
             network: "front".into(),
@@ -448,6 +484,7 @@ mod tests {
             vip: None,
             max_connections: 0,
             max_sessions: 0,
+            limits: Default::default(),
         }
     }
 

@@ -80,6 +80,21 @@ pub enum HealthKind {
     Tcp,
     /// `GET path` answers with `status`.
     Http { path: String, status: u16 },
+    /// A datagram `send` to the task's UDP port. With `expect` set, a reply
+    /// holding those bytes within the timeout is up and anything else down;
+    /// without it, only an ICMP port unreachable (ECONNREFUSED on the
+    /// connected socket) is down, and silence or any reply is up.
+    Udp { send: String, expect: String },
+}
+
+impl HealthKind {
+    /// The protocol of the port this kind probes.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            HealthKind::Udp { .. } => Protocol::Udp,
+            HealthKind::Tcp | HealthKind::Http { .. } => Protocol::Tcp,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -89,7 +104,8 @@ pub struct HealthSpec {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
-    /// Probe this port instead of the first TCP target port.
+    /// Probe this port instead of the first target port of the kind's
+    /// protocol.
     pub port: Option<u16>,
     /// Consecutive failed connects that eject a task (0: off).
     pub passive_failures: u32,
@@ -105,6 +121,42 @@ impl Default for HealthSpec {
             fall: 2,
             port: None,
             passive_failures: 3,
+        }
+    }
+}
+
+/// What one client may hold of a service on one node, and how long the
+/// relay waits on a client or task that does not keep up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientLimits {
+    /// Open TCP connections one client address may hold (0: no cap); more
+    /// are closed at once and counted.
+    pub connections_per_source: u32,
+    /// UDP sessions one client address may hold (0: no cap); datagrams that
+    /// would open more are dropped and counted.
+    pub sessions_per_source: u32,
+    /// A client that sends nothing this long after connecting is closed
+    /// and counted, before a task is picked (zero: off, for protocols where
+    /// the server speaks first).
+    pub first_byte_timeout: Duration,
+    /// A write to a client or task that stays blocked this long (the peer
+    /// stopped reading) ends the connection with a reset, counted.
+    pub write_timeout: Duration,
+}
+
+impl ClientLimits {
+    pub const DEFAULT_PER_SOURCE: u32 = 256;
+    pub const DEFAULT_FIRST_BYTE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_WRITE: Duration = Duration::from_secs(30);
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            connections_per_source: ClientLimits::DEFAULT_PER_SOURCE,
+            sessions_per_source: ClientLimits::DEFAULT_PER_SOURCE,
+            first_byte_timeout: ClientLimits::DEFAULT_FIRST_BYTE,
+            write_timeout: ClientLimits::DEFAULT_WRITE,
         }
     }
 }
@@ -145,6 +197,8 @@ pub struct ServiceSpec {
     /// UDP sessions this node keeps for the service; datagrams that would
     /// open more are dropped and counted (0: no limit).
     pub max_sessions: u32,
+    /// Per-client caps and the relay's timeouts on slow peers.
+    pub limits: ClientLimits,
 }
 
 impl ServiceSpec {
@@ -157,12 +211,14 @@ impl ServiceSpec {
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
     pub const DEFAULT_MAX_SESSIONS: u32 = 10_000;
 
-    /// The port a health check connects to.
+    /// The port a health check probes: the configured one, or the first
+    /// target port of the protocol the check speaks.
     pub fn probe_port(&self) -> Option<u16> {
+        let proto = self.health.kind.protocol();
         self.health.port.or_else(|| {
             self.ports
                 .iter()
-                .find(|p| p.protocol == Protocol::Tcp)
+                .find(|p| p.protocol == proto)
                 .map(|p| p.target)
         })
     }

@@ -3,7 +3,15 @@
 //! from the published socket. A session whose task stopped taking traffic
 //! (down, ejected, draining) moves to another task on the client's next
 //! datagram instead of black-holing it (moby#36878).
+//!
+//! A datagram that would open a session is admitted under the client
+//! address's per-source cap, the service's `max_sessions` and the node's
+//! budget, or dropped and counted with its reason. A session owns no
+//! buffer: replies are read into the worker thread's one, so a session
+//! costs a socket and a few hundred bytes, not 64 KiB.
 
+use std::cell::RefCell;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -14,14 +22,49 @@ use dashmap::DashMap;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::limits::{BudgetGuard, Cost, SourceGuard};
 use super::service::{ActiveGuard, Service, Task};
 use super::tcp::Route;
+
+/// The largest UDP payload (IPv4): the size of the buffers that must take
+/// any datagram whole.
+const MAX_DATAGRAM: usize = 65536;
+/// Replies moved per wake-up of a session before it yields.
+const REPLY_BATCH: usize = 64;
+
+thread_local! {
+    /// The buffer replies pass through on this worker thread.
+    static REPLY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
+}
+
+/// One place among the service's open sessions, given back on drop.
+struct Slot(Arc<Service>);
+
+impl Slot {
+    fn take(svc: &Arc<Service>, limit: u32) -> Option<Slot> {
+        let now = svc.open_sessions.fetch_add(1, Relaxed);
+        if limit != 0 && now >= u64::from(limit) {
+            svc.open_sessions.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Slot(svc.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open_sessions.fetch_sub(1, Relaxed);
+    }
+}
 
 struct Session {
     task: Arc<Task>,
     up: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
     reply: tokio::task::JoinHandle<()>,
+    /// What the session holds while it lives: its client's per-source
+    /// place, its place in the service and its share of the node's budget.
+    _held: (SourceGuard, Slot, BudgetGuard),
 }
 
 impl Drop for Session {
@@ -38,29 +81,34 @@ pub async fn serve(sock: UdpSocket, route: Arc<ArcSwap<Route>>, mut stop: watch:
     let sock = Arc::new(sock);
     let sessions: Sessions = Arc::new(DashMap::new());
     let epoch = Instant::now();
-    let mut buf = vec![0u8; 65536];
+    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, client) = tokio::select! {
             r = sock.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         };
         let route = route.load();
-        let live = sessions
-            .get(&client)
-            .filter(|s| s.task.accepts_new())
-            .map(|s| (s.up.clone(), s.last.clone(), s.task.clone()));
+        let live = sessions.get(&client).map(|s| {
+            (
+                s.task.accepts_new(),
+                s.up.clone(),
+                s.last.clone(),
+                s.task.clone(),
+            )
+        });
         let (up, last, task) = match live {
-            Some(x) => x,
-            None => match open(&sock, &sessions, client, &route, epoch).await {
-                Some(x) => {
-                    route
-                        .service
-                        .open_sessions
-                        .store(sessions.len() as u64, Relaxed);
-                    x
+            Some((true, up, last, task)) => (up, last, task),
+            stale => {
+                if stale.is_some() {
+                    // Moving to another task: the old session gives its
+                    // places back first.
+                    sessions.remove(&client);
                 }
-                None => continue,
-            },
+                match open(&sock, &sessions, client, &route, epoch).await {
+                    Some(x) => x,
+                    None => continue,
+                }
+            }
         };
         if up.send(&buf[..n]).await.is_ok() {
             task.bytes_in.fetch_add(n as u64, Relaxed);
@@ -78,12 +126,27 @@ async fn open(
     epoch: Instant,
 ) -> Option<(Arc<UdpSocket>, Arc<AtomicU64>, Arc<Task>)> {
     let svc = &route.service;
-    let max = svc.spec.load().max_sessions;
-    if max != 0 && sessions.len() >= max as usize {
+    let spec = svc.spec.load_full();
+    let Some(source) = svc
+        .session_sources
+        .take(client.ip(), spec.limits.sessions_per_source)
+    else {
+        svc.source_refused_sessions.fetch_add(1, Relaxed);
+        return None;
+    };
+    let max = spec.max_sessions;
+    let Some(slot) = Slot::take(svc, max) else {
         svc.refused_sessions.fetch_add(1, Relaxed);
         svc.note_limit(true, "sessions", max);
         return None;
+    };
+    if max != 0 && svc.open_sessions.load(Relaxed) < u64::from(max) / 2 {
+        svc.note_limit(false, "sessions", max);
     }
+    let Some(budget) = route.res.budget.take(Cost::UDP) else {
+        svc.budget_refused_sessions.fetch_add(1, Relaxed);
+        return None;
+    };
     let mut cands = Vec::with_capacity(3);
     svc.candidates(client, &mut cands);
     let Some(task) = cands.into_iter().next() else {
@@ -96,16 +159,14 @@ async fn open(
         .ok()?;
     let up = Arc::new(up);
     let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
-    let idle = svc.spec.load().udp_timeout;
     let reply = tokio::spawn(reply_loop(
         sock.clone(),
         up.clone(),
         client,
-        svc.clone(),
         task.clone(),
         last.clone(),
         sessions.clone(),
-        idle,
+        spec.udp_timeout,
         epoch,
     ));
     sessions.insert(
@@ -115,9 +176,41 @@ async fn open(
             up: up.clone(),
             last: last.clone(),
             reply,
+            _held: (source, slot, budget),
         },
     );
     Some((up, last, task))
+}
+
+/// Moves the replies queued on `up` to `client` through the thread's
+/// buffer, without waiting: the bytes sent, and a reply the published
+/// socket could not take at once (to be sent by the caller, who may wait).
+/// `Err` when the session's socket failed (an ICMP error from the task).
+fn forward_replies(
+    up: &UdpSocket,
+    sock: &UdpSocket,
+    client: SocketAddr,
+) -> io::Result<(u64, Option<Vec<u8>>)> {
+    REPLY_BUF.with_borrow_mut(|buf| {
+        let mut sent = 0u64;
+        for _ in 0..REPLY_BATCH {
+            let n = match up.try_recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            match sock.try_send_to(&buf[..n], client) {
+                Ok(_) => sent += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((sent, Some(buf[..n].to_vec())));
+                }
+                // The client is unreachable: this reply is lost, as it
+                // would be on the wire.
+                Err(_) => {}
+            }
+        }
+        Ok((sent, None))
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,7 +218,6 @@ async fn reply_loop(
     sock: Arc<UdpSocket>,
     up: Arc<UdpSocket>,
     client: SocketAddr,
-    svc: Arc<Service>,
     task: Arc<Task>,
     last: Arc<AtomicU64>,
     sessions: Sessions,
@@ -133,28 +225,36 @@ async fn reply_loop(
     epoch: Instant,
 ) {
     let _active = ActiveGuard::new(task.clone());
-    let mut buf = vec![0u8; 65536];
     let mut cut = task.cut.subscribe();
+    let now_ms = || epoch.elapsed().as_millis() as u64;
     loop {
-        let now = epoch.elapsed().as_millis() as u64;
-        let since = Duration::from_millis(now.saturating_sub(last.load(Relaxed)));
+        let since = Duration::from_millis(now_ms().saturating_sub(last.load(Relaxed)));
         if since >= idle {
             break;
         }
         tokio::select! {
-            r = up.recv(&mut buf) => {
-                let Ok(n) = r else { break };
-                if sock.send_to(&buf[..n], client).await.is_ok() {
-                    task.bytes_out.fetch_add(n as u64, Relaxed);
-                    last.store(epoch.elapsed().as_millis() as u64, Relaxed);
+            r = up.readable() => {
+                if r.is_err() {
+                    break;
+                }
+                let Ok((mut sent, pending)) = forward_replies(&up, &sock, client) else {
+                    break;
+                };
+                if let Some(p) = pending {
+                    if sock.send_to(&p, client).await.is_ok() {
+                        sent += p.len() as u64;
+                    }
+                }
+                if sent > 0 {
+                    task.bytes_out.fetch_add(sent, Relaxed);
+                    last.store(now_ms(), Relaxed);
                 }
             }
             _ = tokio::time::sleep(idle - since) => {}
             _ = async { let _ = cut.wait_for(|c| *c).await; } => break,
         }
     }
-    // Remove this session unless the client was already moved to another,
-    // and say so in the service's gauge (an expired session is reclaimed).
+    // Remove this session unless the client was already moved to another;
+    // dropping it gives its places back (an expired session is reclaimed).
     sessions.remove_if(&client, |_, s| Arc::ptr_eq(&s.up, &up));
-    svc.open_sessions.store(sessions.len() as u64, Relaxed);
 }

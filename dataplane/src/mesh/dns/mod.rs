@@ -423,6 +423,7 @@ mod tests {
             vip,
             max_connections: 0,
             max_sessions: 0,
+            limits: Default::default(),
         }
     }
 
