@@ -129,7 +129,7 @@ impl Collector for DaemonCollector {
                         n(&c.rate_limited),
                         n(&c.truncated),
                         n(&c.tcp_refused),
-                        n(&c.accept_errors),
+                        n(&c.accept.exhausted) + n(&c.accept.other),
                     ];
                     (net, all)
                 })

@@ -40,7 +40,7 @@ use serde::Serialize;
 use super::service::Service;
 
 mod serve;
-pub use serve::{accept_backoff, serve, serve_tcp, ForwardLimiter, TCP_CONNS_PER_SOURCE};
+pub use serve::{serve, serve_tcp, ForwardLimiter, TCP_CONNS_PER_SOURCE};
 
 /// The DNS wire library, re-exported so callers (and tests) use the same
 /// version.
@@ -157,8 +157,9 @@ pub struct DnsStats {
     /// TCP connections closed at once: over the responder's or one
     /// client's connection limit.
     pub tcp_refused: AtomicU64,
-    /// Failed accepts on the TCP listener (each followed by a pause).
-    pub accept_errors: AtomicU64,
+    /// Failed accepts on the TCP listener.
+    #[serde(skip)]
+    pub accept: super::limits::AcceptStats,
 }
 
 impl Zone {

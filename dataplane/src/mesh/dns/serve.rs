@@ -10,12 +10,13 @@
 //!   no amplification;
 //! - TCP: at most [`TCP_CONNS`] connections, [`TCP_CONNS_PER_SOURCE`] from
 //!   one address, idle, read and write timeouts of [`TCP_IDLE`]; accept
-//!   errors (descriptors run out) back off instead of spinning.
+//!   errors (descriptors run out) back off instead of spinning (the mesh's
+//!   own [`limits::accept`] and [`PerSource`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -24,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
+
+use crate::mesh::limits::{self, Backoff, PerSource};
 
 use super::{
     servfail, DnsStats, Outcome, Zone, EDNS_UDP, FORWARD_BUF, FORWARD_INFLIGHT, FORWARD_TIMEOUT,
@@ -36,9 +39,6 @@ pub const TCP_CONNS_PER_SOURCE: usize = 8;
 /// idle for a second are dropped, and a new client that still finds no
 /// room is refused until one frees.
 const LIMITER_CLIENTS: usize = 4096;
-/// First pause after a failed accept; doubled up to [`ACCEPT_BACKOFF_MAX`].
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Serves `zone` on `sock` until `stop` turns true. Every datagram gets at
 /// most one answer; nothing a client sends ends the loop. Forwarded
@@ -187,71 +187,6 @@ fn query_id(q: &[u8]) -> u16 {
     u16::from_be_bytes([q[0], q[1]])
 }
 
-/// The pause after one more failed accept.
-fn next_pause(pause: Duration) -> Duration {
-    (pause * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX)
-}
-
-/// Accepts one connection; on an error (descriptors or memory run out)
-/// waits before the next try, twice as long each time up to a second, so
-/// the loop never spins. `pause` carries the back-off between calls.
-pub async fn accept_backoff(
-    l: &TcpListener,
-    pause: &mut Duration,
-    errors: &std::sync::atomic::AtomicU64,
-) -> (TcpStream, SocketAddr) {
-    loop {
-        match l.accept().await {
-            Ok(c) => {
-                *pause = Duration::ZERO;
-                return c;
-            }
-            Err(e) => {
-                errors.fetch_add(1, Relaxed);
-                *pause = next_pause(*pause);
-                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "accept failed; backing off");
-                tokio::time::sleep(*pause).await;
-            }
-        }
-    }
-}
-
-/// Connections held per client address, released when a guard drops.
-#[derive(Default)]
-struct PerSource(Mutex<HashMap<IpAddr, usize>>);
-
-struct SourceSlot {
-    all: Arc<PerSource>,
-    ip: IpAddr,
-}
-
-impl PerSource {
-    fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_default();
-        if *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            all: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut m = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves `zone` over TCP on `l` (RFC 7766: clients retry there when a UDP
 /// answer came back truncated) until `stop` turns true: messages with a
 /// two-byte length in front, several per connection, answers never
@@ -266,10 +201,10 @@ pub async fn serve_tcp(
     let conns = Arc::new(Semaphore::new(TCP_CONNS));
     let sources = Arc::new(PerSource::default());
     let turn = Arc::new(AtomicUsize::new(0));
-    let mut pause = Duration::ZERO;
+    let mut backoff = Backoff::default();
     loop {
         let (c, from) = tokio::select! {
-            c = accept_backoff(&l, &mut pause, &stats.accept_errors) => c,
+            c = limits::accept("dns", &mut backoff, &stats.accept, || l.accept()) => c,
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
         if !zone.load().admits(from.ip()) {
@@ -277,7 +212,7 @@ pub async fn serve_tcp(
             continue;
         }
         // Over a limit: the connection is dropped, i.e. closed.
-        let Some(slot) = sources.take(from.ip(), TCP_CONNS_PER_SOURCE) else {
+        let Some(slot) = sources.take(from.ip(), TCP_CONNS_PER_SOURCE as u32) else {
             stats.tcp_refused.fetch_add(1, Relaxed);
             continue;
         };
@@ -449,44 +384,6 @@ mod tests {
             l.allow(c, 10, t0);
         }
         assert!(l.buckets.len() <= LIMITER_CLIENTS);
-    }
-
-    #[test]
-    fn one_source_holds_at_most_its_share_of_connections() {
-        let s = Arc::new(PerSource::default());
-        let ip: IpAddr = Ipv4Addr::new(10, 0, 0, 5).into();
-        let held: Vec<_> = (0..TCP_CONNS_PER_SOURCE)
-            .map(|_| s.take(ip, TCP_CONNS_PER_SOURCE).expect("a slot"))
-            .collect();
-        assert!(s.take(ip, TCP_CONNS_PER_SOURCE).is_none());
-        assert!(s
-            .take(Ipv4Addr::new(10, 0, 0, 6).into(), TCP_CONNS_PER_SOURCE)
-            .is_some());
-        drop(held);
-        assert!(s.take(ip, TCP_CONNS_PER_SOURCE).is_some());
-        assert!(s.0.lock().unwrap().len() <= 1);
-    }
-
-    #[tokio::test]
-    async fn accept_errors_back_off_instead_of_spinning() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let errors = std::sync::atomic::AtomicU64::new(0);
-        let mut pause = Duration::from_millis(40);
-        let client = tokio::spawn(async move { TcpStream::connect(addr).await });
-        let _ = accept_backoff(&l, &mut pause, &errors).await;
-        assert_eq!(pause, Duration::ZERO, "a success resets the pause");
-        assert!(client.await.unwrap().is_ok());
-        assert_eq!(errors.load(Relaxed), 0);
-        // Failures wait 10 ms, then twice as long each time, never over 1 s.
-        let mut p = Duration::ZERO;
-        let waits: Vec<u128> = (0..10)
-            .map(|_| {
-                p = next_pause(p);
-                p.as_millis()
-            })
-            .collect();
-        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
     }
 
     #[tokio::test]
