@@ -34,6 +34,9 @@ pub struct Options {
     pub node: String,
     pub socket: PathBuf,
     pub admin_addr: Option<SocketAddr>,
+    /// A file holding the token that allows writes on `admin_addr`
+    /// (without one the TCP listener is read-only).
+    pub admin_token_file: Option<PathBuf>,
     /// Where the desired state lives; `None` is the file store.
     pub etcd: Option<EtcdOptions>,
     /// Where the daemon keeps its state (allocations with the cluster
@@ -59,6 +62,7 @@ impl Options {
             node: node.to_string(),
             socket,
             admin_addr: None,
+            admin_token_file: None,
             etcd: None,
             state_dir,
             docker_plugin: None,
@@ -156,12 +160,10 @@ impl State {
     /// The effective cluster of an etcd snapshot.
     fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, String> {
         let t = Instant::now();
-        let r = doc::assemble(snap, e.node(), View::Effective, &e.describe());
+        let r = doc::assemble_quarantined(snap, e.node(), View::Effective, &e.describe());
         self.times.validated(t.elapsed());
-        let (c, skipped) = r.map_err(|errs| errs.join("; "))?;
-        for s in skipped {
-            warn!(document = %s, "store document skipped");
-        }
+        let (c, quarantined) = r.map_err(|errs| errs.join("; "))?;
+        e.set_quarantined(quarantined);
         Ok(c)
     }
 
@@ -404,8 +406,28 @@ impl LimitWatch {
     }
 }
 
+/// Checks the admin listener options before anything starts: loopback
+/// only, a token file only with an address. The token, if any.
+pub fn admin_token(opts: &Options) -> anyhow::Result<Option<Arc<str>>> {
+    match (opts.admin_addr, &opts.admin_token_file) {
+        (Some(addr), _) if !addr.ip().is_loopback() => {
+            anyhow::bail!("the admin API listens on loopback only, not {addr}")
+        }
+        (None, Some(f)) => anyhow::bail!(
+            "--admin-token-file {} is for the TCP listener: give --admin-addr too",
+            f.display()
+        ),
+        (_, Some(f)) => Ok(Some(
+            api::listen::read_token(f).map_err(anyhow::Error::msg)?,
+        )),
+        (_, None) => Ok(None),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    // Refuse bad admin options before joining anything.
+    let token = admin_token(&opts)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (store_stop_tx, store_stop_rx) = watch::channel(false);
     let mut store_tasks = Vec::new();
@@ -416,13 +438,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         Some(eo) => {
             let (etcd, snap) = EtcdStore::start(eo.clone()).await?;
-            let (cluster, skipped) =
-                doc::assemble(&snap, etcd.node(), View::Effective, &etcd.describe()).map_err(
-                    |errs| anyhow::anyhow!("the store's state is invalid:\n{}", errs.join("\n")),
-                )?;
-            for s in skipped {
-                warn!(document = %s, "store document skipped");
-            }
+            let (cluster, quarantined) =
+                doc::assemble_quarantined(&snap, etcd.node(), View::Effective, &etcd.describe())
+                    .map_err(|errs| {
+                        anyhow::anyhow!("the store's state is invalid:\n{}", errs.join("\n"))
+                    })?;
+            etcd.set_quarantined(quarantined);
             info!(store = %etcd.describe(), revision = snap.revision, "desired state read");
             let state = start(&opts, cluster, Store::Etcd(etcd.clone()))?;
             let st = Arc::downgrade(&state);
@@ -490,7 +511,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let unix = api::server::bind_unix(&opts.socket)
+    let unix = api::listen::bind_unix(&opts.socket)
         .with_context(|| format!("binding the admin socket {}", opts.socket.display()))?;
     let mut servers = vec![tokio::spawn(api::server::serve_unix(
         unix,
@@ -498,15 +519,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ))];
     if let Some(addr) = opts.admin_addr {
-        if !addr.ip().is_loopback() {
-            anyhow::bail!("the admin API listens on loopback only, not {addr}");
-        }
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the admin address {addr}"))?;
+        let addr = l.local_addr().context("the admin address")?;
+        info!(%addr, writes = token.is_some(), "admin API on TCP (writes only with the token)");
+        let access = api::listen::TcpAccess {
+            addr,
+            token,
+            socket: opts.socket.clone(),
+        };
         servers.push(tokio::spawn(api::server::serve_tcp(
             l,
             state.clone(),
+            access,
             stopped(stop_rx.clone()),
         )));
     }

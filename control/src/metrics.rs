@@ -526,6 +526,13 @@ impl Collector for DaemonCollector {
             None,
             vec![(sl(), store.events)],
         )?;
+        gauges(
+            e,
+            "vxmesh_store_quarantined_documents",
+            "Documents under the store prefix left out because they are invalid (everything else applies); the keys and reasons are in the status.",
+            None,
+            vec![(sl(), store.quarantined.len() as f64)],
+        )?;
         // The mesh, per service and task.
         let mut rows = [
             TaskFamily::new(

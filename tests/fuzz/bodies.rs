@@ -536,6 +536,7 @@ fn store_create(path: &str, body: &[u8]) {
             .map(|(k, v)| (k.to_string(), Doc::new(v.clone())))
             .collect(),
         revision: 1,
+        ..Snapshot::default()
     };
     if snap.docs.contains_key(&key) {
         return; // 409 Conflict, before any validation

@@ -1,8 +1,11 @@
 //! The local admin API: HTTP/1.1 with JSON bodies on a unix socket (mode
-//! 0600) and, if configured, on a loopback TCP address. It is the CLI's only
-//! way into the daemon. Resources live under `/v1/`.
+//! 0600, the only way to change anything without a token) and, if
+//! configured, on a loopback TCP address (read-only unless a token file is
+//! given; see [`listen`]). It is the CLI's only way into the daemon.
+//! Resources live under `/v1/`.
 
 pub mod client;
+pub mod listen;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,5 @@
 //! The admin API server (axum), serving the daemon's [`State`].
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +11,7 @@ use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
+use super::listen::{self, Limits, TcpAccess};
 use super::{
     ApiError, DataplaneInfo, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status,
     WorkerInfo,
@@ -60,41 +59,30 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// Binds the unix socket (replacing a stale one left by a crash), mode 0600.
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
-/// Serves the API on a unix listener until the future resolves.
+/// Serves the API on the unix socket until the future resolves: every
+/// resource, within [`Limits::UNIX`].
 pub async fn serve_unix(
     l: UnixListener,
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(l, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(l, router(state), Limits::UNIX, shutdown).await
 }
 
-/// Serves the API on a loopback TCP listener until the future resolves.
+/// Serves the API on a loopback TCP listener until the future resolves:
+/// reads for anyone whose Host header names the listener, writes only with
+/// the token (see [`TcpAccess`]), within [`Limits::TCP`].
 pub async fn serve_tcp(
     l: TcpListener,
     state: Shared,
+    access: TcpAccess,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(l, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let routes = router(state).layer(axum::middleware::from_fn_with_state(
+        Arc::new(access),
+        listen::tcp_guard,
+    ));
+    listen::serve(l, routes, Limits::TCP, shutdown).await
 }
 
 async fn status(AxState(st): AxState<Shared>) -> Json<Status> {
@@ -299,7 +287,10 @@ fn store_error(e: StoreError) -> Response {
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
         StoreError::Exists(_) => StatusCode::CONFLICT,
         StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
-        StoreError::Etcd(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Duplicate(_) => StatusCode::CONFLICT,
+        StoreError::Etcd(_) | StoreError::Unavailable(_) | StoreError::Refused(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     (
         code,

@@ -24,7 +24,9 @@ struct Args {
     /// This host's name among the file's [[nodes]].
     #[arg(long, env = "VXMESH_NODE", required_unless_present = "check")]
     node: Option<String>,
-    /// Validate the config file and exit (0: valid, 2: errors printed).
+    /// Validate and exit (0: valid, 2: errors printed): the config file
+    /// with the file store; with the etcd store the connection options
+    /// (endpoints, TLS and credential files), connecting to nothing.
     #[arg(long)]
     check: bool,
     /// Path of the admin API's unix socket.
@@ -33,6 +35,11 @@ struct Args {
     /// Also serve the admin API on this loopback address (e.g. 127.0.0.1:9489).
     #[arg(long, env = "VXMESH_ADMIN_ADDR")]
     admin_addr: Option<SocketAddr>,
+    /// A file (mode 0600) holding a token of at least 16 characters: with
+    /// it, writes on --admin-addr are allowed to requests that carry
+    /// `Authorization: Bearer <token>`. Without it that listener is read-only.
+    #[arg(long, env = "VXMESH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Where the desired state lives: `file` (the --config file, reloaded
     /// on SIGHUP) or `etcd` (watched under --etcd-prefix; this node is
     /// registered under a lease).
@@ -58,16 +65,20 @@ struct Args {
     /// PEM key of --etcd-cert.
     #[arg(long, env = "VXMESH_ETCD_KEY")]
     etcd_key: Option<PathBuf>,
-    /// A file holding `user:password` for etcd's authentication.
+    /// A file holding `user:password` for etcd's authentication (needs
+    /// https endpoints unless --etcd-allow-insecure-auth).
     #[arg(long, env = "VXMESH_ETCD_CREDENTIALS")]
     etcd_credentials: Option<PathBuf>,
+    /// Send --etcd-credentials over plain http (in clear) all the same.
+    #[arg(long, env = "VXMESH_ETCD_ALLOW_INSECURE_AUTH")]
+    etcd_allow_insecure_auth: bool,
     /// Seconds this node's registration outlives its last keep-alive: a
     /// dead host leaves everyone's tables this long after it died.
     #[arg(long, env = "VXMESH_LEASE_TTL", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=60))]
     lease_ttl: i64,
     /// This node's data-path (underlay) address (store etcd; with the file
     /// store it comes from [[nodes]]).
-    #[arg(long, env = "VXMESH_ADDRESS", required_if_eq("store", "etcd"))]
+    #[arg(long, env = "VXMESH_ADDRESS")]
     address: Option<std::net::Ipv4Addr>,
     /// Where the daemon keeps its state: container allocations (cluster
     /// file store) and the Docker networks bound to vxmesh networks.
@@ -89,6 +100,90 @@ struct Args {
     log_level: String,
 }
 
+/// The etcd options the flags describe.
+fn etcd_options(args: &Args, node: &str, address: std::net::Ipv4Addr) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: format!("/{}", args.etcd_prefix.trim_matches('/')),
+        lease_ttl: args.lease_ttl,
+        ca: args.etcd_ca.clone(),
+        cert: args.etcd_cert.clone(),
+        key: args.etcd_key.clone(),
+        credentials: args.etcd_credentials.clone(),
+        allow_insecure_auth: args.etcd_allow_insecure_auth,
+        state_dir: args.state_dir.clone(),
+        node: Node {
+            name: node.to_string(),
+            address,
+        },
+    }
+}
+
+/// `--check`: what can be validated before starting, for the store in use
+/// (the unit runs it as ExecStartPre).
+fn check(args: &Args) -> ExitCode {
+    let admin = daemon::Options {
+        admin_addr: args.admin_addr,
+        admin_token_file: args.admin_token_file.clone(),
+        ..daemon::Options::file(
+            args.config.clone(),
+            "",
+            args.socket.clone(),
+            args.state_dir.clone(),
+        )
+    };
+    if let Err(e) = daemon::admin_token(&admin) {
+        eprintln!("vxmeshd: {e:#}");
+        return ExitCode::from(2);
+    }
+    if args.store == "etcd" {
+        let node = args.node.clone().unwrap_or_default();
+        let address = args.address.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        let o = etcd_options(args, &node, address);
+        return match vxmesh_control::store::etcd::check_options(&o) {
+            Ok(()) => {
+                println!(
+                    "etcd {} {}: options ok (TLS: {}, credentials: {}); the desired state is checked as each write is made",
+                    o.endpoints.join(","),
+                    o.prefix,
+                    if o.ca.is_some() { "yes" } else { "no" },
+                    if o.credentials.is_some() { "yes" } else { "no" },
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vxmeshd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match config::load(&args.config) {
+        Ok(c) => {
+            if let Some(node) = &args.node {
+                if c.node(node).is_none() {
+                    eprintln!(
+                        "{}: node `{node}` is not among [[nodes]]",
+                        args.config.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+            println!(
+                "{}: ok ({} nodes, {} networks, {} endpoints)",
+                args.config.display(),
+                c.nodes.len(),
+                c.networks.len(),
+                c.endpoints.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -97,36 +192,8 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if args.check && args.store == "etcd" {
-        eprintln!("vxmeshd: --check validates a cluster file; with --store etcd every write is validated when it is made");
-        return ExitCode::from(2);
-    }
     if args.check {
-        return match config::load(&args.config) {
-            Ok(c) => {
-                if let Some(node) = &args.node {
-                    if c.node(node).is_none() {
-                        eprintln!(
-                            "{}: node `{node}` is not among [[nodes]]",
-                            args.config.display()
-                        );
-                        return ExitCode::from(2);
-                    }
-                }
-                println!(
-                    "{}: ok ({} nodes, {} networks, {} endpoints)",
-                    args.config.display(),
-                    c.nodes.len(),
-                    c.networks.len(),
-                    c.endpoints.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        };
+        return check(&args);
     }
     // Before the mesh exists: its budget is a share of this limit.
     match vxmesh_dataplane::mesh::limits::raise_nofile() {
@@ -139,28 +206,25 @@ fn main() -> ExitCode {
             tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE: the mesh's budget follows the current limit")
         }
     }
-    let node = args.node.expect("clap requires --node without --check");
-    let etcd = (args.store == "etcd").then(|| EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        prefix: format!("/{}", args.etcd_prefix.trim_matches('/')),
-        lease_ttl: args.lease_ttl,
-        ca: args.etcd_ca.clone(),
-        cert: args.etcd_cert.clone(),
-        key: args.etcd_key.clone(),
-        credentials: args.etcd_credentials.clone(),
-        node: Node {
-            name: node.clone(),
-            address: args
-                .address
-                .expect("clap requires --address with --store etcd"),
-        },
-    });
+    let node = args
+        .node
+        .clone()
+        .expect("clap requires --node without --check");
+    let etcd = match (args.store == "etcd", args.address) {
+        (false, _) => None,
+        (true, Some(address)) => Some(etcd_options(&args, &node, address)),
+        (true, None) => {
+            eprintln!("vxmeshd: --store etcd needs --address (this node's data-path address)");
+            return ExitCode::from(2);
+        }
+    };
     let opts = daemon::Options {
         config: args.config,
         node,
         etcd,
         socket: args.socket,
         admin_addr: args.admin_addr,
+        admin_token_file: args.admin_token_file,
         state_dir: args.state_dir,
         docker_plugin: args.docker_plugin,
         docker_plugin_dir: args.docker_plugin_dir,

@@ -155,6 +155,7 @@ mod tests {
             .into_iter()
             .collect(),
             revision: 1,
+            ..Snapshot::default()
         };
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let seen = [

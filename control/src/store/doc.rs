@@ -43,6 +43,11 @@ pub struct Doc {
     /// The lease's TTL in seconds (node documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_s: Option<i64>,
+    /// Which daemon registered the node (node documents): an id kept in
+    /// its state directory, so a restart after a crash can take its own
+    /// registration back while anyone else is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl Doc {
@@ -52,6 +57,7 @@ impl Doc {
             spec,
             lease: None,
             ttl_s: None,
+            instance: None,
         }
     }
 
@@ -67,6 +73,9 @@ pub struct Snapshot {
     pub docs: BTreeMap<String, Doc>,
     /// The store revision this snapshot reflects (0 for the file store).
     pub revision: i64,
+    /// Values under the prefix that are not documents this code reads
+    /// (not JSON, another version): key and reason. They are quarantined.
+    pub invalid: BTreeMap<String, String>,
 }
 
 /// How a snapshot is read.
@@ -188,7 +197,90 @@ pub fn assemble(
     view: View,
     source: &str,
 ) -> Result<(Cluster, Vec<String>), Vec<String>> {
-    let mut skipped = Vec::new();
+    build(snap, this, view, source)
+        .map(|(c, skipped)| {
+            let skipped = skipped.into_iter().map(|(k, r)| format!("{k}: {r}"));
+            (c, skipped.collect())
+        })
+        .map_err(|errs| keyed_errors(&errs, source))
+}
+
+/// `<source>/<key>: <reason>` for each error.
+fn keyed_errors(errs: &[KeyedError], source: &str) -> Vec<String> {
+    errs.iter()
+        .map(|(k, r)| format!("{source}/{}: {r}", k.as_deref().unwrap_or("?")))
+        .collect()
+}
+
+/// A document left out of an assembly: its key and why.
+pub type Quarantined = (String, String);
+
+/// An error of the file's rules, with the key it came from (if known).
+type KeyedError = (Option<String>, String);
+
+/// Most rounds of setting documents aside in [`assemble_quarantined`]:
+/// each round takes every error the file's rules report, so one or two
+/// are the rule.
+pub const QUARANTINE_ROUNDS: usize = 8;
+
+/// Like [`assemble`], but a document that breaks the rules is set aside
+/// (quarantined) instead of failing the whole snapshot: the cluster of
+/// everything else, and every document left out with its reason (key,
+/// reason; the snapshot's [`Snapshot::invalid`] values too). Fails only
+/// for an error no single document can be blamed for, or one in this
+/// node's own registration.
+pub fn assemble_quarantined(
+    snap: &Snapshot,
+    this: &Node,
+    view: View,
+    source: &str,
+) -> Result<(Cluster, Vec<Quarantined>), Vec<String>> {
+    let mut out: Vec<Quarantined> = snap
+        .invalid
+        .iter()
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    let own = node_key(&this.name);
+    // Copied only once something has to be taken out.
+    let mut work: Option<Snapshot> = None;
+    for _ in 0..QUARANTINE_ROUNDS {
+        let cur = work.as_ref().unwrap_or(snap);
+        let errs = match build(cur, this, view, source) {
+            Ok((c, skipped)) => {
+                out.extend(skipped);
+                out.sort();
+                return Ok((c, out));
+            }
+            Err(errs) => errs,
+        };
+        let mut blamed: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for (key, reason) in &errs {
+            match key {
+                Some(k) if *k != own && cur.docs.contains_key(k) => {
+                    blamed.entry(k.clone()).or_default().push(reason)
+                }
+                _ => return Err(keyed_errors(&errs, source)),
+            }
+        }
+        let w = work.get_or_insert_with(|| snap.clone());
+        for (k, reasons) in blamed {
+            w.docs.remove(&k);
+            out.push((k, reasons.join("; ")));
+        }
+    }
+    Err(vec![format!(
+        "{source}: still invalid after setting documents aside {QUARANTINE_ROUNDS} times"
+    )])
+}
+
+/// [`assemble`] with errors and skipped documents by key.
+fn build(
+    snap: &Snapshot,
+    this: &Node,
+    view: View,
+    source: &str,
+) -> Result<(Cluster, Vec<Quarantined>), Vec<KeyedError>> {
+    let mut skipped: Vec<Quarantined> = Vec::new();
     let mut text = String::new();
     // (first line, key) of every fragment, to name the key in errors.
     let mut origin: Vec<(usize, String)> = Vec::new();
@@ -204,7 +296,7 @@ pub fn assemble(
     if let Some(d) = snap.docs.get("settings") {
         match fragment("settings", &d.spec, false) {
             Ok(f) => push(&mut text, "settings", f),
-            Err(e) => skipped.push(format!("settings: {e}")),
+            Err(e) => skipped.push(("settings".into(), e)),
         }
     }
     // Nodes: the live ones, this node with its own address.
@@ -231,7 +323,10 @@ pub fn assemble(
             str_field(spec, "node"),
             str_field(spec, "ip").and_then(|s| s.parse::<Ipv4Addr>().ok()),
         ) else {
-            skipped.push(format!("endpoints/{key}: needs network, node and ip"));
+            skipped.push((
+                format!("endpoints/{key}"),
+                "needs network, node and ip".into(),
+            ));
             continue;
         };
         if view == View::Effective && (!nodes.contains_key(node) || !networks.contains(net)) {
@@ -260,20 +355,20 @@ pub fn assemble(
     for (name, spec) in &nodes {
         match fragment("nodes", spec, true) {
             Ok(f) => push(&mut text, &node_key(name), f),
-            Err(e) => skipped.push(format!("nodes/{name}: {e}")),
+            Err(e) => skipped.push((node_key(name), e)),
         }
     }
     for (key, spec) in snap.kind("networks") {
         match fragment("networks", spec, true) {
             Ok(f) => push(&mut text, &format!("networks/{key}"), f),
-            Err(e) => skipped.push(format!("networks/{key}: {e}")),
+            Err(e) => skipped.push((format!("networks/{key}"), e)),
         }
     }
     let live: HashSet<(&str, Ipv4Addr)> = endpoints.iter().map(|e| (e.1, e.2)).collect();
     for (key, _, _, spec) in &endpoints {
         match fragment("endpoints", spec, true) {
             Ok(f) => push(&mut text, &format!("endpoints/{key}"), f),
-            Err(e) => skipped.push(format!("endpoints/{key}: {e}")),
+            Err(e) => skipped.push((format!("endpoints/{key}"), e)),
         }
     }
     for (key, spec) in snap.kind("services") {
@@ -281,7 +376,10 @@ pub fn assemble(
         if view == View::Effective {
             let net = str_field(&spec, "network").unwrap_or_default().to_string();
             if !networks.contains(net.as_str()) {
-                skipped.push(format!("services/{key}: network `{net}` does not exist"));
+                skipped.push((
+                    format!("services/{key}"),
+                    format!("network `{net}` does not exist"),
+                ));
                 continue;
             }
             // A task whose endpoint is gone (its node died) leaves the list.
@@ -295,7 +393,7 @@ pub fn assemble(
         }
         match fragment("services", &spec, true) {
             Ok(f) => push(&mut text, &format!("services/{key}"), f),
-            Err(e) => skipped.push(format!("services/{key}: {e}")),
+            Err(e) => skipped.push((format!("services/{key}"), e)),
         }
     }
     match config::parse(Path::new(source), &text) {
@@ -308,9 +406,8 @@ pub fn assemble(
                     .iter()
                     .rev()
                     .find(|(line, _)| *line <= e.line)
-                    .map(|(_, k)| k.as_str())
-                    .unwrap_or("?");
-                format!("{source}/{key}: {}", e.reason)
+                    .map(|(_, k)| k.clone());
+                (key, e.reason.clone())
             })
             .collect()),
     }
@@ -328,6 +425,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), Doc::new(v.clone())))
                 .collect(),
             revision: 1,
+            ..Snapshot::default()
         }
     }
 
@@ -398,6 +496,36 @@ mod tests {
         let errs = assemble(&snap(&docs), &me(), View::Effective, "etcd").unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].starts_with("etcd/networks/back: vni 0"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_broken_document_is_set_aside_and_the_rest_applies() {
+        let mut docs = base();
+        docs.push((
+            "networks/back",
+            json!({"name": "back", "vni": 0, "subnet": "10.0.8.0/24"}),
+        ));
+        docs.push(("services/odd", json!("not a table")));
+        let mut s = snap(&docs);
+        s.invalid
+            .insert("networks/junk".into(), "not a vxmesh document".into());
+        // Strictly, the snapshot fails; with quarantine everything else runs.
+        assert!(assemble(&s, &me(), View::Effective, "etcd").is_err());
+        let (c, out) = assemble_quarantined(&s, &me(), View::Effective, "etcd").unwrap();
+        let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["networks/back", "networks/junk", "services/odd"],
+            "{out:?}"
+        );
+        assert!(out[0].1.contains("vni 0"), "{out:?}");
+        assert_eq!(c.networks.len(), 1);
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.services[0].name, "web");
+        // A clean snapshot sets nothing aside.
+        let (_, none) =
+            assemble_quarantined(&snap(&base()), &me(), View::Effective, "etcd").unwrap();
+        assert!(none.is_empty(), "{none:?}");
     }
 
     #[test]

@@ -16,21 +16,26 @@
 //! the last one applied, so no event is lost or seen twice; if that revision
 //! was compacted away, the whole prefix is read again.
 
+mod connect;
+pub mod lease;
+mod write;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchResponse, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions,
+    WatchResponse, WatchStream,
 };
 use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::doc::{self, Doc, Snapshot, View};
-use super::{StoreError, StoreStatus, Write};
+use super::doc::{self, Doc, Snapshot};
+use super::{StoreError, StoreStatus};
 use crate::model::Node;
 
 /// Events arriving within this time of the first are applied together.
@@ -62,6 +67,11 @@ pub struct EtcdOptions {
     pub key: Option<PathBuf>,
     /// A file holding `user:password` for etcd's authentication.
     pub credentials: Option<PathBuf>,
+    /// Send credentials over plain http (refused otherwise).
+    pub allow_insecure_auth: bool,
+    /// The daemon's state directory: it keeps the instance id that lets a
+    /// restarted daemon take back its own registration ([`lease`]).
+    pub state_dir: PathBuf,
     /// This node: its name and data-path address.
     pub node: Node,
 }
@@ -79,53 +89,16 @@ pub struct EtcdStore {
     status: Mutex<StoreStatus>,
     changed_at: Mutex<Instant>,
     lease: AtomicI64,
+    /// This daemon's instance id (see [`lease`]).
+    instance: String,
+    /// Documents set aside by the last assembly: key, reason.
+    quarantined: Mutex<BTreeMap<String, String>>,
 }
 
-fn read(p: &PathBuf, what: &str) -> Result<String, StoreError> {
-    std::fs::read_to_string(p)
-        .map_err(|e| StoreError::Invalid(format!("reading the {what} {}: {e}", p.display())))
-}
-
-fn connect_options(o: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
-    // HTTP/2 pings find a silent (stopped, partitioned) etcd within ~3 s.
-    let mut c = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    if let Some(p) = &o.credentials {
-        let text = read(p, "credentials file")?;
-        let text = text.trim();
-        let (user, pass) = text
-            .split_once(':')
-            .or_else(|| text.split_once('\n'))
-            .ok_or_else(|| {
-                StoreError::Invalid(format!("{}: expected `user:password`", p.display()))
-            })?;
-        c = c.with_user(user.trim(), pass.trim());
-    }
-    if o.ca.is_some() || o.cert.is_some() {
-        let mut tls = etcd_client::TlsOptions::new();
-        if let Some(ca) = &o.ca {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca, "CA file")?));
-        }
-        match (&o.cert, &o.key) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(etcd_client::Identity::from_pem(
-                    read(cert, "client certificate")?,
-                    read(key, "client key")?,
-                ));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(StoreError::Invalid(
-                    "--etcd-cert and --etcd-key go together".into(),
-                ))
-            }
-        }
-        c = c.with_tls(tls);
-    }
-    Ok(c)
+/// Checks `o` as [`EtcdStore::start`] would before connecting (TLS and
+/// credential rules, files readable), without connecting.
+pub fn check_options(o: &EtcdOptions) -> Result<(), StoreError> {
+    connect::connect_options(o).map(|_| ())
 }
 
 async fn next_message(stream: &mut WatchStream) -> Result<WatchResponse, StoreError> {
@@ -137,7 +110,9 @@ async fn next_message(stream: &mut WatchStream) -> Result<WatchResponse, StoreEr
 
 impl EtcdStore {
     fn new(opts: EtcdOptions) -> Result<EtcdStore, StoreError> {
-        let connect = connect_options(&opts)?;
+        let connect = connect::connect_options(&opts)?;
+        let instance =
+            lease::instance_id(&opts.state_dir, &opts.node.name).map_err(StoreError::Invalid)?;
         let status = StoreStatus {
             backend: "etcd".into(),
             target: format!("{} {}", opts.endpoints.join(","), opts.prefix),
@@ -152,6 +127,8 @@ impl EtcdStore {
             status: Mutex::new(status),
             changed_at: Mutex::new(Instant::now()),
             lease: AtomicI64::new(0),
+            instance,
+            quarantined: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -172,6 +149,16 @@ impl EtcdStore {
                     store.status_mut(|s| s.revision = snap.revision);
                     store.set_connected(true, None);
                     return Ok((store, snap));
+                }
+                // A second daemon for this node, or credentials etcd
+                // refuses: waiting changes nothing.
+                Err(e @ StoreError::Duplicate(_)) => return Err(e),
+                Err(e) if connect::is_refusal(&e) => {
+                    return Err(StoreError::Refused(format!(
+                        "etcd at {} refused this daemon: {e} (check --etcd-credentials, the client certificate's user and its permissions on {})",
+                        store.opts.endpoints.join(","),
+                        store.opts.prefix
+                    )))
                 }
                 Err(e) if Instant::now() < deadline => {
                     warn!(error = %e, store = %store.describe(), "etcd not reachable yet; retrying");
@@ -207,7 +194,33 @@ impl EtcdStore {
             .as_secs_f64();
         let lease = self.lease.load(Ordering::Relaxed);
         s.lease = (lease != 0).then(|| format!("{lease:x}"));
+        s.quarantined = self
+            .quarantined
+            .lock()
+            .expect("quarantine lock")
+            .iter()
+            .map(|(k, r)| format!("{k}: {r}"))
+            .collect();
         s
+    }
+
+    /// Records the documents the last assembly set aside (key, reason):
+    /// one log line for each newly set aside, one for each back in use.
+    pub fn set_quarantined(&self, now: Vec<(String, String)>) {
+        let now: BTreeMap<String, String> = now.into_iter().collect();
+        let mut q = self.quarantined.lock().expect("quarantine lock");
+        for (k, r) in &now {
+            if q.get(k) != Some(r) {
+                warn!(key = %format!("{}/{k}", self.opts.prefix), reason = %r,
+                      "store document quarantined: left out, everything else applies");
+            }
+        }
+        for k in q.keys() {
+            if !now.contains_key(k) {
+                info!(key = %format!("{}/{k}", self.opts.prefix), "store document no longer quarantined");
+            }
+        }
+        *q = now;
     }
 
     /// The last snapshot seen.
@@ -269,28 +282,6 @@ impl EtcdStore {
         *self.client.lock().await = None;
     }
 
-    /// Grants a lease and puts this node's document under it.
-    async fn register(&self, c: &mut Client) -> Result<i64, StoreError> {
-        let lease = c.lease_grant(self.opts.lease_ttl, None).await?.id();
-        let doc = Doc {
-            lease: Some(lease),
-            ttl_s: Some(self.opts.lease_ttl),
-            ..Doc::new(serde_json::json!({
-                "name": self.opts.node.name,
-                "address": self.opts.node.address.to_string(),
-            }))
-        };
-        c.put(
-            self.key(&doc::node_key(&self.opts.node.name)),
-            doc.to_bytes(),
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
-        self.lease.store(lease, Ordering::Relaxed);
-        info!(node = %self.opts.node.name, lease = format!("{lease:x}"), ttl_s = self.opts.lease_ttl, "registered under a lease");
-        Ok(lease)
-    }
-
     /// Reads the whole prefix, [`LOAD_PAGE`] keys per request, every page
     /// at the revision of the first (one consistent state).
     async fn load(&self, c: &mut Client) -> Result<Snapshot, StoreError> {
@@ -327,15 +318,18 @@ impl EtcdStore {
         let Some(k) = self.short_key(key) else { return };
         match serde_json::from_slice::<Doc>(value) {
             Ok(d) if d.version == doc::VERSION => {
+                snap.invalid.remove(&k);
                 snap.docs.insert(k, d);
             }
             Ok(d) => {
-                warn!(key = %k, version = d.version, "document version not understood; ignored");
                 snap.docs.remove(&k);
+                let why = format!("document version {} not understood", d.version);
+                snap.invalid.insert(k, why);
             }
             Err(e) => {
-                warn!(key = %k, error = %e, "not a vxmesh document; ignored");
                 snap.docs.remove(&k);
+                snap.invalid
+                    .insert(k, format!("not a vxmesh document: {e}"));
             }
         }
     }
@@ -359,6 +353,7 @@ impl EtcdStore {
                 etcd_client::EventType::Delete => {
                     if let Some(k) = self.short_key(kv.key()) {
                         snap.docs.remove(&k);
+                        snap.invalid.remove(&k);
                     }
                 }
             }
@@ -477,75 +472,6 @@ impl EtcdStore {
         });
     }
 
-    /// Keeps this node's lease alive until `stop`; registers again under a
-    /// new lease when the old one is gone (etcd was away longer than the TTL).
-    pub async fn run_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut failing = false;
-        loop {
-            let r = tokio::select! {
-                r = self.keep_lease(&mut failing) => r,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match r {
-                // One line per outage, not one per retry.
-                Err(e) if !failing => {
-                    warn!(error = %e, "lease keep-alive failed; retrying every 250 ms");
-                    failing = true;
-                    self.status_mut(|s| s.last_error = Some(format!("lease: {e}")));
-                }
-                Err(_) => {}
-                Ok(()) => {}
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-    }
-
-    async fn keep_lease(&self, failing: &mut bool) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let mut id = self.lease.load(Ordering::Relaxed);
-        if id == 0 {
-            id = self.register(&mut c).await?;
-        }
-        let (mut keeper, mut responses) = match c.lease_keep_alive(id).await {
-            Ok(k) => k,
-            Err(etcd_client::Error::LeaseKeepAliveError(e)) => {
-                warn!(lease = format!("{id:x}"), error = %e, "lease is gone; registering again");
-                self.lease.store(0, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if std::mem::take(failing) {
-            info!(lease = format!("{id:x}"), "lease kept alive again");
-        }
-        let period = Duration::from_millis((self.opts.lease_ttl.max(1) as u64 * 1000) / 3);
-        loop {
-            tokio::time::sleep(period).await;
-            keeper.keep_alive().await?;
-            let resp =
-                tokio::time::timeout(period.max(Duration::from_secs(1)), responses.message())
-                    .await
-                    .map_err(|_| StoreError::Unavailable("lease keep-alive unanswered".into()))??
-                    .ok_or_else(|| StoreError::Unavailable("etcd closed the keep-alive".into()))?;
-            if resp.ttl() <= 0 {
-                warn!(
-                    lease = format!("{id:x}"),
-                    "lease expired; registering again"
-                );
-                self.lease.store(0, Ordering::Relaxed);
-                return Ok(());
-            }
-        }
-    }
-
-    /// This node's lease now (0 while it has none).
-    pub fn lease_id(&self) -> i64 {
-        self.lease.load(Ordering::Relaxed)
-    }
-
     /// Runs `f` over the last snapshot seen, without copying it.
     pub fn with_snapshot<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
         f(&self.snapshot.lock().expect("snapshot lock"))
@@ -594,245 +520,5 @@ impl EtcdStore {
             )
             .await?;
         Ok(())
-    }
-
-    /// Revokes this node's lease (a clean stop): the others drop it now.
-    pub async fn leave(&self) {
-        let id = self.lease.swap(0, Ordering::Relaxed);
-        if id == 0 {
-            return;
-        }
-        let r = tokio::time::timeout(Duration::from_secs(1), async {
-            self.client().await?.lease_revoke(id).await?;
-            Ok::<_, StoreError>(())
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => info!(lease = format!("{id:x}"), "lease revoked"),
-            Ok(Err(e)) => warn!(error = %e, "revoking the lease failed; it expires on its own"),
-            Err(_) => warn!("revoking the lease timed out; it expires on its own"),
-        }
-    }
-
-    /// Checks a changed snapshot against the file's rules.
-    fn validate(&self, candidate: &Snapshot) -> Result<(), StoreError> {
-        doc::assemble(candidate, &self.opts.node, View::Declared, &self.describe())
-            .map(|_| ())
-            .map_err(|e| StoreError::Invalid(e.join("; ")))
-    }
-
-    /// Waits (bounded) until the watch has brought revision `rev`, so the
-    /// next request through this daemon sees the write.
-    async fn caught_up(&self, rev: i64) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.snapshot.lock().expect("snapshot lock").revision < rev
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Creates `key` with `spec` if absent; the new revision.
-    async fn create(&self, key: String, spec: Value, what: String) -> Result<i64, StoreError> {
-        self.create_doc(key, Doc::new(spec), what).await
-    }
-
-    /// Creates `key` with `doc` (under its lease, if it names one).
-    async fn create_doc(&self, key: String, doc: Doc, what: String) -> Result<i64, StoreError> {
-        let mut candidate = self.snapshot();
-        if candidate.docs.contains_key(&key) {
-            return Err(StoreError::Exists(what));
-        }
-        candidate.docs.insert(key.clone(), doc.clone());
-        self.validate(&candidate)?;
-        let full = self.key(&key);
-        let put = doc.lease.map(|l| PutOptions::new().with_lease(l));
-        let r = self
-            .client()
-            .await?
-            .txn(
-                Txn::new()
-                    .when([Compare::version(full.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(full, doc.to_bytes(), put)]),
-            )
-            .await?;
-        if !r.succeeded() {
-            return Err(StoreError::Exists(what));
-        }
-        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
-    }
-
-    async fn remove(
-        &self,
-        key: String,
-        prefix_too: Option<String>,
-        what: String,
-    ) -> Result<i64, StoreError> {
-        let full = self.key(&key);
-        let mut ops = vec![TxnOp::delete(full.clone(), None)];
-        if let Some(p) = prefix_too {
-            ops.push(TxnOp::delete(
-                self.key(&p),
-                Some(DeleteOptions::new().with_prefix()),
-            ));
-        }
-        let r = self
-            .client()
-            .await?
-            .txn(
-                Txn::new()
-                    .when([Compare::version(full, CompareOp::Greater, 0)])
-                    .and_then(ops),
-            )
-            .await?;
-        if !r.succeeded() {
-            return Err(StoreError::NotFound(what));
-        }
-        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
-    }
-
-    /// Applies an operator's change (validated first) and waits until this
-    /// daemon's watch has seen it.
-    pub async fn write(&self, w: Write) -> Result<(), StoreError> {
-        let name_of = |spec: &Value, field: &str| -> Result<String, StoreError> {
-            spec.get(field)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| StoreError::Invalid(format!("the spec needs a string `{field}`")))
-        };
-        let rev = match w {
-            Write::CreateNetwork(spec) => {
-                let name = name_of(&spec, "name")?;
-                self.create(doc::network_key(&name), spec, format!("network `{name}`"))
-                    .await?
-            }
-            Write::RemoveNetwork(name) => {
-                let users: Vec<String> = self
-                    .snapshot()
-                    .kind("services")
-                    .filter(|(_, s)| s.get("network").and_then(Value::as_str) == Some(&name))
-                    .map(|(k, _)| k.to_string())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(StoreError::Invalid(format!(
-                        "network `{name}` is used by service(s) {}; remove them first",
-                        users.join(", ")
-                    )));
-                }
-                self.remove(
-                    doc::network_key(&name),
-                    Some(format!("endpoints/{name}/")),
-                    format!("network `{name}`"),
-                )
-                .await?
-            }
-            Write::CreateEndpoint(spec) => {
-                let net = name_of(&spec, "network")?;
-                let ip: std::net::Ipv4Addr = name_of(&spec, "ip")?
-                    .parse()
-                    .map_err(|e| StoreError::Invalid(format!("ip: {e}")))?;
-                self.create(
-                    doc::endpoint_key(&net, ip),
-                    spec,
-                    format!("endpoint {ip} in network `{net}`"),
-                )
-                .await?
-            }
-            Write::RemoveEndpoint { network, ip } => {
-                self.remove(
-                    doc::endpoint_key(&network, ip),
-                    None,
-                    format!("endpoint {ip} in network `{network}`"),
-                )
-                .await?
-            }
-            Write::CreateService(spec) => {
-                let name = name_of(&spec, "name")?;
-                self.create(doc::service_key(&name), spec, format!("service `{name}`"))
-                    .await?
-            }
-            Write::UpdateService { name, patch } => {
-                if patch.get("name").is_some_and(|n| n.as_str() != Some(&name)) {
-                    return Err(StoreError::Invalid("a service cannot be renamed".into()));
-                }
-                self.update_doc(doc::service_key(&name), format!("service `{name}`"), patch)
-                    .await?
-            }
-            Write::UpdateEndpoint { network, ip, patch } => {
-                let ip_s = ip.to_string();
-                if patch
-                    .get("network")
-                    .is_some_and(|n| n.as_str() != Some(&network))
-                    || patch.get("ip").is_some_and(|n| n.as_str() != Some(&ip_s))
-                {
-                    return Err(StoreError::Invalid(
-                        "an endpoint's network and address cannot change".into(),
-                    ));
-                }
-                self.update_doc(
-                    doc::endpoint_key(&network, ip),
-                    format!("endpoint {ip} in network `{network}`"),
-                    patch,
-                )
-                .await?
-            }
-            Write::RemoveService(name) => {
-                self.remove(doc::service_key(&name), None, format!("service `{name}`"))
-                    .await?
-            }
-        };
-        self.caught_up(rev).await;
-        Ok(())
-    }
-
-    /// Read, merge, validate, compare-and-swap on the key's revision; a few
-    /// tries if someone else wrote in between. Members of `patch` replace
-    /// the document's, `null` removes one (RFC 7386 at the top level).
-    async fn update_doc(&self, key: String, what: String, patch: Value) -> Result<i64, StoreError> {
-        let Value::Object(patch) = patch else {
-            return Err(StoreError::Invalid(
-                "the update is not a JSON object".into(),
-            ));
-        };
-        let full = self.key(&key);
-        for _ in 0..5 {
-            let mut c = self.client().await?;
-            let got = c.get(full.clone(), None).await?;
-            let Some(kv) = got.kvs().first() else {
-                return Err(StoreError::NotFound(what));
-            };
-            let mut d: Doc = serde_json::from_slice(kv.value())
-                .map_err(|e| StoreError::Invalid(format!("stored {what}: {e}")))?;
-            if let Value::Object(spec) = &mut d.spec {
-                for (k, v) in &patch {
-                    if v.is_null() {
-                        spec.remove(k);
-                    } else {
-                        spec.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            let mut candidate = self.snapshot();
-            candidate.docs.insert(key.clone(), d.clone());
-            self.validate(&candidate)?;
-            let put = d.lease.map(|l| PutOptions::new().with_lease(l));
-            let r = c
-                .txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            full.clone(),
-                            CompareOp::Equal,
-                            kv.mod_revision(),
-                        )])
-                        .and_then([TxnOp::put(full.clone(), d.to_bytes(), put)]),
-                )
-                .await?;
-            if r.succeeded() {
-                return Ok(r.header().map(|h| h.revision()).unwrap_or(0));
-            }
-        }
-        Err(StoreError::Invalid(format!(
-            "{what} kept changing under this update; try again"
-        )))
     }
 }

@@ -72,6 +72,12 @@ pub enum StoreError {
     Etcd(#[from] etcd_client::Error),
     #[error("{0}")]
     Unavailable(String),
+    /// Another daemon holds this node's registration.
+    #[error("{0}")]
+    Duplicate(String),
+    /// etcd refused the credentials or the permissions.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The store a daemon runs on.
@@ -129,4 +135,8 @@ pub struct StoreStatus {
     pub last_error: Option<String>,
     /// Watch events applied since start.
     pub events: u64,
+    /// Documents under the prefix left out because they are invalid
+    /// (`key: reason`); everything else applies.
+    #[serde(default)]
+    pub quarantined: Vec<String>,
 }
