@@ -162,7 +162,7 @@ struct ServiceFlags {
     /// Send a PROXY protocol v2 header to the tasks.
     #[arg(long)]
     proxy_protocol: bool,
-    /// tcp, or http:/PATH.
+    /// tcp, http:/PATH, or udp (an ICMP port unreachable is down).
     #[arg(long)]
     health: Option<String>,
     #[arg(long)]
@@ -229,7 +229,10 @@ impl ServiceFlags {
                     json!(if path.is_empty() { "/" } else { path }),
                 );
             }
-            Some(x) => return Err(format!("--health {x}: expected tcp or http:/PATH")),
+            Some("udp") => {
+                h.insert("kind".into(), json!("udp"));
+            }
+            Some(x) => return Err(format!("--health {x}: expected tcp, http:/PATH or udp")),
         }
         for (k, v) in [
             ("interval_ms", self.health_interval_ms),

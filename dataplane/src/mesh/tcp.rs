@@ -81,15 +81,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
         return;
     };
     // A client that holds a place without a word goes before it costs a
-    // task a connection. EOF counts as a first byte (the relay passes it).
-    // (peek, not readable(): that may wake without data.)
-    if !lim.first_byte_timeout.is_zero()
-        && timeout(lim.first_byte_timeout, client.peek(&mut [0u8; 1]))
-            .await
-            .is_err()
-    {
-        svc.first_byte_timeouts.fetch_add(1, Relaxed);
-        return;
+    // task a connection, after the first-byte timeout or the idle timeout
+    // if that is shorter. EOF counts as a first byte (the relay passes it
+    // on). peek, not readable(): that may wake without data.
+    let wait = match lim.first_byte_timeout {
+        Duration::ZERO => None,
+        fb => Some(fb.min(spec.idle_timeout)),
+    };
+    if let Some(wait) = wait {
+        if timeout(wait, client.peek(&mut [0u8; 1])).await.is_err() {
+            svc.first_byte_timeouts.fetch_add(1, Relaxed);
+            return;
+        }
     }
     let mut cands = Vec::with_capacity(3);
     svc.candidates(peer, &mut cands);
