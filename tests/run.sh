@@ -16,7 +16,8 @@ fi
 . tests/deps.sh
 install_missing systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping \
     iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 \
-    etcd:etcd-server protoc:protobuf-compiler perf:linux-perf nft:nftables
+    etcd:etcd-server protoc:protobuf-compiler perf:linux-perf nft:nftables \
+    openssl:openssl unshare:util-linux
 # Real container runtimes for the container tests (tests/tests/containers.rs):
 # Debian's dockerd and podman (CNI backend), busybox for the image.
 install_missing_no_recommends dockerd:docker.io podman:podman runc:runc \

@@ -173,6 +173,18 @@ impl Testbed {
     /// its peer port on loopback, its data in `data` (kept across restarts
     /// on the same directory). Does not wait for it to be healthy.
     pub fn spawn_etcd(&mut self, ns: &str, client_url: &str, data: &Path) -> Result<Proc, Error> {
+        self.spawn_etcd_args(ns, client_url, data, &[])
+    }
+
+    /// [`Testbed::spawn_etcd`] with more etcd flags (TLS files, a metrics
+    /// listener, ...).
+    pub fn spawn_etcd_args(
+        &mut self,
+        ns: &str,
+        client_url: &str,
+        data: &Path,
+        extra: &[&str],
+    ) -> Result<Proc, Error> {
         let peer = "http://127.0.0.1:2380";
         let data = data.to_string_lossy();
         let cluster = format!("e0={peer}");
@@ -194,7 +206,10 @@ impl Testbed {
                 peer,
                 "--initial-cluster",
                 &cluster,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
             &[],
         )
     }

@@ -281,3 +281,109 @@ fn the_systemd_unit_verifies() {
         "systemd-analyze verify: {text}"
     );
 }
+
+#[test]
+fn the_vxlan_owner_table_loads_and_drops_vxlan_from_other_sockets() {
+    if !require_root() {
+        return;
+    }
+    let mut tb = vxmesh_testbed::Testbed::new("nftown").unwrap();
+    tb.add_host("h1", "198.18.0.1/24", 1500).unwrap();
+    tb.add_host("h2", "198.18.0.2/24", 1500).unwrap();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/vxlan-owner.nft");
+    let broken = tb.dir().join("broken.nft");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(file)
+            .unwrap()
+            .replace("counter drop", "counter dorp"),
+    )
+    .unwrap();
+    // nft resolves the cgroup path when it reads the file: a private mount
+    // of /sys/fs/cgroup (a tmpfs, in a mount namespace of its own) holds
+    // the directory, so no real cgroup is made. Then, from this (root)
+    // process, which is not in vxmeshd's cgroup: VXLAN to h2 is refused,
+    // other UDP is not.
+    let script = format!(
+        r#"set -e
+mount -t tmpfs none /sys/fs/cgroup
+mkdir -p /sys/fs/cgroup/system.slice/vxmeshd.service
+if nft -c -f {broken} 2>/dev/null; then echo "broken file accepted"; exit 1; fi
+nft -c -f {file}
+nft -f {file}
+nft -f {file}
+python3 - <<'PY'
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"\x08\0\0\0\0\0\x01\0", ("198.18.0.2", 4789))
+    print("vxlan sent")
+except PermissionError:
+    print("vxlan refused")
+s.sendto(b"hello", ("198.18.0.2", 4790))
+print("other sent")
+PY
+nft list table inet vxmesh_owner
+"#,
+        broken = broken.display()
+    );
+    let out = tb
+        .exec_unchecked(&tb.ns("h1"), &["unshare", "-m", "sh", "-c", &script])
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("vxlan refused") && text.contains("other sent"),
+        "{text}"
+    );
+    // Loaded twice, one table; its drop counted the datagram.
+    assert_eq!(text.matches("table inet vxmesh_owner").count(), 1, "{text}");
+    assert!(text.contains("counter packets 1 "), "{text}");
+}
+
+#[test]
+fn check_validates_the_etcd_options_without_connecting() {
+    // No namespace: --check connects to nothing.
+    let dir = std::env::temp_dir().join(format!("vxmesh-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cred = dir.join("cred");
+    std::fs::write(&cred, "vxmesh:secret\n").unwrap();
+    let check = |extra: &[&str]| {
+        let out = std::process::Command::new(workspace_bin("vxmeshd"))
+            .args([
+                "--config",
+                "/nonexistent/vxmesh.toml",
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://198.18.0.250:2379",
+                "--check",
+            ])
+            .args(extra)
+            .env_remove("VXMESH_STORE")
+            .output()
+            .expect("run vxmeshd --check");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("options ok"), "{text}");
+    let (code, text) = check(&["--etcd-credentials", cred.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--etcd-allow-insecure-auth"), "{text}");
+    let (code, text) = check(&["--etcd-ca", "/nonexistent/ca.pem"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("https://"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -174,6 +174,47 @@ pub fn get(
     .map_err(|e| e.to_string())?
 }
 
+/// One HTTP/1.1 request from namespace `ns` to `to` with `headers` (the
+/// Host header among them, or none) and `body`, `Connection: close`: the
+/// status code and the body.
+pub fn request(
+    tb: &Testbed,
+    ns: &str,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let text = format!("{head}\r\n{body}");
+    tb.in_ns(ns, move || -> Result<(u16, String), String> {
+        let mut s =
+            TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&out).to_string();
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no status line: {head:?}"))?;
+        Ok((code, body.to_string()))
+    })
+    .map_err(|e| e.to_string())?
+}
+
 /// One UDP datagram from a socket bound in `ns` at `from`; the reply.
 pub fn udp_ask(
     tb: &Testbed,

@@ -74,6 +74,52 @@ impl Etcd {
     }
 }
 
+/// Runs `f` with an etcd client of `endpoint` (options `opts`) on a
+/// one-thread runtime inside the etcd namespace: writes the tests make
+/// behind the daemons' backs.
+pub fn with_client<T: Send + 'static>(
+    tb: &Testbed,
+    endpoint: &str,
+    opts: Option<etcd_client::ConnectOptions>,
+    f: impl AsyncFnOnce(&mut etcd_client::Client) -> Result<T, etcd_client::Error> + Send + 'static,
+) -> T {
+    let endpoint = endpoint.to_string();
+    tb.in_ns(&tb.ns("etcd"), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let connect = etcd_client::Client::connect([endpoint.as_str()], opts);
+            let mut c = tokio::time::timeout(Duration::from_secs(10), connect)
+                .await
+                .expect("etcd connect within 10 s")
+                .expect("etcd connect");
+            tokio::time::timeout(Duration::from_secs(10), f(&mut c))
+                .await
+                .expect("etcd answers within 10 s")
+                .expect("etcd request")
+        })
+    })
+    .expect("enter the etcd namespace")
+}
+
+/// Puts `value` at `key` in the testbed's plain etcd.
+pub fn put_raw(tb: &Testbed, key: &str, value: &[u8]) {
+    let (key, value) = (key.to_string(), value.to_vec());
+    with_client(tb, ETCD_URL, None, async move |c| {
+        c.put(key, value, None).await.map(|_| ())
+    });
+}
+
+/// Deletes `key` from the testbed's plain etcd.
+pub fn delete_raw(tb: &Testbed, key: &str) {
+    let key = key.to_string();
+    with_client(tb, ETCD_URL, None, async move |c| {
+        c.delete(key, None).await.map(|_| ())
+    });
+}
+
 /// GET /health from inside the etcd namespace.
 pub fn healthy(tb: &Testbed) -> bool {
     let addr: SocketAddr = format!("{ETCD_ADDR}:2379").parse().unwrap();
@@ -109,6 +155,18 @@ impl Lab {
 
     /// [`Lab::start_etcd`] with extra daemon arguments.
     pub fn start_etcd_args(&mut self, host: &str, prefix: &str, ttl: u32, extra: &[&str]) {
+        self.start_etcd_at(host, ETCD_URL, prefix, ttl, extra)
+    }
+
+    /// [`Lab::start_etcd_args`] on another etcd endpoint (TLS).
+    pub fn start_etcd_at(
+        &mut self,
+        host: &str,
+        endpoint: &str,
+        prefix: &str,
+        ttl: u32,
+        extra: &[&str],
+    ) {
         let bin = workspace_bin("vxmeshd");
         let sock = self.socket(host);
         let ns = self.tb.ns(host);
@@ -123,7 +181,7 @@ impl Lab {
                     "--store",
                     "etcd",
                     "--etcd-endpoints",
-                    ETCD_URL,
+                    endpoint,
                     "--etcd-prefix",
                     prefix,
                     "--lease-ttl",
