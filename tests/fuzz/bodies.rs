@@ -32,6 +32,15 @@ use vxmesh_dataplane::overlay::{
 use vxmesh_dataplane::wire::csum::{self, L4Csum};
 use vxmesh_dataplane::wire::{arp, gso, proxy_v2, MacAddr};
 
+// The offload paths, in files of their own: the USO and TSO cuts and TAP
+// reads with a virtio-net header (`cut.rs`), GRO (`gro.rs`).
+#[path = "bodies/cut.rs"]
+mod cut;
+#[path = "bodies/gro.rs"]
+mod gro_runs;
+pub use cut::{udp_gso, virtio_hdr};
+pub use gro_runs::gro;
+
 /// What a target does with one input.
 pub type Body = fn(&[u8]);
 
@@ -47,6 +56,9 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("csum_gso", csum_gso),
     ("admin_api", admin_api),
     ("plugin_requests", plugin_requests),
+    ("gro", gro),
+    ("udp_gso", udp_gso),
+    ("virtio_hdr", virtio_hdr),
 ];
 
 /// What the UDP worker segments into (`dataplane/src/io/worker.rs`).

@@ -101,6 +101,21 @@ fn plugin_requests() {
     replay("plugin_requests");
 }
 
+#[test]
+fn gro() {
+    replay("gro");
+}
+
+#[test]
+fn udp_gso() {
+    replay("udp_gso");
+}
+
+#[test]
+fn virtio_hdr() {
+    replay("virtio_hdr");
+}
+
 /// A target added to `tests/fuzz/Cargo.toml` gets a replay here too.
 #[test]
 fn every_fuzz_target_is_replayed() {

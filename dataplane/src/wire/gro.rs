@@ -122,7 +122,8 @@ impl Default for Gro {
 }
 
 /// (l3, l4) of an Ethernet frame holding exactly one unfragmented IPv4
-/// packet of protocol `proto`.
+/// packet of protocol `proto`, its header checksum verified (as Linux's
+/// GRO does: the joined frame gets a fresh one, which would hide damage).
 fn ipv4(frame: &[u8], proto: u8) -> Option<(usize, usize)> {
     if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
         return None;
@@ -137,6 +138,9 @@ fn ipv4(frame: &[u8], proto: u8) -> Option<(usize, usize)> {
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     // Any fragment bit or offset (DF is fine), or padding after the packet.
     if ihl < 20 || frag & 0x3fff != 0 || l3 + total != frame.len() {
+        return None;
+    }
+    if fold(sum(ip.get(..ihl)?, 0)) != 0xffff {
         return None;
     }
     Some((l3, l3 + ihl))
@@ -476,6 +480,33 @@ mod tests {
         // The intact segment joins as before.
         assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
         assert_eq!(g.push(&seg(100, &[1; 100], false)), Push::Joined);
+    }
+
+    #[test]
+    fn a_frame_whose_ipv4_header_checksum_fails_is_never_joined() {
+        // Found by the `gro` fuzz target: only the L4 checksum was checked,
+        // and joining writes a fresh IPv4 header checksum, so a segment or
+        // datagram damaged there reached the receiving stack as good.
+        let damage = |mut f: Vec<u8>| {
+            f[24] ^= 0x01;
+            f
+        };
+        let mut g = Gro::default();
+        assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
+        let bad = damage(seg(100, &[1; 100], false));
+        assert_eq!(g.push(&bad), Push::Single);
+        g.finish();
+        assert_eq!(g.push(&bad), Push::Single, "nor does one start a frame");
+        assert!(g.is_empty());
+        assert_eq!(g.push(&datagram(1, &[1; 64])), Push::Joined);
+        assert_eq!(g.push(&damage(datagram(2, &[1; 64]))), Push::Single);
+        g.finish();
+        // Intact, the same frames join.
+        assert_eq!(g.push(&seg(0, &[1; 100], false)), Push::Joined);
+        assert_eq!(g.push(&seg(100, &[1; 100], false)), Push::Joined);
+        g.finish();
+        assert_eq!(g.push(&datagram(1, &[1; 64])), Push::Joined);
+        assert_eq!(g.push(&datagram(2, &[1; 64])), Push::Joined);
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - synthetic frames (built with etherparse) for what no capture holds:
 //!   TCP super-frames of a TSO sender, partial checksums (`CHECKSUM_PARTIAL`
 //!   as Linux leaves them), 802.1Q tags, IPv6;
+//! - for the offload targets (`gro`, `udp_gso`, `virtio_hdr`), the frames a
+//!   TSO or USO sender and a TAP with `IFF_VNET_HDR` produce, built the
+//!   same way, and TCP segments cut by vxmeshd's own `gso::segment_tcp`;
 //! - for the admin API, the requests the `vxmesh` CLI sends (see
 //!   `control/src/bin/vxmesh.rs`), each as a method byte, the target, a
 //!   newline and the body.
@@ -23,6 +26,7 @@ use etherparse::PacketBuilder;
 use vxmesh_dataplane::wire::csum::{fold, sum};
 use vxmesh_dataplane::wire::proxy_v2::{self, Transport};
 use vxmesh_dataplane::wire::vxlan::{self, testdata};
+use vxmesh_dataplane::wire::{gso, virtio};
 
 const MAC_H1: [u8; 6] = [0x02, 0x42, 10, 0, 9, 1];
 const MAC_H2: [u8; 6] = [0x02, 0x42, 10, 0, 9, 2];
@@ -91,6 +95,29 @@ fn udp_v4(len: usize) -> Vec<u8> {
         .udp(5353, 53);
     let mut out = Vec::new();
     b.write(&mut out, &payload(len)).expect("frame builds");
+    out
+}
+
+/// UDP over IPv4 or IPv6, with or without an 802.1Q tag.
+fn udp_frame(vlan: bool, v6: bool, len: usize) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(MAC_H2, MAC_H1);
+    let mut out = Vec::new();
+    let p = payload(len);
+    match (vlan, v6) {
+        (false, false) => return udp_v4(len),
+        (false, true) => eth.ipv6(IP6_B, IP6_A, 64).udp(5353, 53).write(&mut out, &p),
+        (true, false) => eth
+            .single_vlan(0x123.try_into().expect("12-bit VLAN id"))
+            .ipv4(IP_H2, IP_H1, 64)
+            .udp(5353, 53)
+            .write(&mut out, &p),
+        (true, true) => eth
+            .single_vlan(0x123.try_into().expect("12-bit VLAN id"))
+            .ipv6(IP6_B, IP6_A, 64)
+            .udp(5353, 53)
+            .write(&mut out, &p),
+    }
+    .expect("frame builds");
     out
 }
 
@@ -224,6 +251,275 @@ node = "h9"
 ip = "10.0.9.1"
 mac = "01:00:5e:00:00:01"
 "#;
+
+/// What a TAP opened with `IFF_VNET_HDR` hands the reader: the virtio-net
+/// header, then the frame.
+fn tap_read(h: virtio::Header, frame: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; virtio::LEN];
+    assert!(h.emit(&mut v));
+    v.extend_from_slice(frame);
+    v
+}
+
+/// The header Linux puts on a TSO or USO super-frame: the checksum left
+/// partial at `csum_offset` of the L4 header starting at `l4`.
+fn gso_header(gso_type: u8, l4: u16, hdr_len: u16, mss: u16, csum_offset: u16) -> virtio::Header {
+    virtio::Header {
+        flags: virtio::F_NEEDS_CSUM,
+        gso_type,
+        hdr_len,
+        gso_size: mss,
+        csum_start: l4,
+        csum_offset,
+    }
+}
+
+/// The records of a `gro` input (`tests/fuzz/bodies/offload.rs`, `gro`):
+/// a frame as it came ...
+fn gro_raw(out: &mut Vec<u8>, frame: &[u8]) {
+    out.push(0);
+    out.extend_from_slice(&(frame.len() as u16).to_le_bytes());
+    out.extend_from_slice(frame);
+}
+
+/// ... the frame after the previous one in its flow (`bits`: 0x04 same
+/// sequence number or id, 0x08 PSH, 0x10 payload damaged, 0x20 IPv4 header
+/// checksum damaged) ...
+fn gro_next(out: &mut Vec<u8>, bits: u8, len: u16, fill: u8) {
+    out.push(2 | bits);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(fill);
+}
+
+/// ... a frame whose lengths and checksums the body sets ...
+fn gro_repaired(out: &mut Vec<u8>, frame: &[u8]) {
+    out.push(1);
+    out.extend_from_slice(&(frame.len() as u16).to_le_bytes());
+    out.extend_from_slice(frame);
+}
+
+/// ... and the end of a wake-up, after which the TAP takes UDP GSO frames
+/// or not.
+fn gro_wakeup(out: &mut Vec<u8>, udp_runs: bool) {
+    out.push(if udp_runs { 3 | 0x04 } else { 3 });
+}
+
+/// A TCP segment of an established flow: ACK only.
+fn tcp_ack(len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_H2, MAC_H1)
+        .ipv4(IP_H2, IP_H1, 64)
+        .tcp(40000, 5201, 1_000_000, 64240)
+        .ack(7)
+        .write(&mut out, &payload(len))
+        .expect("frame builds");
+    out
+}
+
+fn gro_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // A super-frame cut by vxmeshd's own segmenter, as a peer sends it.
+    let mut cut = Vec::new();
+    let mut scratch = vec![0u8; 2048];
+    gso::segment_tcp(&tcp_v4(false, 4 * 900 + 300), 900, &mut scratch, |s| {
+        gro_raw(&mut cut, s)
+    })
+    .expect("a TCP frame");
+
+    // A long run: past the 64 KiB of one IPv4 packet, then a short one.
+    let mut long = Vec::new();
+    gro_raw(&mut long, &tcp_ack(1448));
+    for i in 0..50 {
+        gro_next(&mut long, 0, 1448, i);
+    }
+    gro_next(&mut long, 0x08, 100, 0);
+
+    // PSH in the middle, a repeated sequence number, a short segment and
+    // one after it, an end of wake-up.
+    let mut edges = Vec::new();
+    gro_raw(&mut edges, &tcp_ack(500));
+    gro_next(&mut edges, 0, 500, 1);
+    gro_next(&mut edges, 0x08, 500, 2);
+    gro_next(&mut edges, 0x04, 500, 3);
+    gro_next(&mut edges, 0, 200, 4);
+    gro_next(&mut edges, 0, 500, 5);
+    gro_wakeup(&mut edges, true);
+    gro_next(&mut edges, 0, 500, 6);
+
+    // Damaged on the way: the payload, then the IPv4 header checksum.
+    let mut damaged = Vec::new();
+    gro_raw(&mut damaged, &tcp_ack(300));
+    gro_next(&mut damaged, 0, 300, 1);
+    gro_next(&mut damaged, 0x10, 300, 2);
+    gro_next(&mut damaged, 0, 300, 3);
+    gro_next(&mut damaged, 0x20, 300, 4);
+    gro_next(&mut damaged, 0, 300, 5);
+    let mut udp_damaged = Vec::new();
+    gro_raw(&mut udp_damaged, &udp_v4(64));
+    gro_next(&mut udp_damaged, 0, 64, 1);
+    gro_next(&mut udp_damaged, 0x20, 64, 2);
+    gro_next(&mut udp_damaged, 0, 64, 3);
+    gro_next(&mut udp_damaged, 0x10, 64, 4);
+
+    // UDP: a run with a short end, the TAP refusing UDP GSO frames for a
+    // while, then a run past the 64 datagrams of one frame.
+    let mut udp = Vec::new();
+    gro_raw(&mut udp, &udp_v4(64));
+    for i in 0..9 {
+        gro_next(&mut udp, 0, 64, i);
+    }
+    gro_next(&mut udp, 0, 40, 9);
+    gro_wakeup(&mut udp, false);
+    for i in 0..3 {
+        gro_next(&mut udp, 0, 64, i);
+    }
+    gro_wakeup(&mut udp, true);
+    for i in 0..70 {
+        gro_next(&mut udp, 0, 32, i);
+    }
+
+    // Two flows and other traffic interleaved.
+    let mut mixed = Vec::new();
+    gro_raw(&mut mixed, &tcp_ack(600));
+    gro_next(&mut mixed, 0, 600, 1);
+    gro_raw(&mut mixed, &udp_v4(100));
+    gro_next(&mut mixed, 0, 100, 2);
+    gro_raw(&mut mixed, &captured_frame(testdata::KERNEL_ICMP_DATAGRAM));
+    gro_raw(
+        &mut mixed,
+        &captured_frame(testdata::KERNEL_ARP_REQUEST_DATAGRAM),
+    );
+    gro_raw(&mut mixed, &tcp_v4(true, 300));
+    gro_raw(&mut mixed, &tcp_v6(300));
+
+    // IPv4 options (a 24-byte header) and TCP timestamps: the body sets
+    // lengths and checksums, then the flow goes on.
+    let mut opts = tcp_ack(700);
+    opts.splice(34..34, [1, 1, 1, 0]);
+    opts[14] = 0x46;
+    opts.splice(54 + 4..54 + 4, [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    opts[58 - 20 + 12] = 0x80;
+    let mut options = Vec::new();
+    gro_repaired(&mut options, &opts);
+    gro_next(&mut options, 0, 700, 1);
+    gro_next(&mut options, 0, 700, 2);
+
+    vec![
+        ("tcp-tso-cut.bin", cut),
+        ("tcp-past-64k.bin", long),
+        ("tcp-psh-dup-short.bin", edges),
+        ("tcp-damaged.bin", damaged),
+        ("udp-damaged.bin", udp_damaged),
+        ("udp-runs.bin", udp),
+        ("mixed.bin", mixed),
+        ("ip-and-tcp-options.bin", options),
+    ]
+}
+
+fn virtio_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let plain = virtio::Header::default();
+    let csum = |start: u16, offset: u16| virtio::Header {
+        flags: virtio::F_NEEDS_CSUM,
+        csum_start: start,
+        csum_offset: offset,
+        ..plain
+    };
+    let tcp = partial(tcp_v4(false, 600));
+    let beyond = tcp.len() as u16;
+    vec![
+        (
+            "arp-request.bin",
+            tap_read(
+                plain,
+                &captured_frame(testdata::KERNEL_ARP_REQUEST_DATAGRAM),
+            ),
+        ),
+        ("tcp-partial.bin", tap_read(csum(34, 16), &tcp)),
+        (
+            "udp-partial.bin",
+            tap_read(csum(34, 6), &partial(udp_v4(200))),
+        ),
+        (
+            "csum-beyond-frame.bin",
+            tap_read(csum(beyond - 1, 16), &tcp),
+        ),
+        ("csum-start-beyond.bin", tap_read(csum(beyond, 0), &tcp)),
+        (
+            "tso-v4.bin",
+            tap_read(
+                gso_header(virtio::GSO_TCPV4, 34, 54, 1398, 16),
+                &partial(tcp_v4(false, 3 * 1398 + 77)),
+            ),
+        ),
+        (
+            "tso-v4-vlan-ecn.bin",
+            tap_read(
+                gso_header(virtio::GSO_TCPV4 | virtio::GSO_ECN, 38, 58, 700, 16),
+                &partial(tcp_v4(true, 2000)),
+            ),
+        ),
+        (
+            "tso-v6.bin",
+            tap_read(
+                gso_header(virtio::GSO_TCPV6, 54, 74, 1378, 16),
+                &partial(tcp_v6(3000)),
+            ),
+        ),
+        (
+            "uso-v4.bin",
+            tap_read(
+                gso_header(virtio::GSO_UDP_L4, 34, 42, 1400, 6),
+                &partial(udp_v4(3000)),
+            ),
+        ),
+        (
+            "uso-v6.bin",
+            tap_read(
+                gso_header(virtio::GSO_UDP_L4, 54, 62, 512, 6),
+                &partial(udp_frame(false, true, 1500)),
+            ),
+        ),
+        (
+            "ufo-refused.bin",
+            tap_read(
+                gso_header(virtio::GSO_UDP, 34, 42, 1400, 6),
+                &partial(udp_v4(3000)),
+            ),
+        ),
+        (
+            "tso-mss-zero.bin",
+            tap_read(gso_header(virtio::GSO_TCPV4, 34, 54, 0, 16), &tcp),
+        ),
+        ("header-only.bin", tap_read(plain, &[])),
+        (
+            "short-header.bin",
+            vec![virtio::F_NEEDS_CSUM; virtio::LEN - 1],
+        ),
+    ]
+}
+
+fn udp_gso_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let with_mss = |mss: u16, frame: Vec<u8>| {
+        let mut v = mss.to_le_bytes().to_vec();
+        v.extend(frame);
+        v
+    };
+    let mut padded = udp_v4(100);
+    padded.extend_from_slice(&[0; 20]);
+    vec![
+        ("v4-mss1400.bin", with_mss(1400, partial(udp_v4(3000)))),
+        ("v4-run-mss64.bin", with_mss(64, udp_v4(9 * 64 + 40))),
+        ("v6-mss512.bin", with_mss(512, udp_frame(false, true, 1500))),
+        (
+            "v4-vlan-mss300.bin",
+            with_mss(300, udp_frame(true, false, 1000)),
+        ),
+        ("v6-vlan-mss1.bin", with_mss(1, udp_frame(true, true, 20))),
+        ("one-segment.bin", with_mss(65535, udp_v4(700))),
+        ("empty-payload.bin", with_mss(8, udp_v4(0))),
+        ("padded.bin", with_mss(30, padded)),
+        ("mss-zero.bin", with_mss(0, udp_v4(50))),
+    ]
+}
 
 fn main() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -459,6 +755,16 @@ fn main() {
         seeds.push(("dns", name, bytes));
     }
 
+    for (target, list) in [
+        ("gro", gro_seeds()),
+        ("udp_gso", udp_gso_seeds()),
+        ("virtio_hdr", virtio_seeds()),
+    ] {
+        for (name, bytes) in list {
+            seeds.push((target, name, bytes));
+        }
+    }
+
     for target in [
         "overlay_datagram",
         "arp",
@@ -467,6 +773,9 @@ fn main() {
         "csum_gso",
         "admin_api",
         "dns",
+        "gro",
+        "udp_gso",
+        "virtio_hdr",
     ] {
         let dir = fuzz.join("corpus").join(target);
         // The seed directories hold nothing but seeds (`run.sh` grows its
