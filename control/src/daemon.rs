@@ -357,71 +357,10 @@ fn file_cluster(opts: &Options) -> anyhow::Result<Cluster> {
     Ok(cluster)
 }
 
-/// Logs when the dataplane starts or stops hitting a limit (the learned
-/// table's cap, the flood rate): one line per change, read from the
-/// counters every 2 s, never from the packet path. The same tick ages the
-/// learned forwarding entries out.
-#[derive(Default)]
-struct LimitWatch {
-    last: std::collections::HashMap<(String, &'static str), (u64, bool)>,
-}
-
-impl LimitWatch {
-    fn check(&mut self, st: &State) {
-        let tables = st.tables();
-        let now = std::time::Instant::now();
-        for n in &tables.networks {
-            // Learned entries age out here, off the packet path.
-            if n.learning && n.learned.expire(now) > 0 {
-                tracing::debug!(network = %n.name, left = n.learned.len(), "learned entries aged out");
-            }
-            let now = [
-                (
-                    "fdb_full",
-                    n.stats.fdb_full.load(std::sync::atomic::Ordering::Relaxed),
-                ),
-                (
-                    "flood_rate",
-                    n.stats
-                        .drops
-                        .get(vxmesh_dataplane::overlay::DropReason::FloodRate),
-                ),
-            ];
-            for (what, v) in now {
-                let e = self
-                    .last
-                    .entry((n.name.clone(), what))
-                    .or_insert((v, false));
-                let hitting = v > e.0;
-                if hitting != e.1 {
-                    if hitting {
-                        warn!(network = %n.name, limit = what, refused = v - e.0, "limit reached");
-                    } else {
-                        info!(network = %n.name, limit = what, "back under the limit");
-                    }
-                }
-                *e = (v, hitting);
-            }
-        }
-    }
-}
-
-/// Checks the admin listener options before anything starts: loopback
-/// only, a token file only with an address. The token, if any.
+/// The admin listener options checked (see [`api::listen::admin_token`]).
 pub fn admin_token(opts: &Options) -> anyhow::Result<Option<Arc<str>>> {
-    match (opts.admin_addr, &opts.admin_token_file) {
-        (Some(addr), _) if !addr.ip().is_loopback() => {
-            anyhow::bail!("the admin API listens on loopback only, not {addr}")
-        }
-        (None, Some(f)) => anyhow::bail!(
-            "--admin-token-file {} is for the TCP listener: give --admin-addr too",
-            f.display()
-        ),
-        (_, Some(f)) => Ok(Some(
-            api::listen::read_token(f).map_err(anyhow::Error::msg)?,
-        )),
-        (_, None) => Ok(None),
-    }
+    api::listen::admin_token(opts.admin_addr, opts.admin_token_file.as_deref())
+        .map_err(anyhow::Error::msg)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -569,7 +508,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut wd_tick = tokio::time::interval((wd_period / 2).max(Duration::from_millis(50)));
     let stuck_after = wd_period.max(Duration::from_millis(500));
     let mut fast = false;
-    let mut limits = LimitWatch::default();
+    let mut limits = crate::limits::LimitWatch::default();
     let mut limits_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {

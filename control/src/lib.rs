@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod firewall;
 pub mod lab;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;

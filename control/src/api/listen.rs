@@ -276,6 +276,25 @@ pub fn read_token(path: &Path) -> Result<Arc<str>, String> {
     Ok(token.into())
 }
 
+/// Checks the TCP listener's options: loopback only, a token file only
+/// with an address. The token, if any.
+pub fn admin_token(
+    addr: Option<SocketAddr>,
+    token_file: Option<&Path>,
+) -> Result<Option<Arc<str>>, String> {
+    match (addr, token_file) {
+        (Some(addr), _) if !addr.ip().is_loopback() => Err(format!(
+            "the admin API listens on loopback only, not {addr}"
+        )),
+        (None, Some(f)) => Err(format!(
+            "--admin-token-file {} is for the TCP listener: give --admin-addr too",
+            f.display()
+        )),
+        (_, Some(f)) => read_token(f).map(Some),
+        (_, None) => Ok(None),
+    }
+}
+
 /// Equality that takes the same time wherever the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

@@ -122,18 +122,8 @@ fn etcd_options(args: &Args, node: &str, address: std::net::Ipv4Addr) -> EtcdOpt
 /// `--check`: what can be validated before starting, for the store in use
 /// (the unit runs it as ExecStartPre).
 fn check(args: &Args) -> ExitCode {
-    let admin = daemon::Options {
-        admin_addr: args.admin_addr,
-        admin_token_file: args.admin_token_file.clone(),
-        ..daemon::Options::file(
-            args.config.clone(),
-            "",
-            args.socket.clone(),
-            args.state_dir.clone(),
-        )
-    };
-    if let Err(e) = daemon::admin_token(&admin) {
-        eprintln!("vxmeshd: {e:#}");
+    if let Err(e) = api::listen::admin_token(args.admin_addr, args.admin_token_file.as_deref()) {
+        eprintln!("vxmeshd: {e}");
         return ExitCode::from(2);
     }
     if args.store == "etcd" {
