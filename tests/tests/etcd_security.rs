@@ -496,6 +496,7 @@ fn tls_with_client_certificates_and_password_auth_and_no_password_in_clear() {
     .collect();
     let sock3 = lab.tb.dir().join("h3-bad.sock");
     a3.extend(["--socket".into(), sock3.to_string_lossy().into_owned()]);
+    a3.extend(["--state-dir".into(), state_dir(&lab, "h3")]);
     let a3: Vec<&str> = a3.iter().map(String::as_str).collect();
     let t = Instant::now();
     let (code, log) = run_to_exit(&mut lab, "h3", &a3, Duration::from_secs(20));

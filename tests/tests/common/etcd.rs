@@ -172,6 +172,14 @@ impl Lab {
         let ns = self.tb.ns(host);
         let addr = format!("198.18.0.{}", host.trim_start_matches('h'));
         let ttl = ttl.to_string();
+        // A state directory in the testbed (the instance id lives there),
+        // unless the test names one.
+        let own_state: Vec<String> = if extra.contains(&"--state-dir") {
+            Vec::new()
+        } else {
+            let dir = self.tb.dir().join(format!("{host}-state"));
+            vec!["--state-dir".into(), dir.to_string_lossy().into_owned()]
+        };
         let p = self
             .tb
             .spawn_notify(
@@ -194,6 +202,7 @@ impl Lab {
                     sock.to_str().unwrap(),
                 ]
                 .into_iter()
+                .chain(own_state.iter().map(String::as_str))
                 .chain(extra.iter().copied())
                 .collect::<Vec<_>>(),
                 &[("RUST_LOG", "info")],
