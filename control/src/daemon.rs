@@ -19,10 +19,12 @@ use vxmesh_dataplane::overlay::Core;
 
 use crate::api;
 use crate::config;
+use crate::handover;
 use crate::model::Cluster;
 use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
+pub use crate::state::{Inner, State};
 use crate::store::etcd::{EtcdOptions, EtcdStore};
-use crate::store::{doc, Store, StoreStatus, View};
+use crate::store::{doc, Store, View};
 use crate::timing::ApplyTimes;
 use vxmesh_dataplane::mesh::runtime::Mesh;
 
@@ -48,6 +50,13 @@ pub struct Options {
     pub docker_plugin_dir: PathBuf,
     /// dockerd's API socket, asked for container names and labels.
     pub docker_host: Option<PathBuf>,
+    /// Take the node over from the daemon running on the same admin
+    /// socket instead of starting afresh ([`crate::handover`]).
+    pub takeover: bool,
+    /// The handover version this daemon says it reads (normally
+    /// [`handover::VERSION`]; another value makes a running daemon's offer
+    /// unreadable, which tests use to prove the fallback).
+    pub handover_version: u32,
 }
 
 impl Options {
@@ -68,34 +77,10 @@ impl Options {
             docker_plugin: None,
             docker_plugin_dir: PathBuf::from(Self::DEFAULT_PLUGIN_DIR),
             docker_host: None,
+            takeover: false,
+            handover_version: handover::VERSION,
         }
     }
-}
-
-/// Everything the admin API and the signal handlers share.
-pub struct State {
-    pub node: String,
-    /// The cluster file, or the etcd store's description
-    /// (`etcd:<endpoints>/<prefix>`), as `/v1/status` shows it.
-    pub config_path: PathBuf,
-    pub started: Instant,
-    pub inner: Mutex<Inner>,
-    /// The store the desired state comes from; API writes go there.
-    pub store: Store,
-    /// How long validating and applying desired states took.
-    pub times: ApplyTimes,
-    /// Containers attached on this node.
-    pub attach: crate::attach::Attach,
-}
-
-pub struct Inner {
-    pub cluster: Cluster,
-    pub dataplane: Dataplane,
-    pub mesh: Mesh,
-    pub reconciler: Reconciler,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_reload_error: Option<String>,
 }
 
 /// Sends a state line to systemd; a no-op outside systemd.
@@ -127,142 +112,6 @@ fn summary(st: &State) -> String {
     )
 }
 
-impl State {
-    /// Re-reads the desired state and applies it as a diff: the file store
-    /// reads its file again; the etcd store re-applies its last snapshot.
-    /// On any error the running state stays and the error is counted.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
-        let next = match &self.store {
-            Store::File(path) => {
-                let t = Instant::now();
-                let c = config::load(path).map_err(|e| e.to_string()).map(|mut c| {
-                    for w in
-                        crate::attach::ipam::merge(&mut c, &self.node, &self.attach.local_list())
-                    {
-                        warn!(warning = %w, "container allocation left out");
-                    }
-                    c
-                });
-                self.times.validated(t.elapsed());
-                c
-            }
-            Store::Etcd(e) => self.assemble(e, &e.snapshot()),
-        };
-        match next {
-            Ok(next) => self.apply(next),
-            Err(e) => {
-                self.reject(e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    /// The effective cluster of an etcd snapshot.
-    fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, String> {
-        let t = Instant::now();
-        let r = doc::assemble_quarantined(snap, e.node(), View::Effective, &e.describe());
-        self.times.validated(t.elapsed());
-        let (c, quarantined) = r.map_err(|errs| errs.join("; "))?;
-        e.set_quarantined(quarantined);
-        Ok(c)
-    }
-
-    /// Counts a desired state that could not be read.
-    pub fn reject(&self, error: String) {
-        let mut inner = self.inner.lock().expect("state lock poisoned");
-        inner.reloads_failed += 1;
-        inner.last_reload_error = Some(error);
-    }
-
-    /// Applies a new desired state as a diff: new table snapshots swapped
-    /// into the dataplane, listeners bound or drained, never a restart. On
-    /// any error the running state stays in place and the error is counted
-    /// and returned.
-    pub fn apply(&self, next: Cluster) -> Result<Vec<String>, String> {
-        let mut inner = self.inner.lock().expect("state lock poisoned");
-        let started = Instant::now();
-        let (endpoints, nodes) = (next.endpoints.len(), next.nodes.len());
-        let result = (|| {
-            let node = next.node(&self.node).ok_or_else(|| {
-                format!(
-                    "node `{}` is no longer in {}",
-                    self.node,
-                    self.config_path.display()
-                )
-            })?;
-            let cur = inner.cluster.node(&self.node).expect("running node exists");
-            if node.address != cur.address
-                || next.settings.vxlan_port != inner.cluster.settings.vxlan_port
-                || next.settings.source_ports != inner.cluster.settings.source_ports
-                || next.settings.queues != inner.cluster.settings.queues
-            {
-                return Err(
-                    "the node address, vxlan_port, source_ports and queues change only with a restart"
-                        .to_string(),
-                );
-            }
-            let (tables, taps, changes) =
-                inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
-            // Bind new listeners first: if one fails, nothing changes.
-            let mesh_changes = inner
-                .mesh
-                .apply(
-                    mesh_desired(&next, &self.node),
-                    dns_zones(&next, &self.node),
-                )
-                .map_err(|e| e.to_string())?;
-            inner
-                .dataplane
-                .apply(tables, taps)
-                .map_err(|e| format!("starting workers: {e}"))?;
-            inner
-                .dataplane
-                .set_busy_poll(Duration::from_micros(next.settings.busy_poll_us));
-            inner.cluster = next;
-            let mut changes: Vec<String> = changes.iter().map(|c| format!("{c:?}")).collect();
-            changes.extend(mesh_changes);
-            Ok(changes)
-        })();
-        match &result {
-            Ok(_) => {
-                self.times.applied(started.elapsed(), endpoints, nodes);
-                inner.reloads_ok += 1;
-                inner.last_reload_error = None;
-                self.attach.applied();
-            }
-            Err(e) => {
-                inner.reloads_failed += 1;
-                inner.last_reload_error = Some(e.clone());
-            }
-        }
-        result
-    }
-
-    /// The table snapshot the dataplane runs now.
-    pub fn tables(&self) -> Arc<vxmesh_dataplane::overlay::Tables> {
-        self.inner
-            .lock()
-            .expect("state lock poisoned")
-            .dataplane
-            .tables()
-    }
-
-    /// The store's health: for etcd, whether the watch runs (false: fail
-    /// static), the revision applied, this node's lease.
-    pub fn store_status(&self) -> StoreStatus {
-        match &self.store {
-            Store::File(p) => StoreStatus {
-                backend: "file".into(),
-                target: p.display().to_string(),
-                connected: true,
-                since_s: self.started.elapsed().as_secs_f64(),
-                ..StoreStatus::default()
-            },
-            Store::Etcd(e) => e.status(),
-        }
-    }
-}
-
 /// The watchdog period systemd asks for: `WATCHDOG_USEC`, unless
 /// `WATCHDOG_PID` names another process. (The sd-notify crate also refuses
 /// an unset `WATCHDOG_PID`; libsystemd's `sd_watchdog_enabled` accepts it.)
@@ -280,7 +129,8 @@ fn watchdog_period() -> Option<Duration> {
 pub fn start(opts: &Options, mut cluster: Cluster, store: Store) -> anyhow::Result<Arc<State>> {
     // Announced addresses can only be published to etcd.
     let etcd = matches!(store, Store::Etcd(_));
-    let attach = crate::attach::Attach::open(&opts.state_dir, &opts.node, !etcd)?;
+    let attach = crate::attach::Attach::open(&opts.state_dir, &opts.node, !etcd)
+        .map_err(anyhow::Error::msg)?;
     for w in crate::attach::ipam::merge(&mut cluster, &opts.node, &attach.local_list()) {
         warn!(warning = %w, "container allocation left out");
     }
@@ -363,95 +213,192 @@ pub fn admin_token(opts: &Options) -> anyhow::Result<Option<Arc<str>>> {
         .map_err(anyhow::Error::msg)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// How the main loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// SIGTERM: drain the mesh, then stop (devices stay).
+    Stop,
+    /// SIGINT: stop without draining.
+    Fast,
+    /// A successor serves the node: stop the lanes at once, drain the
+    /// relayed connections, leave the cluster registration to it.
+    HandedOver,
+    /// A successor could not read this version and starts afresh once
+    /// this process is gone: stop as on SIGTERM, but stay registered.
+    MakeWay,
+}
+
+/// Before anything binds: take a running daemon's node over (`--takeover`),
+/// or, under systemd, the descriptors its store kept.
+fn inherit(opts: &Options) -> anyhow::Result<Option<handover::Takeover>> {
+    let mut taken = None;
+    if opts.takeover {
+        let path = handover::path(&opts.socket);
+        match handover::take_over(&path, opts.handover_version).with_context(|| {
+            format!("taking the node over from the daemon on {}", path.display())
+        })? {
+            handover::Outcome::Taken(t) => taken = Some(t),
+            handover::Outcome::Fallback(f) => {
+                let pid = f.pid;
+                // It drains its connections first.
+                f.wait(Duration::from_secs(3700))?;
+                info!(
+                    predecessor = pid,
+                    "the predecessor stopped; starting afresh on its devices"
+                );
+            }
+        }
+    }
+    if handover::fdstore::enabled() {
+        handover::fdstore::receive();
+    }
+    Ok(taken)
+}
+
+/// Connects to etcd and builds the node from its state; starts the watch,
+/// the announcer and the lease keeper.
+async fn start_etcd(
+    opts: &Options,
+    mut eo: EtcdOptions,
+    adopt_lease: Option<i64>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<State>, Vec<tokio::task::JoinHandle<()>>)> {
+    eo.adopt_lease = adopt_lease;
+    let (etcd, snap) = EtcdStore::start(eo).await?;
+    let (cluster, quarantined) =
+        doc::assemble_quarantined(&snap, etcd.node(), View::Effective, &etcd.describe()).map_err(
+            |errs| anyhow::anyhow!("the store's state is invalid:\n{}", errs.join("\n")),
+        )?;
+    etcd.set_quarantined(quarantined);
+    info!(store = %etcd.describe(), revision = snap.revision, "desired state read");
+    let state = start(opts, cluster, Store::Etcd(etcd.clone()))?;
+    let st = Arc::downgrade(&state);
+    let applier: crate::store::etcd::Applier = Arc::new(move |snap| {
+        let Some(st) = st.upgrade() else {
+            return Ok(());
+        };
+        let Store::Etcd(e) = &st.store else {
+            return Ok(());
+        };
+        let rev = snap.revision;
+        let started = Instant::now();
+        let r = st.assemble(e, &snap).and_then(|c| {
+            st.apply(c)
+                .map_err(|e| format!("applying revision {rev}: {e}"))
+        });
+        match &r {
+            Ok(changes) => {
+                // A member of an attachable network gets its own address
+                // there (off the watch's path: it writes).
+                let weak = Arc::downgrade(&st);
+                tokio::spawn(async move {
+                    if let Some(st) = weak.upgrade() {
+                        crate::attach::ensure_own_addresses(&st).await;
+                    }
+                });
+                let t = st.times.last();
+                info!(
+                    revision = rev,
+                    ?changes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    validate_ms = (t.validate_s * 1000.0) as u64,
+                    apply_ms = (t.apply_s * 1000.0) as u64,
+                    endpoints = t.endpoints,
+                    "store change applied"
+                )
+            }
+            Err(e) => {
+                if !e.starts_with("applying") {
+                    st.reject(e.clone());
+                }
+                error!(revision = rev, error = %e, "store change rejected; the running state stays in place")
+            }
+        }
+        r.map(|_| ())
+    });
+    let tasks = vec![
+        tokio::spawn(etcd.clone().run_watch(applier, stop.clone())),
+        tokio::spawn(crate::store::announce::run(
+            Arc::downgrade(&state),
+            etcd.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(etcd.run_lease(stop.clone())),
+    ];
+    let weak = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        if let Some(st) = weak.upgrade() {
+            crate::attach::ensure_own_addresses(&st).await;
+        }
+    });
+    Ok((state, tasks))
+}
+
+/// The admin socket: a predecessor's (still at the path), or bound.
+fn admin_socket(opts: &Options) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(fd) = vxmesh_dataplane::io::inherit::take("admin") {
+        let l = std::os::unix::net::UnixListener::from(fd);
+        l.set_nonblocking(true)?;
+        return Ok(tokio::net::UnixListener::from_std(l)?);
+    }
+    api::listen::bind_unix(&opts.socket)
+        .with_context(|| format!("binding the admin socket {}", opts.socket.display()))
+}
+
+/// The handover socket: a predecessor's, or bound next to the admin socket.
+fn handover_socket(opts: &Options) -> anyhow::Result<std::os::fd::OwnedFd> {
+    if let Some(fd) = vxmesh_dataplane::io::inherit::take("handover") {
+        return Ok(fd);
+    }
+    let path = handover::path(&opts.socket);
+    api::listen::bind_unix_with(&path, handover::wire::live, handover::wire::bind)
+        .with_context(|| format!("binding the handover socket {}", path.display()))
+}
+
+/// Starts a new vxmeshd (this binary's path as it was at start, which after
+/// an upgrade holds the new version) with this one's arguments and
+/// `--takeover` (SIGUSR2).
+fn spawn_successor(exe: &std::path::Path) -> anyhow::Result<u32> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if !args.iter().any(|a| a == "--takeover") {
+        args.push("--takeover".into());
+    }
+    let child = std::process::Command::new(exe)
+        .args(&args)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    Ok(child.id())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, or until a successor took the
+/// node over.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Refuse bad admin options before joining anything.
     let token = admin_token(&opts)?;
+    let exe = std::env::current_exe().context("this binary's path")?;
+    let takeover = inherit(&opts)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (store_stop_tx, store_stop_rx) = watch::channel(false);
-    let mut store_tasks = Vec::new();
-    let state = match &opts.etcd {
+    let (state, store_tasks) = match &opts.etcd {
         None => {
             let cluster = file_cluster(&opts)?;
-            start(&opts, cluster, Store::File(opts.config.clone()))?
+            let st = start(&opts, cluster, Store::File(opts.config.clone()))?;
+            (st, Vec::new())
         }
         Some(eo) => {
-            let (etcd, snap) = EtcdStore::start(eo.clone()).await?;
-            let (cluster, quarantined) =
-                doc::assemble_quarantined(&snap, etcd.node(), View::Effective, &etcd.describe())
-                    .map_err(|errs| {
-                        anyhow::anyhow!("the store's state is invalid:\n{}", errs.join("\n"))
-                    })?;
-            etcd.set_quarantined(quarantined);
-            info!(store = %etcd.describe(), revision = snap.revision, "desired state read");
-            let state = start(&opts, cluster, Store::Etcd(etcd.clone()))?;
-            let st = Arc::downgrade(&state);
-            let applier: crate::store::etcd::Applier = Arc::new(move |snap| {
-                let Some(st) = st.upgrade() else {
-                    return Ok(());
-                };
-                let Store::Etcd(e) = &st.store else {
-                    return Ok(());
-                };
-                let rev = snap.revision;
-                let started = Instant::now();
-                let r = st.assemble(e, &snap).and_then(|c| {
-                    st.apply(c)
-                        .map_err(|e| format!("applying revision {rev}: {e}"))
-                });
-                match &r {
-                    Ok(changes) => {
-                        // A member of an attachable network gets its own
-                        // address there (off the watch's path: it writes).
-                        let weak = Arc::downgrade(&st);
-                        tokio::spawn(async move {
-                            if let Some(st) = weak.upgrade() {
-                                crate::attach::ensure_own_addresses(&st).await;
-                            }
-                        });
-                        let t = st.times.last();
-                        info!(
-                            revision = rev,
-                            ?changes,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            validate_ms = (t.validate_s * 1000.0) as u64,
-                            apply_ms = (t.apply_s * 1000.0) as u64,
-                            endpoints = t.endpoints,
-                            "store change applied"
-                        )
-                    }
-                    Err(e) => {
-                        if !e.starts_with("applying") {
-                            st.reject(e.clone());
-                        }
-                        error!(revision = rev, error = %e, "store change rejected; the running state stays in place")
-                    }
-                }
-                r.map(|_| ())
-            });
-            store_tasks.push(tokio::spawn(
-                etcd.clone().run_watch(applier, store_stop_rx.clone()),
-            ));
-            store_tasks.push(tokio::spawn(crate::store::announce::run(
-                Arc::downgrade(&state),
-                etcd.clone(),
-                store_stop_rx.clone(),
-            )));
-            store_tasks.push(tokio::spawn(etcd.run_lease(store_stop_rx.clone())));
-            let weak = Arc::downgrade(&state);
-            tokio::spawn(async move {
-                if let Some(st) = weak.upgrade() {
-                    crate::attach::ensure_own_addresses(&st).await;
-                }
-            });
-            state
+            let lease = takeover.as_ref().and_then(|t| t.saved.etcd_lease);
+            start_etcd(&opts, eo.clone(), lease, &store_stop_rx).await?
         }
     };
+    if let Some(t) = &takeover {
+        handover::node::restore(&state, &t.saved);
+    }
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let unix = api::listen::bind_unix(&opts.socket)
-        .with_context(|| format!("binding the admin socket {}", opts.socket.display()))?;
+    let mut own = handover::node::OwnSockets::default();
+    let unix = admin_socket(&opts)?;
+    own.add("admin", std::os::fd::AsFd::as_fd(&unix))?;
     let mut servers = vec![tokio::spawn(api::server::serve_unix(
         unix,
         state.clone(),
@@ -477,7 +424,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     if let Some(name) = &opts.docker_plugin {
         let plugin = crate::attach::docker::Plugin::new(name, &state, opts.docker_host.clone())?;
-        let server =
+        let (server, fd) =
             crate::attach::docker::serve(plugin, &opts.docker_plugin_dir, stopped(stop_rx.clone()))
                 .await
                 .with_context(|| {
@@ -486,20 +433,85 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         opts.docker_plugin_dir.display()
                     )
                 })?;
+        own.fds
+            .push((crate::attach::docker::inherit_name(name), fd));
         servers.push(tokio::spawn(async move {
             let _ = server.await;
             Ok(())
         }));
     }
+    let hand = handover_socket(&opts)?;
+    own.add("handover", std::os::fd::AsFd::as_fd(&hand))?;
+    let own = Arc::new(own);
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let hand_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hand_thread = {
+        let (st, own) = (Arc::downgrade(&state), own.clone());
+        handover::serve(
+            hand,
+            opts.node.clone(),
+            move || {
+                let st = st
+                    .upgrade()
+                    .ok_or_else(|| std::io::Error::other("stopping"))?;
+                handover::node::collect(&st, &own)
+            },
+            ev_tx,
+            hand_stop.clone(),
+        )?
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let line = summary(&state);
     info!(status = %line, "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&line),
     ]);
+    if let Some(t) = takeover {
+        let pid = t.predecessor;
+        t.done().context("telling the predecessor it may go")?;
+        info!(predecessor = pid, "took the node over");
+    }
+    let left = vxmesh_dataplane::io::inherit::close_leftovers();
+    if !left.is_empty() {
+        info!(?left, "inherited descriptors nobody uses any more: closed");
+    }
+    let mut fdstore = handover::fdstore::enabled().then(|| {
+        let s = handover::fdstore::Store::default();
+        s.remove(&left);
+        s
+    });
+    let mut devices = Vec::new();
+    let mut keep = |state: &State, fdstore: &mut Option<handover::fdstore::Store>| {
+        let now = state
+            .inner
+            .lock()
+            .expect("state lock poisoned")
+            .reconciler
+            .devices();
+        if now != devices {
+            if devices.is_empty() {
+                handover::node::remove_stale_devices(&opts.state_dir, &opts.node, &now);
+            }
+            if let Err(e) = handover::node::record_devices(&opts.state_dir, &opts.node, &now) {
+                warn!(error = %e, "cannot record the node's devices");
+            }
+            devices = now;
+        }
+        if let Some(s) = fdstore {
+            // Copies, so that the state lock is not held while systemd reads.
+            let fds = handover::node::with_descriptors(state, &own, |fds| {
+                fds.iter()
+                    .filter_map(|(n, fd)| Some((n.clone(), fd.try_clone_to_owned().ok()?)))
+                    .collect::<Vec<_>>()
+            });
+            s.sync(&fds);
+        }
+    };
+    keep(&state, &mut fdstore);
     let wd_period = watchdog_period();
     let watchdog = wd_period.is_some();
     let wd_period = wd_period.unwrap_or(Duration::from_secs(10));
@@ -507,12 +519,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // idle for longer than the whole period counts as stuck.
     let mut wd_tick = tokio::time::interval((wd_period / 2).max(Duration::from_millis(50)));
     let stuck_after = wd_period.max(Duration::from_millis(500));
-    let mut fast = false;
     let mut limits = crate::limits::LimitWatch::default();
     let mut limits_tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
+    let exit = loop {
         tokio::select! {
-            _ = limits_tick.tick() => limits.check(&state),
+            _ = limits_tick.tick() => {
+                limits.check(&state);
+                keep(&state, &mut fdstore);
+            }
             _ = hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
                 match state.reload() {
@@ -528,11 +542,28 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                     Err(e) => error!(error = %e, "reload rejected; the running config stays in place"),
                 }
+                keep(&state, &mut fdstore);
                 let line = summary(&state);
                 notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
             }
-            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { info!("SIGINT: fast stop"); fast = true; break; }
+            _ = usr2.recv() => match spawn_successor(&exe) {
+                Ok(pid) => info!(successor = pid, "SIGUSR2: started a successor to take the node over"),
+                Err(e) => error!(error = %e, "SIGUSR2: no successor started"),
+            },
+            Some(ev) = ev_rx.recv() => match ev {
+                handover::Event::Taken { pid } => {
+                    info!(successor = pid, "the successor serves the node; stopping");
+                    // Under systemd the successor is the service now.
+                    notify(&[sd_notify::NotifyState::MainPid(pid as u32)]);
+                    break Exit::HandedOver;
+                }
+                handover::Event::Declined { pid, reason } => {
+                    warn!(successor = pid, %reason, "the successor reads another version: stopping so it can start afresh");
+                    break Exit::MakeWay;
+                }
+            },
+            _ = term.recv() => { info!("SIGTERM: stopping"); break Exit::Stop; }
+            _ = int.recv() => { info!("SIGINT: fast stop"); break Exit::Fast; }
             _ = wd_tick.tick(), if watchdog => {
                 let healthy = state.inner.lock().expect("state lock poisoned").dataplane.healthy(stuck_after);
                 if healthy {
@@ -542,14 +573,52 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
             }
         }
+    };
+    if exit != Exit::HandedOver {
+        notify(&[sd_notify::NotifyState::Stopping]);
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
-    // Leave the cluster first, so the others stop sending here.
-    let _ = store_stop_tx.send(true);
+    hand_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = hand_thread.join();
+    stop(
+        &opts,
+        &state,
+        exit,
+        store_stop_tx,
+        store_tasks,
+        stop_tx,
+        servers,
+    )
+    .await;
+    Ok(())
+}
+
+/// The way out, by how the loop ended. The node's devices stay in every
+/// case (`vxmeshd --cleanup` removes them).
+async fn stop(
+    opts: &Options,
+    state: &Arc<State>,
+    exit: Exit,
+    store_stop: watch::Sender<bool>,
+    store_tasks: Vec<tokio::task::JoinHandle<()>>,
+    servers_stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    if exit == Exit::HandedOver {
+        // The successor runs its own lanes on the same queues and sockets.
+        state
+            .inner
+            .lock()
+            .expect("state lock poisoned")
+            .dataplane
+            .stop();
+    }
+    let _ = store_stop.send(true);
     for t in store_tasks {
         let _ = t.await;
     }
-    if let Store::Etcd(e) = &state.store {
+    // Leave the cluster first, so the others stop sending here; a successor
+    // keeps this node's registration (and its lease) instead.
+    if let (Store::Etcd(e), Exit::Stop | Exit::Fast) = (&state.store, exit) {
         e.leave().await;
     }
     // Drain the mesh: no new connections, open ones get up to the longest
@@ -561,23 +630,29 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Mesh::new(tokio::runtime::Handle::current()),
         )
     };
+    mesh.stop_accepting();
+    let _ = servers_stop.send(true);
     let deadline = Instant::now()
-        + if fast {
+        + if exit == Exit::Fast {
             Duration::ZERO
         } else {
             mesh.max_drain()
         };
     let cut = mesh.drain(deadline).await;
     info!(cut, "mesh drained");
-    let _ = stop_tx.send(true);
     for s in servers {
         let _ = s.await;
     }
-    let _ = std::fs::remove_file(&opts.socket);
-    // Stop the workers; the TAPs close with them.
-    let mut inner = state.inner.lock().expect("state lock poisoned");
-    inner.reconciler.clear();
-    inner.dataplane.stop();
-    info!("stopped");
-    Ok(())
+    if !handover::handed_over() {
+        let _ = std::fs::remove_file(&opts.socket);
+        let _ = std::fs::remove_file(handover::path(&opts.socket));
+    }
+    // Stop the workers; the TAPs stay (persistent) for the next start.
+    state
+        .inner
+        .lock()
+        .expect("state lock poisoned")
+        .dataplane
+        .stop();
+    info!(?exit, "stopped");
 }

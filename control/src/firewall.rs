@@ -183,16 +183,15 @@ impl Firewall {
         Ok(())
     }
 
-    /// Deletes the tables (when the daemon stops).
+    /// Deletes both tables, whoever wrote them (`vxmeshd --cleanup`, or
+    /// the network's removal from the node).
     pub fn remove(&mut self) {
-        let Some(last) = self.last.take() else {
-            return;
-        };
+        self.last = None;
         let t = &self.table;
-        let mut text = format!("add table inet {t}\ndelete table inet {t}\n");
-        if last.contains("table bridge") {
-            text.push_str(&format!("add table bridge {t}\ndelete table bridge {t}\n"));
-        }
+        // `add` first: deleting a table that is not there is an error.
+        let text = format!(
+            "add table inet {t}\ndelete table inet {t}\nadd table bridge {t}\ndelete table bridge {t}\n"
+        );
         if let Err(e) = nft(&text) {
             tracing::warn!(table = %t, error = %e, "nftables table not removed");
         }

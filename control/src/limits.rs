@@ -3,7 +3,7 @@
 
 use tracing::{info, warn};
 
-use crate::daemon::State;
+use crate::state::State;
 
 /// Logs when the dataplane starts or stops hitting a limit (the learned
 /// table's cap, the flood rate): one line per change, read from the

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::daemon::State;
+use crate::state::State;
 use vxmesh_dataplane::mesh::service::HistogramSnapshot;
 
 mod mesh_limits;

@@ -206,6 +206,14 @@ impl Reconciler {
                     })?;
                     changes.push(Change::NetworkAdded(net.name.clone()));
                     netdev::refuse_router_traffic(&tap_cfg.name);
+                    // A TAP left by an earlier run keeps its addresses: the
+                    // sync below changes only what differs.
+                    let own = tap_cfg.address;
+                    let found: BTreeSet<(Ipv4Addr, u8)> = netdev::addresses(&tap_cfg.name)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|a| Some(*a) != own)
+                        .collect();
                     NetState {
                         vni: net.vni,
                         tap_cfg,
@@ -217,7 +225,7 @@ impl Reconciler {
                         )),
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
-                        extra: BTreeSet::new(),
+                        extra: found,
                         bridge: None,
                         bridge_cfg: None,
                         announce: None,
@@ -278,6 +286,9 @@ impl Reconciler {
         for (name, old) in &self.nets {
             if !next.contains_key(name) {
                 changes.push(Change::NetworkRemoved(name.clone()));
+                // The device goes with this process's last handle on it
+                // (once the lanes let go of it).
+                old.tap.remove_when_closed();
                 // The network is gone from this node: its bridge goes too
                 // (containers still on it lose the network with it).
                 if let Some(br) = &old.bridge {
@@ -345,8 +356,10 @@ impl Reconciler {
         let fresh = state.bridge.is_none();
         netdev::ensure_bridge(&br, node_mac, net.mtu).map_err(fail)?;
         if fresh {
-            netdev::flush_addresses(&br).map_err(fail)?;
-            state.extra.clear();
+            // A bridge an earlier run left keeps its addresses (its
+            // containers' gateway and DNS stay reachable across a restart):
+            // the address sync changes only what differs.
+            state.extra = netdev::addresses(&br).map_err(fail)?;
         }
         netdev::set_master(&state.tap_cfg.name, &br).map_err(fail)?;
         state.bridge = Some(br);
@@ -455,12 +468,42 @@ impl Reconciler {
     /// A bridge with containers on it stays, with its addresses, so the
     /// containers keep talking locally and a restarted daemon finds it
     /// again; an empty one is removed.
+    /// The devices this node runs now (TAPs and bridges), for the state
+    /// file `vxmeshd --cleanup` reads.
+    pub fn devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nets
+            .values()
+            .flat_map(|s| std::iter::once(s.tap_cfg.name.clone()).chain(s.bridge.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every TAP queue's descriptor, named for a successor.
+    pub fn descriptors(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        self.nets
+            .values()
+            .flat_map(|s| s.tap.descriptors())
+            .collect()
+    }
+
+    /// Learned forwarding entries of every network, for a successor.
+    pub fn learned(&self) -> Vec<(String, Arc<LearnedFdb>)> {
+        self.nets
+            .iter()
+            .map(|(n, s)| (n.clone(), s.learned.clone()))
+            .collect()
+    }
+
+    /// Takes the node off its networks for good (`vxmeshd --cleanup`): the
+    /// firewall tables, every bridge (its containers lose the network with
+    /// it) and every TAP, which the kernel removes once the lanes let go.
     pub fn clear(&mut self) {
         self.firewall.remove();
         for (name, s) in self.nets.drain() {
-            let Some(br) = s.bridge else { continue };
-            let tap = s.tap_cfg.name;
-            if netdev::bridge_ports(&br).iter().all(|p| *p == tap) {
+            s.tap.remove_when_closed();
+            if let Some(br) = s.bridge {
                 if let Err(e) = netdev::delete(&br) {
                     tracing::warn!(network = %name, bridge = %br, error = %e, "bridge not removed");
                 }

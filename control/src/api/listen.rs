@@ -92,6 +92,21 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Soc
 /// left by a crash is replaced; anything else at the path, or a socket some
 /// process still answers on, is refused.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, SocketError> {
+    bind_unix_with(
+        path,
+        |p| std::os::unix::net::UnixStream::connect(p).is_ok(),
+        |p| UnixListener::bind(p),
+    )
+}
+
+/// [`bind_unix`]'s rules for any kind of unix socket: `live` tells whether
+/// a socket already at the path is served (then it is left alone), `bind`
+/// binds one.
+pub fn bind_unix_with<T>(
+    path: &Path,
+    live: impl FnOnce(&Path) -> bool,
+    bind: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> Result<T, SocketError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -113,7 +128,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, SocketError> {
     check_dir(&dir, &meta, nix::unistd::geteuid().as_raw())?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if live(path) {
                 return Err(SocketError::InUse {
                     path: path.to_path_buf(),
                 });
@@ -131,7 +146,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, SocketError> {
     // The umask makes the socket 0600 from the moment it exists (the chmod
     // after it is for file systems that ignore the umask on sockets).
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
+    let bound = bind(path);
     nix::sys::stat::umask(old);
     let l = bound.map_err(io_err("binding", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

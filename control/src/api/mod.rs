@@ -20,6 +20,9 @@ pub struct Status {
     pub node: String,
     pub address: String,
     pub version: String,
+    /// The daemon's process id (after a handover: the successor's).
+    #[serde(default)]
+    pub pid: u32,
     pub uptime_s: f64,
     pub config: String,
     pub vxlan_port: u16,

@@ -16,7 +16,7 @@ use super::{
     ApiError, DataplaneInfo, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status,
     WorkerInfo,
 };
-use crate::daemon::State;
+use crate::state::State;
 use crate::store::{StoreError, Write};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -123,6 +123,7 @@ pub fn build_status(st: &State) -> Status {
         node: st.node.clone(),
         address: tables.local.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
         uptime_s: st.started.elapsed().as_secs_f64(),
         config: st.config_path.display().to_string(),
         vxlan_port: inner.dataplane.underlay().port(),

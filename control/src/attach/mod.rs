@@ -27,19 +27,18 @@ pub use plumb::{attach_into, check, detach, plumb, unplumb};
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use vxmesh_dataplane::wire::MacAddr;
 
-use crate::daemon::State;
 use crate::model::Network;
+pub use crate::state::attachments::Attach;
+use crate::state::State;
 use crate::store::{Store, StoreError, Write};
-use ipam::{Attachment, LocalAllocations, Range};
+use ipam::{Attachment, Range};
 
 /// Most addresses tried before an allocation gives up on lost races.
 const MAX_TRIES: usize = 64;
@@ -132,54 +131,6 @@ pub struct LocalAttachment {
     pub container: String,
     pub name: Option<String>,
     pub service: Option<String>,
-}
-
-/// The daemon's attachment state.
-pub struct Attach {
-    /// Where the state files live (`--state-dir`).
-    pub state_dir: PathBuf,
-    /// Allocations of this node (cluster file store only).
-    local: Mutex<Option<LocalAllocations>>,
-    /// Bumped after every applied desired state.
-    applied: watch::Sender<u64>,
-    /// Serialises allocations on this node (a race with another node is
-    /// settled by the store; two of our own would only cost retries).
-    alloc: tokio::sync::Mutex<()>,
-}
-
-impl Attach {
-    /// Opens the state of `state_dir`; with the file store it reads the
-    /// allocations kept there (a state file that cannot be read stops the
-    /// start: handing out its addresses again would give them twice).
-    pub fn open(state_dir: &Path, node: &str, file_store: bool) -> Result<Attach, AttachError> {
-        let local = if file_store {
-            let p = state_dir.join(format!("{node}-allocations.json"));
-            Some(LocalAllocations::open(&p).map_err(|e| AttachError::StateFile(e.to_string()))?)
-        } else {
-            None
-        };
-        Ok(Attach {
-            state_dir: state_dir.to_path_buf(),
-            local: Mutex::new(local),
-            applied: watch::channel(0).0,
-            alloc: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    /// This node's allocations kept in the state file (file store).
-    pub fn local_list(&self) -> Vec<Attachment> {
-        self.local
-            .lock()
-            .expect("allocations lock")
-            .as_ref()
-            .map(|l| l.list().to_vec())
-            .unwrap_or_default()
-    }
-
-    /// Called after each applied state.
-    pub fn applied(&self) {
-        self.applied.send_modify(|n| *n += 1);
-    }
 }
 
 /// The network `name` as this node runs it, checked for attaching.

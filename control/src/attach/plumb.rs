@@ -9,7 +9,7 @@ use super::{
     allocate, local_attachments, release, release_container, AttachError, AttachRequest,
     AttachResponse, APPLY_WAIT,
 };
-use crate::daemon::State;
+use crate::state::State;
 
 /// Waits until `done` holds of the state this node runs, checked after
 /// each applied change, bounded by [`APPLY_WAIT`].

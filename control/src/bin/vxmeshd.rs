@@ -95,6 +95,20 @@ struct Args {
     /// containers get their names (DNS) and `vxmesh.service` labels from it.
     #[arg(long, env = "VXMESH_DOCKER_HOST")]
     docker_host: Option<PathBuf>,
+    /// Take the node over from the vxmeshd running on the same --socket
+    /// (an upgrade or a restart without an outage): its TAP queues,
+    /// sockets and listeners, learned entries and etcd lease; it stops once
+    /// this one serves. SIGUSR2 to a running daemon starts one like this.
+    #[arg(long)]
+    takeover: bool,
+    /// The handover version to claim (tests of the version fallback).
+    #[arg(long, hide = true, default_value_t = vxmesh_control::handover::VERSION)]
+    handover_version: u32,
+    /// Take the node off the network for good and exit: remove its TAPs,
+    /// bridges (with their containers' links) and nftables tables. Refused
+    /// while a vxmeshd answers on --socket.
+    #[arg(long, conflicts_with_all = ["check", "takeover"])]
+    cleanup: bool,
     /// Log filter (tracing's env-filter syntax); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -116,6 +130,7 @@ fn etcd_options(args: &Args, node: &str, address: std::net::Ipv4Addr) -> EtcdOpt
             name: node.to_string(),
             address,
         },
+        adopt_lease: None,
     }
 }
 
@@ -200,6 +215,21 @@ fn main() -> ExitCode {
         .node
         .clone()
         .expect("clap requires --node without --check");
+    if args.cleanup {
+        return match vxmesh_control::handover::node::cleanup(&args.state_dir, &node, &args.socket) {
+            Ok(removed) => {
+                println!(
+                    "node {node}: removed {} device(s) {removed:?} and its nftables tables",
+                    removed.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vxmeshd: --cleanup: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let etcd = match (args.store == "etcd", args.address) {
         (false, _) => None,
         (true, Some(address)) => Some(etcd_options(&args, &node, address)),
@@ -226,6 +256,8 @@ fn main() -> ExitCode {
                     .to_string(),
             )
         }),
+        takeover: args.takeover,
+        handover_version: args.handover_version,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

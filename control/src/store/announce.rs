@@ -28,7 +28,7 @@ use vxmesh_dataplane::wire::MacAddr;
 use super::doc::{endpoint_key, Snapshot};
 use super::etcd::EtcdStore;
 use super::StoreError;
-use crate::daemon::State;
+use crate::state::State;
 
 /// How often the TAPs' tables are compared with the store.
 pub const PERIOD: Duration = Duration::from_millis(250);

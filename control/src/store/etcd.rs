@@ -74,6 +74,9 @@ pub struct EtcdOptions {
     pub state_dir: PathBuf,
     /// This node: its name and data-path address.
     pub node: Node,
+    /// The lease a predecessor registered this node under (a handover):
+    /// kept alive instead of a new one while it has not run out.
+    pub adopt_lease: Option<i64>,
 }
 
 /// Applies a new snapshot to the dataplane; returns an error to report.

@@ -9,6 +9,7 @@
 //! loads the table snapshot once per wake-up.
 
 pub mod addr;
+pub mod inherit;
 pub mod netdev;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -51,6 +51,15 @@ pub fn ip_in(netns: &Path, args: &[&str]) -> io::Result<()> {
     run("nsenter", &all)
 }
 
+/// True for a name Linux takes for an interface (1 to 15 bytes, no
+/// whitespace, `/` or `:`).
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
 /// True when an interface of that name exists in this namespace. (Not
 /// through /sys/class/net: a daemon started with `nsenter --net` sees the
 /// sysfs of the namespace it came from.)
@@ -179,10 +188,29 @@ pub fn delete(dev: &str) -> io::Result<()> {
     }
 }
 
-/// Removes every address from `dev` (a reused bridge is re-addressed from
-/// the desired state).
-pub fn flush_addresses(dev: &str) -> io::Result<()> {
-    ip(&["-4", "addr", "flush", "dev", dev])
+/// The IPv4 addresses on `dev` now (`ip -o -4 addr show`): what a device
+/// an earlier run left carries, so that a restart changes only what the
+/// desired state changed instead of removing and adding them all.
+pub fn addresses(dev: &str) -> io::Result<std::collections::BTreeSet<(Ipv4Addr, u8)>> {
+    let args = ["-o", "-4", "addr", "show", "dev", dev];
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running ip: {e}")))?;
+    finished("ip", &args, &out)?;
+    Ok(parse_addresses(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `inet A/P` fields of `ip -o -4 addr` lines.
+fn parse_addresses(text: &str) -> std::collections::BTreeSet<(Ipv4Addr, u8)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "inet")?;
+            let (ip, prefix) = w.next()?.split_once('/')?;
+            Some((ip.parse().ok()?, prefix.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Adds `ip/prefix` to `dev` with global scope (so the prefix route it
@@ -287,5 +315,24 @@ mod tests {
         assert_eq!(a.host.len(), 11);
         assert!(a.host.starts_with("vxh") && a.peer.starts_with("vxc"));
         assert_eq!(a.host[3..], a.peer[3..]);
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_from_ip_lines() {
+        let text = "7: vxb-front    inet 10.0.9.1/24 brd 10.0.9.255 scope global vxb-front\\       valid_lft forever preferred_lft forever\n\
+                    7: vxb-front    inet 10.0.9.254/32 scope host vxb-front\\       valid_lft forever preferred_lft forever\n";
+        let got: Vec<_> = parse_addresses(text).into_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.9.1".parse().unwrap(), 24),
+                ("10.0.9.254".parse().unwrap(), 32)
+            ]
+        );
     }
 }

@@ -45,3 +45,56 @@ pub fn tap_offloads(tap: &impl AsRawFd, uso: bool) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The flags a TUN/TAP descriptor was attached with (TUNGETIFF):
+/// `IFF_TAP`, `IFF_MULTI_QUEUE`, `IFF_VNET_HDR`, ... and the device's name.
+/// Used to check a descriptor a predecessor handed over before reading
+/// frames from it.
+pub fn tap_flags(tap: &impl AsRawFd) -> io::Result<(String, libc::c_short)> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open for the lifetime of `tap`; TUNGETIFF writes
+    // the name and flags into the ifreq we own, which outlives the call.
+    let rc = unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNGETIFF, &mut req) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    // SAFETY: TUNGETIFF filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    Ok((String::from_utf8_lossy(&name).into_owned(), flags))
+}
+
+/// Makes the device of `tap` outlive its descriptors (TUNSETPERSIST 1), or
+/// lets the kernel remove it when the last one closes (0).
+pub fn tap_persist(tap: &impl AsRawFd, on: bool) -> io::Result<()> {
+    // SAFETY: the fd is an open TUN/TAP descriptor for the lifetime of
+    // `tap`; TUNSETPERSIST takes its flag by value.
+    let rc = unsafe {
+        libc::ioctl(
+            tap.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(on),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The descriptor of `dev` as an owned one (tun-rs devices give theirs up
+/// only as a raw descriptor).
+pub fn owned(dev: impl std::os::fd::IntoRawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let raw = dev.into_raw_fd();
+    // SAFETY: `into_raw_fd` gave the open descriptor up; nothing else owns
+    // or closes it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
+}

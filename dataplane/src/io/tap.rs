@@ -1,11 +1,13 @@
 //! TAP devices, through `tun-rs` (multi-queue and virtio-net offload
 //! capable; see the README's design section for why not `tun-tap`).
 
+use std::fs::File;
 use std::io;
+use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+use tun_rs::{DeviceBuilder, Layer};
 
 use crate::wire::{virtio, MacAddr};
 
@@ -31,7 +33,9 @@ pub struct TapConfig {
 /// (`tun_automq_select_queue`), so one flow always reaches the same queue
 /// and the same worker: no reordering.
 pub struct Tap {
-    queues: Vec<SyncDevice>,
+    /// One descriptor per queue: plain read(2)/write(2) of frames (with
+    /// their virtio-net header when `vnet_hdr`).
+    queues: Vec<File>,
     name: String,
     vnet_hdr: bool,
     /// The kernel hands over UDP super-frames (USO) read from this TAP.
@@ -41,6 +45,8 @@ pub struct Tap {
     uso_write: std::sync::atomic::AtomicBool,
     /// Refuse UDP GSO writes here as a kernel before 6.2 does ([`EMULATE_PRE_6_2`]).
     refuse_udp_gso: bool,
+    /// Drop the device with the last queue ([`Tap::remove_when_closed`]).
+    remove: std::sync::atomic::AtomicBool,
 }
 
 /// With this variable set to `1` in vxmeshd's environment, every TAP acts
@@ -70,10 +76,14 @@ impl std::fmt::Debug for Tap {
 }
 
 impl Tap {
-    /// Creates (or, after a crash, re-creates) the device, sets its MAC,
-    /// MTU and address and brings it up. Non-persistent: the kernel removes
-    /// it when the last descriptor closes, so a killed daemon leaves nothing
-    /// behind.
+    /// Opens the network's TAP: the queues a predecessor handed over
+    /// ([`super::inherit`]) if there are any, else the device itself,
+    /// created or (left by an earlier run) reattached, with its MAC, MTU
+    /// and address set and brought up. The device is persistent: it
+    /// outlives this process, so a restart, an upgrade or a crash keeps its
+    /// addresses, routes, bridge port and neighbour entries. It goes when
+    /// the network is removed ([`Tap::remove_when_closed`]) or on
+    /// `vxmeshd --cleanup`.
     pub fn open(cfg: &TapConfig) -> io::Result<Tap> {
         if cfg.name.is_empty() || cfg.name.len() > IFNAMSIZ_MAX {
             return Err(io::Error::new(
@@ -81,43 +91,15 @@ impl Tap {
                 format!("TAP name `{}` must be 1 to 15 bytes", cfg.name),
             ));
         }
-        let build = |offload: bool| {
-            let mut b = DeviceBuilder::new()
-                .name(cfg.name.clone())
-                .layer(Layer::L2)
-                .mac_addr(cfg.mac.0)
-                .mtu(cfg.mtu)
-                .with(|b| {
-                    b.multi_queue(true).offload(offload).tx_queue_len(1000);
-                });
-            if let Some((ip, prefix)) = cfg.address {
-                b = b.ipv4(ip, prefix, None);
-            }
-            b.build_sync()
-        };
-        let (dev, vnet_hdr) = if cfg.offload {
-            match build(true) {
-                Ok(d) => (d, true),
-                Err(e) => {
-                    tracing::warn!(tap = %cfg.name, error = %e, "TAP offloads refused; using plain frames");
-                    (build(false).map_err(|e| named(cfg, e))?, false)
-                }
-            }
-        } else {
-            (build(false).map_err(|e| named(cfg, e))?, false)
-        };
-        let mut queues = vec![dev];
-        while queues.len() < cfg.queues {
-            // tun-rs attaches a new queue to the same device (TUNSETIFF on a
-            // fresh descriptor) and repeats the offload setup on it.
-            let q = queues[0].try_clone().map_err(|e| named(cfg, e))?;
-            queues.push(q);
-        }
-        // USO where the kernel has it (6.2+), on every queue or on none.
         let emulate = emulate_pre_6_2();
         if emulate {
             tracing::warn!(tap = %cfg.name, "{EMULATE_PRE_6_2}=1: acting as on a kernel before 6.2 (no USO)");
         }
+        let (queues, vnet_hdr) = match adopt(cfg)? {
+            Some(q) => q,
+            None => create(cfg)?,
+        };
+        // USO where the kernel has it (6.2+), on every queue or on none.
         let uso = vnet_hdr
             && !emulate
             && queues
@@ -127,8 +109,12 @@ impl Tap {
             if vnet_hdr && !uso {
                 super::sys::tap_offloads(q, false)?;
             }
-            q.set_nonblocking(true)?;
+            nix::fcntl::fcntl(
+                q,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )?;
         }
+        super::sys::tap_persist(&queues[0], true).map_err(|e| named(cfg, e))?;
         Ok(Tap {
             queues,
             name: cfg.name.clone(),
@@ -136,7 +122,24 @@ impl Tap {
             uso,
             uso_write: std::sync::atomic::AtomicBool::new(vnet_hdr),
             refuse_udp_gso: emulate,
+            remove: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Lets the kernel remove the device once this process closes its last
+    /// queue (the network left the node). Until then it keeps working.
+    pub fn remove_when_closed(&self) {
+        self.remove
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The queues' descriptors, named for a successor ([`super::inherit`]).
+    pub fn descriptors(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (super::inherit::tap_name(&self.name, i), q.as_fd()))
+            .collect()
     }
 
     pub fn name(&self) -> &str {
@@ -176,7 +179,7 @@ impl Tap {
 
     /// Reads one frame from queue `q`; `WouldBlock` when none is waiting.
     pub fn recv(&self, q: usize, buf: &mut [u8]) -> io::Result<usize> {
-        self.queues[q % self.queues.len()].recv(buf)
+        (&self.queues[q % self.queues.len()]).read(buf)
     }
 
     /// Writes one frame through queue `q` (any queue reaches the same
@@ -189,7 +192,7 @@ impl Tap {
         {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        self.queues[q % self.queues.len()].send(frame)
+        (&self.queues[q % self.queues.len()]).write(frame)
     }
 
     /// Applies a changed configuration to the live device (MTU, MAC,
@@ -214,10 +217,17 @@ impl Tap {
             ));
         }
         if old.mtu != new.mtu {
-            self.queues[0].set_mtu(new.mtu)?;
+            super::netdev::set_mtu(&self.name, new.mtu)?;
         }
         if old.mac != new.mac {
-            self.queues[0].set_mac_address(new.mac.0)?;
+            super::netdev::ip(&[
+                "link",
+                "set",
+                "dev",
+                &self.name,
+                "address",
+                &new.mac.to_string(),
+            ])?;
         }
         Ok(())
     }
@@ -226,4 +236,115 @@ impl Tap {
     pub fn fd(&self, q: usize) -> BorrowedFd<'_> {
         self.queues[q % self.queues.len()].as_fd()
     }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if self.remove.load(std::sync::atomic::Ordering::Relaxed) {
+            // The kernel removes a non-persistent device with its last
+            // descriptor, which closes right after this.
+            if let Err(e) = super::sys::tap_persist(&self.queues[0], false) {
+                tracing::warn!(tap = %self.name, error = %e, "TAP not released");
+            }
+        }
+    }
+}
+
+/// The queues of `cfg`'s device that a predecessor handed over, checked:
+/// each must be a TAP queue of that very device, multi-queue, with or
+/// without a virtio-net header like the others. `None` when there are none
+/// (or not as many as `cfg` asks for: they are closed and the device is
+/// reattached afresh).
+fn adopt(cfg: &TapConfig) -> io::Result<Option<(Vec<File>, bool)>> {
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    while let Some(fd) = super::inherit::take(&super::inherit::tap_name(&cfg.name, fds.len())) {
+        fds.push(fd);
+    }
+    if fds.is_empty() {
+        return Ok(None);
+    }
+    if fds.len() != cfg.queues.max(1) {
+        tracing::warn!(tap = %cfg.name, inherited = fds.len(), want = cfg.queues,
+            "inherited TAP queues do not match the queue count; reattaching");
+        return Ok(None);
+    }
+    let mut vnet = None;
+    for fd in &fds {
+        let not_ours = |why: String| {
+            named(
+                cfg,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("an inherited descriptor is not a queue of this TAP ({why})"),
+                ),
+            )
+        };
+        let (name, flags) = super::sys::tap_flags(fd).map_err(|e| not_ours(e.to_string()))?;
+        let tap = flags & libc::IFF_TAP as libc::c_short != 0
+            && flags & libc::IFF_MULTI_QUEUE as libc::c_short != 0;
+        let hdr = flags & libc::IFF_VNET_HDR as libc::c_short != 0;
+        if name != cfg.name || !tap || vnet.is_some_and(|v| v != hdr) {
+            return Err(not_ours(format!("it is `{name}`, flags {flags:#x}")));
+        }
+        vnet = Some(hdr);
+    }
+    // The device keeps its MAC, MTU and address across the handover; the
+    // reconciler adjusts what the new desired state changes.
+    tracing::info!(tap = %cfg.name, queues = fds.len(), "TAP queues taken over");
+    Ok(Some((
+        fds.into_iter().map(File::from).collect(),
+        vnet == Some(true),
+    )))
+}
+
+/// Creates the device (or attaches to the one an earlier run left) with
+/// `cfg.queues` queues. A leftover device that cannot be attached (other
+/// flags: a non-multi-queue TAP of an old version, say) is removed and
+/// made again.
+fn create(cfg: &TapConfig) -> io::Result<(Vec<File>, bool)> {
+    let build = |offload: bool| {
+        let mut b = DeviceBuilder::new()
+            .name(cfg.name.clone())
+            .layer(Layer::L2)
+            .mac_addr(cfg.mac.0)
+            .mtu(cfg.mtu)
+            .with(|b| {
+                b.multi_queue(true).offload(offload).tx_queue_len(1000);
+            });
+        if let Some((ip, prefix)) = cfg.address {
+            b = b.ipv4(ip, prefix, None);
+        }
+        b.build_sync()
+    };
+    let build = |offload: bool| match build(offload) {
+        Err(e) if super::netdev::exists(&cfg.name) => {
+            tracing::warn!(tap = %cfg.name, error = %e, "a device of this name cannot be attached; re-creating it");
+            super::netdev::delete(&cfg.name)?;
+            build(offload)
+        }
+        r => r,
+    };
+    let (dev, vnet_hdr) = if cfg.offload {
+        match build(true) {
+            Ok(d) => (d, true),
+            Err(e) => {
+                tracing::warn!(tap = %cfg.name, error = %e, "TAP offloads refused; using plain frames");
+                (build(false).map_err(|e| named(cfg, e))?, false)
+            }
+        }
+    } else {
+        (build(false).map_err(|e| named(cfg, e))?, false)
+    };
+    let mut queues = Vec::new();
+    while queues.len() + 1 < cfg.queues {
+        // tun-rs attaches a new queue to the same device (TUNSETIFF on a
+        // fresh descriptor) and repeats the offload setup on it.
+        queues.push(dev.try_clone().map_err(|e| named(cfg, e))?);
+    }
+    queues.insert(0, dev);
+    let files = queues
+        .into_iter()
+        .map(|q| File::from(super::sys::owned(q)))
+        .collect();
+    Ok((files, vnet_hdr))
 }

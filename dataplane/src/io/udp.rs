@@ -72,20 +72,64 @@ fn socket(local: Ipv4Addr, port: u16, buffer: usize, reuse: bool) -> io::Result<
     Ok(s.into())
 }
 
+/// The `n` underlay sockets of `kind` a predecessor handed over, if all of
+/// them are there and bound where `fits` says; otherwise none (what was
+/// there closes and the sockets are bound afresh).
+fn inherited(kind: &str, n: usize, fits: impl Fn(&SocketAddrV4) -> bool) -> Option<Vec<UdpSocket>> {
+    let mut got = Vec::new();
+    while let Some(fd) = super::inherit::take(&super::inherit::underlay_name(kind, got.len())) {
+        got.push(UdpSocket::from(fd));
+    }
+    if got.is_empty() {
+        return None;
+    }
+    let ok = got.len() == n
+        && got.iter().all(|s| {
+            matches!(s.local_addr(), Ok(SocketAddr::V4(a)) if fits(&a))
+                && s.set_nonblocking(true).is_ok()
+        });
+    if !ok {
+        tracing::warn!(
+            kind,
+            inherited = got.len(),
+            want = n,
+            "inherited underlay sockets do not fit the config; binding afresh"
+        );
+        return None;
+    }
+    tracing::info!(kind, sockets = n, "underlay sockets taken over");
+    Some(got)
+}
+
 impl Underlay {
+    /// Binds the sockets, or takes the ones a predecessor handed over
+    /// ([`super::inherit`]): the receivers then keep what queued in their
+    /// buffers while the daemon changed hands.
     pub fn bind(cfg: &UnderlayConfig) -> io::Result<Underlay> {
         let n = cfg.receivers.max(1);
-        if n > 1 {
-            // A plain bind first: SO_REUSEPORT would let a second daemon on
-            // the same address share the port silently instead of failing.
-            drop(socket(cfg.local, cfg.port, 0, false)?);
-        }
-        let rx = (0..n)
-            .map(|_| socket(cfg.local, cfg.port, cfg.buffer_bytes, n > 1))
-            .collect::<io::Result<Vec<_>>>()?;
-        let tx = (0..cfg.source_ports.max(1))
-            .map(|_| socket(cfg.local, 0, cfg.buffer_bytes, false))
-            .collect::<io::Result<Vec<_>>>()?;
+        let rx_want = SocketAddrV4::new(cfg.local, cfg.port);
+        let rx_inherited = inherited("rx", n, |a| *a == rx_want);
+        let rx = match rx_inherited {
+            Some(rx) => rx,
+            None => {
+                if n > 1 {
+                    // A plain bind first: SO_REUSEPORT would let a second
+                    // daemon on the same address share the port silently
+                    // instead of failing.
+                    drop(socket(cfg.local, cfg.port, 0, false)?);
+                }
+                (0..n)
+                    .map(|_| socket(cfg.local, cfg.port, cfg.buffer_bytes, n > 1))
+                    .collect::<io::Result<Vec<_>>>()?
+            }
+        };
+        let m = cfg.source_ports.max(1);
+        let tx = match inherited("tx", m, |a| *a.ip() == cfg.local) {
+            Some(tx) => tx,
+            None => (0..m)
+                .map(|_| socket(cfg.local, 0, cfg.buffer_bytes, false))
+                .collect::<io::Result<Vec<_>>>()?,
+        };
         Ok(Underlay {
             rx,
             tx,
@@ -94,6 +138,16 @@ impl Underlay {
             gso: std::sync::atomic::AtomicBool::new(true),
             gro_on: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Every socket's descriptor, named for a successor.
+    pub fn descriptors(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd;
+        let rx = self.rx.iter().enumerate();
+        let tx = self.tx.iter().enumerate();
+        rx.map(|(i, s)| (super::inherit::underlay_name("rx", i), s.as_fd()))
+            .chain(tx.map(|(i, s)| (super::inherit::underlay_name("tx", i), s.as_fd())))
+            .collect()
     }
 
     /// Receiving socket `i` (one per underlay worker).

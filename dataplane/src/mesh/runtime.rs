@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +45,8 @@ pub struct Desired {
 /// The DNS responder of one network.
 struct DnsServer {
     network: String,
+    /// The UDP socket and the TCP listener, kept to hand them over.
+    fds: Vec<(String, OwnedFd)>,
     zone: Arc<ArcSwap<dns::Zone>>,
     stats: Arc<dns::DnsStats>,
     stop: watch::Sender<bool>,
@@ -52,6 +55,8 @@ struct DnsServer {
 
 struct Listener {
     service: String,
+    /// The listening socket, kept to hand it over.
+    fd: OwnedFd,
     route: Arc<ArcSwap<Route>>,
     stop: watch::Sender<bool>,
     /// The accept loop; it ends by itself once `stop` is sent.
@@ -87,7 +92,43 @@ enum Bound {
     Udp(std::net::UdpSocket),
 }
 
+/// The socket a predecessor handed over for `proto`/`addr`, if any (see
+/// [`crate::io::inherit`]): the successor accepts from the same backlog, so
+/// a client connecting during a handover waits instead of being refused.
+fn inherited(proto: Protocol, addr: SocketAddr) -> Option<Bound> {
+    let fd = crate::io::inherit::take(&crate::io::inherit::listener_name(proto.as_str(), addr))?;
+    let b = match proto {
+        Protocol::Tcp => Bound::Tcp(std::net::TcpListener::from(fd)),
+        Protocol::Udp => Bound::Udp(std::net::UdpSocket::from(fd)),
+    };
+    let (local, nb) = match &b {
+        Bound::Tcp(l) => (l.local_addr(), l.set_nonblocking(true)),
+        Bound::Udp(s) => (s.local_addr(), s.set_nonblocking(true)),
+    };
+    match (local, nb) {
+        (Ok(a), Ok(())) if a == addr => Some(b),
+        (local, _) => {
+            tracing::warn!(proto = proto.as_str(), %addr, ?local,
+                "an inherited socket is not bound there; binding afresh");
+            None
+        }
+    }
+}
+
+impl Bound {
+    /// A second descriptor of the same socket, kept to hand it over.
+    fn dup(&self) -> io::Result<OwnedFd> {
+        match self {
+            Bound::Tcp(l) => l.as_fd().try_clone_to_owned(),
+            Bound::Udp(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+}
+
 fn bind(proto: Protocol, addr: SocketAddr, freebind: bool) -> io::Result<Bound> {
+    if let Some(b) = inherited(proto, addr) {
+        return Ok(b);
+    }
     if freebind {
         return bind_free(proto, addr);
     }
@@ -108,6 +149,9 @@ fn bind(proto: Protocol, addr: SocketAddr, freebind: bool) -> io::Result<Bound> 
 /// Binds an address the node may not have yet (a VIP, the DNS address).
 fn bind_free(proto: Protocol, addr: SocketAddr) -> io::Result<Bound> {
     use socket2::{Domain, Socket, Type};
+    if let Some(b) = inherited(proto, addr) {
+        return Ok(b);
+    }
     let ty = match proto {
         Protocol::Tcp => Type::STREAM,
         Protocol::Udp => Type::DGRAM,
@@ -194,7 +238,7 @@ impl Mesh {
             if self.listeners.contains_key(key) {
                 continue;
             }
-            match bind(key.0, key.1, free.contains(key)) {
+            match bind(key.0, key.1, free.contains(key)).and_then(|b| Ok((b.dup()?, b))) {
                 Ok(b) => {
                     fresh.insert(*key, b);
                 }
@@ -314,16 +358,18 @@ impl Mesh {
             }
             let route = Arc::new(ArcSwap::new(route));
             let (stop, rx) = watch::channel(false);
-            let task = match fresh.remove(key) {
-                Some(Bound::Tcp(l)) => {
+            let Some((fd, bound)) = fresh.remove(key) else {
+                continue;
+            };
+            let task = match bound {
+                Bound::Tcp(l) => {
                     let l = tokio::net::TcpListener::from_std(l).expect("inside the runtime");
                     self.handle.spawn(tcp::serve(l, route.clone(), rx))
                 }
-                Some(Bound::Udp(s)) => {
+                Bound::Udp(s) => {
                     let s = tokio::net::UdpSocket::from_std(s).expect("inside the runtime");
                     self.handle.spawn(udp::serve(s, route.clone(), rx))
                 }
-                None => continue,
             };
             info!(service = %svc, proto = key.0.as_str(), addr = %key.1, "listening");
             changes.push(format!(
@@ -335,6 +381,7 @@ impl Mesh {
                 *key,
                 Listener {
                     service: svc.clone(),
+                    fd,
                     route,
                     stop,
                     _task: task,
@@ -383,6 +430,14 @@ impl Mesh {
             let Some((sock, tcp)) = fresh.remove(&addr) else {
                 continue;
             };
+            let mut fds = Vec::new();
+            let name = |kind| crate::io::inherit::listener_name(kind, addr);
+            if let Ok(fd) = sock.as_fd().try_clone_to_owned() {
+                fds.push((name("udp"), fd));
+            }
+            if let Some(Ok(fd)) = tcp.as_ref().map(|l| l.as_fd().try_clone_to_owned()) {
+                fds.push((name("tcp"), fd));
+            }
             let sock = tokio::net::UdpSocket::from_std(sock).expect("inside the runtime");
             let tcp =
                 tcp.map(|l| tokio::net::TcpListener::from_std(l).expect("inside the runtime"));
@@ -402,6 +457,7 @@ impl Mesh {
                 addr,
                 DnsServer {
                     network: z.network,
+                    fds,
                     zone,
                     stats,
                     stop,
@@ -501,6 +557,35 @@ impl Mesh {
         let mut v: Vec<_> = self.services.values().map(|s| s.status()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Every listening socket (published ports, VIPs, DNS), named for a
+    /// successor that takes this node over.
+    pub fn descriptors(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        let listeners = self.listeners.iter().map(|((proto, addr), l)| {
+            (
+                crate::io::inherit::listener_name(proto.as_str(), *addr),
+                l.fd.as_fd(),
+            )
+        });
+        let dns = self
+            .dns
+            .values()
+            .flat_map(|d| d.fds.iter().map(|(n, fd)| (n.clone(), fd.as_fd())));
+        listeners.chain(dns).collect()
+    }
+
+    /// Stops accepting on every listener and stops the DNS responders,
+    /// keeping the services (and so the connections they relay) running:
+    /// the first step of handing the node over, once the successor serves
+    /// the same sockets.
+    pub fn stop_accepting(&mut self) {
+        for (_, l) in self.listeners.drain() {
+            let _ = l.stop.send(true);
+        }
+        for (_, d) in self.dns.drain() {
+            let _ = d.stop.send(true);
+        }
     }
 
     /// Listening sockets, for the status line.

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod etcd;
+pub mod fdstore;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -80,27 +81,55 @@ impl Lab {
 
     /// Like [`Lab::start`], with extra environment variables.
     pub fn start_with(&mut self, host: &str, envs: &[(&str, &str)]) {
-        let bin = workspace_bin("vxmeshd");
-        let sock = self.socket(host);
+        let p = self.spawn_daemon(host, &[], envs);
+        self.daemons.push((host.to_string(), p));
+    }
+
+    /// vxmeshd's command line for `host` (file store, its state in the
+    /// testbed directory), then `extra`.
+    pub fn daemon_args(&self, host: &str, extra: &[&str]) -> Vec<String> {
+        let state = self.tb.dir().join(format!("state-{host}"));
+        [
+            workspace_bin("vxmeshd").to_str().unwrap(),
+            "--config",
+            self.config.to_str().unwrap(),
+            "--node",
+            host,
+            "--socket",
+            self.socket(host).to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Starts a vxmeshd for `host` with `extra` arguments and waits for
+    /// READY=1, without counting it among [`Lab::daemons`].
+    pub fn spawn_daemon(&mut self, host: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let args = self.daemon_args(host, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ns = self.tb.ns(host);
-        let p = self
-            .tb
+        self.tb
             .spawn_notify(
                 &ns,
-                &[
-                    bin.to_str().unwrap(),
-                    "--config",
-                    self.config.to_str().unwrap(),
-                    "--node",
-                    host,
-                    "--socket",
-                    sock.to_str().unwrap(),
-                ],
+                &args,
                 &[&[("RUST_LOG", "info")], envs].concat(),
                 Duration::from_secs(10),
             )
-            .unwrap_or_else(|e| panic!("vxmeshd on {host} did not become ready: {e}"));
-        self.daemons.push((host.to_string(), p));
+            .unwrap_or_else(|e| panic!("vxmeshd on {host} did not become ready: {e}"))
+    }
+
+    /// The daemon of `host` among [`Lab::daemons`].
+    pub fn daemon_of(&self, host: &str) -> &Proc {
+        &self
+            .daemons
+            .iter()
+            .find(|(h, _)| h == host)
+            .unwrap_or_else(|| panic!("no daemon on {host}"))
+            .1
     }
 
     /// Runs the CLI against `host`'s daemon and parses its JSON output.

@@ -40,7 +40,7 @@ use requests::{
 pub use requests::{decode, METHODS};
 
 use super::{AttachError, AttachRequest};
-use crate::daemon::State;
+use crate::state::State;
 use crate::store::{Store, Write};
 
 /// The address space our IPAM answers for.
@@ -543,25 +543,46 @@ pub async fn serve(
     plugin: Plugin,
     dir: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<(tokio::task::JoinHandle<()>, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsFd;
     let path = socket_path(dir, &plugin.name);
-    std::fs::create_dir_all(dir)?;
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = tokio::net::UnixListener::bind(&path)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    let inherited = vxmesh_dataplane::io::inherit::take(&inherit_name(&plugin.name));
+    let l = match inherited {
+        // A predecessor's socket, still at the path: keep serving it.
+        Some(fd) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)?
+        }
+        None => {
+            std::fs::create_dir_all(dir)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let l = tokio::net::UnixListener::bind(&path)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            l
+        }
+    };
+    let fd = l.as_fd().try_clone_to_owned()?;
     info!(socket = %path.display(), "docker plugin listening");
     let app = router(Arc::new(plugin));
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
             warn!(error = %e, "docker plugin server stopped");
         }
-        let _ = std::fs::remove_file(&path);
-    }))
+        // A successor serves this very socket: the path stays.
+        if !crate::handover::handed_over() {
+            let _ = std::fs::remove_file(&path);
+        }
+    });
+    Ok((task, fd))
+}
+
+/// The plugin socket's name among handed-over descriptors.
+pub fn inherit_name(plugin: &str) -> String {
+    format!("docker/{plugin}")
 }

@@ -147,6 +147,7 @@ mod tests {
                 name: "h1".into(),
                 address: "198.18.0.1".parse().unwrap(),
             },
+            adopt_lease: None,
         }
     }
 

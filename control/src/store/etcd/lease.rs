@@ -78,7 +78,24 @@ impl EtcdStore {
     /// is free or holds this daemon's own earlier registration; a node
     /// registered by another daemon is [`StoreError::Duplicate`].
     pub(super) async fn register(&self, c: &mut Client) -> Result<i64, StoreError> {
-        let lease = c.lease_grant(self.opts.lease_ttl, None).await?.id();
+        // A predecessor's lease, still alive, is kept: the node's documents
+        // stay under it and no other node sees this one leave.
+        let adopted = match self.opts.adopt_lease {
+            Some(l) if self.lease.load(Ordering::Relaxed) == 0 => c
+                .lease_time_to_live(l, None)
+                .await
+                .ok()
+                .filter(|t| t.ttl() > 0)
+                .map(|_| l),
+            _ => None,
+        };
+        let lease = match adopted {
+            Some(l) => {
+                info!(lease = format!("{l:x}"), "keeping the predecessor's lease");
+                l
+            }
+            None => c.lease_grant(self.opts.lease_ttl, None).await?.id(),
+        };
         match self.register_under(c, lease).await {
             Ok(()) => {
                 self.lease.store(lease, Ordering::Relaxed);
@@ -86,8 +103,10 @@ impl EtcdStore {
                 Ok(lease)
             }
             Err(e) => {
-                // The lease holds nothing: give it back now.
-                let _ = c.lease_revoke(lease).await;
+                // A lease of our own holds nothing: give it back now.
+                if adopted.is_none() {
+                    let _ = c.lease_revoke(lease).await;
+                }
                 Err(e)
             }
         }

@@ -1,0 +1,111 @@
+//! systemd's file-descriptor store (`sd_pid_notify_with_fds(3)`,
+//! `FDSTORE=1`): the daemon keeps its TAP queues, underlay sockets and
+//! listeners there under the same names a handover uses, so that when it
+//! crashes and `Restart=on-failure` starts it again, it gets them back
+//! (`LISTEN_FDS`/`LISTEN_FDNAMES`) and resumes on the very same devices and
+//! sockets: the kernel queued what arrived meanwhile.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use sd_notify::NotifyState;
+use tracing::{info, warn};
+
+/// True when the service manager keeps descriptors for this service:
+/// `$NOTIFY_SOCKET` is set and `$FDSTORE` (systemd 254 and later set it
+/// from `FileDescriptorStoreMax=`; the unit sets it for older ones) is
+/// above 0.
+pub fn enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+        && std::env::var("FDSTORE")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n > 0)
+}
+
+/// Takes what the service manager passed into the inherit pool; returns
+/// how many.
+pub fn receive() -> usize {
+    match super::wire::listen_fds() {
+        Ok(fds) => {
+            let n = fds.len();
+            if n > 0 {
+                info!(
+                    descriptors = n,
+                    "descriptors from the service manager's store"
+                );
+            }
+            vxmesh_dataplane::io::inherit::offer(fds);
+            n
+        }
+        Err(e) => {
+            warn!(error = %e, "LISTEN_FDS unreadable; starting afresh");
+            0
+        }
+    }
+}
+
+/// What this daemon has put in the store, to keep it in step: each name
+/// with the identity (device, inode) of the descriptor sent under it.
+#[derive(Default)]
+pub struct Store {
+    sent: BTreeMap<String, (u64, u64)>,
+}
+
+/// The identity of the file a descriptor refers to.
+fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    nix::sys::stat::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino))
+}
+
+impl Store {
+    /// Puts what is new in `fds` in the store (one message per name: FDNAME
+    /// names every descriptor of its message) and takes out names that are
+    /// gone or now stand for another socket. Nothing is sent when nothing
+    /// changed. Called without the state lock: a send may wait for the
+    /// service manager to read.
+    pub fn sync(&mut self, fds: &[(String, OwnedFd)]) {
+        let now: BTreeMap<&str, (u64, u64, BorrowedFd<'_>)> = fds
+            .iter()
+            .filter(|(n, _)| super::valid_name(n))
+            .filter_map(|(n, fd)| {
+                identity(fd.as_fd()).map(|(d, i)| (n.as_str(), (d, i, fd.as_fd())))
+            })
+            .collect();
+        let stale: Vec<String> = self
+            .sent
+            .iter()
+            .filter(|(n, id)| now.get(n.as_str()).is_none_or(|(d, i, _)| (*d, *i) != **id))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &stale {
+            if let Err(e) =
+                sd_notify::notify(false, &[NotifyState::FdStoreRemove, NotifyState::FdName(n)])
+            {
+                warn!(name = %n, error = %e, "FDSTOREREMOVE failed");
+            }
+            self.sent.remove(n);
+        }
+        for (name, (d, i, fd)) in now {
+            if self.sent.get(name) == Some(&(d, i)) {
+                continue;
+            }
+            match sd_notify::notify_with_fds(
+                false,
+                &[NotifyState::FdStore, NotifyState::FdName(name)],
+                &[fd],
+            ) {
+                Ok(()) => {
+                    self.sent.insert(name.to_string(), (d, i));
+                }
+                Err(e) => warn!(%name, error = %e, "FDSTORE failed"),
+            }
+        }
+    }
+
+    /// Takes `names` (inherited, never taken) out of the store.
+    pub fn remove(&self, names: &[String]) {
+        for n in names.iter().filter(|n| super::valid_name(n)) {
+            let _ = sd_notify::notify(false, &[NotifyState::FdStoreRemove, NotifyState::FdName(n)]);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The node's state: the desired state it runs, its dataplane and mesh,
+//! the reconciler that turns one into the other, reload counters and the
+//! container attachments. Everything else (the daemon's loop, the admin
+//! API, metrics, the store's announcer, the attach operations) works on a
+//! [`State`]; this module depends on none of them.
+
+pub mod attachments;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+use vxmesh_dataplane::io::Dataplane;
+use vxmesh_dataplane::mesh::runtime::Mesh;
+
+use crate::config;
+use crate::model::Cluster;
+use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
+use crate::store::etcd::EtcdStore;
+use crate::store::{doc, Store, StoreStatus, View};
+use crate::timing::ApplyTimes;
+
+/// Everything the admin API and the signal handlers share.
+pub struct State {
+    pub node: String,
+    /// The cluster file, or the etcd store's description
+    /// (`etcd:<endpoints>/<prefix>`), as `/v1/status` shows it.
+    pub config_path: PathBuf,
+    pub started: Instant,
+    pub inner: Mutex<Inner>,
+    /// The store the desired state comes from; API writes go there.
+    pub store: Store,
+    /// How long validating and applying desired states took.
+    pub times: ApplyTimes,
+    /// Containers attached on this node.
+    pub attach: attachments::Attach,
+}
+
+pub struct Inner {
+    pub cluster: Cluster,
+    pub dataplane: Dataplane,
+    pub mesh: Mesh,
+    pub reconciler: Reconciler,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_error: Option<String>,
+}
+
+impl State {
+    /// Re-reads the desired state and applies it as a diff: the file store
+    /// reads its file again; the etcd store re-applies its last snapshot.
+    /// On any error the running state stays and the error is counted.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let next = match &self.store {
+            Store::File(path) => {
+                let t = Instant::now();
+                let c = config::load(path).map_err(|e| e.to_string()).map(|mut c| {
+                    for w in
+                        crate::attach::ipam::merge(&mut c, &self.node, &self.attach.local_list())
+                    {
+                        warn!(warning = %w, "container allocation left out");
+                    }
+                    c
+                });
+                self.times.validated(t.elapsed());
+                c
+            }
+            Store::Etcd(e) => self.assemble(e, &e.snapshot()),
+        };
+        match next {
+            Ok(next) => self.apply(next),
+            Err(e) => {
+                self.reject(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The effective cluster of an etcd snapshot.
+    pub fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, String> {
+        let t = Instant::now();
+        let r = doc::assemble_quarantined(snap, e.node(), View::Effective, &e.describe());
+        self.times.validated(t.elapsed());
+        let (c, quarantined) = r.map_err(|errs| errs.join("; "))?;
+        e.set_quarantined(quarantined);
+        Ok(c)
+    }
+
+    /// Counts a desired state that could not be read.
+    pub fn reject(&self, error: String) {
+        let mut inner = self.inner.lock().expect("state lock poisoned");
+        inner.reloads_failed += 1;
+        inner.last_reload_error = Some(error);
+    }
+
+    /// Applies a new desired state as a diff: new table snapshots swapped
+    /// into the dataplane, listeners bound or drained, never a restart. On
+    /// any error the running state stays in place and the error is counted
+    /// and returned.
+    pub fn apply(&self, next: Cluster) -> Result<Vec<String>, String> {
+        let mut inner = self.inner.lock().expect("state lock poisoned");
+        let started = Instant::now();
+        let (endpoints, nodes) = (next.endpoints.len(), next.nodes.len());
+        let result = (|| {
+            let node = next.node(&self.node).ok_or_else(|| {
+                format!(
+                    "node `{}` is no longer in {}",
+                    self.node,
+                    self.config_path.display()
+                )
+            })?;
+            let cur = inner.cluster.node(&self.node).expect("running node exists");
+            if node.address != cur.address
+                || next.settings.vxlan_port != inner.cluster.settings.vxlan_port
+                || next.settings.source_ports != inner.cluster.settings.source_ports
+                || next.settings.queues != inner.cluster.settings.queues
+            {
+                return Err(
+                    "the node address, vxlan_port, source_ports and queues change only with a restart"
+                        .to_string(),
+                );
+            }
+            let (tables, taps, changes) =
+                inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
+            // Bind new listeners first: if one fails, nothing changes.
+            let mesh_changes = inner
+                .mesh
+                .apply(
+                    mesh_desired(&next, &self.node),
+                    dns_zones(&next, &self.node),
+                )
+                .map_err(|e| e.to_string())?;
+            inner
+                .dataplane
+                .apply(tables, taps)
+                .map_err(|e| format!("starting workers: {e}"))?;
+            inner
+                .dataplane
+                .set_busy_poll(Duration::from_micros(next.settings.busy_poll_us));
+            inner.cluster = next;
+            let mut changes: Vec<String> = changes.iter().map(|c| format!("{c:?}")).collect();
+            changes.extend(mesh_changes);
+            Ok(changes)
+        })();
+        match &result {
+            Ok(_) => {
+                self.times.applied(started.elapsed(), endpoints, nodes);
+                inner.reloads_ok += 1;
+                inner.last_reload_error = None;
+                self.attach.applied();
+            }
+            Err(e) => {
+                inner.reloads_failed += 1;
+                inner.last_reload_error = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    /// The table snapshot the dataplane runs now.
+    pub fn tables(&self) -> Arc<vxmesh_dataplane::overlay::Tables> {
+        self.inner
+            .lock()
+            .expect("state lock poisoned")
+            .dataplane
+            .tables()
+    }
+
+    /// The store's health: for etcd, whether the watch runs (false: fail
+    /// static), the revision applied, this node's lease.
+    pub fn store_status(&self) -> StoreStatus {
+        match &self.store {
+            Store::File(p) => StoreStatus {
+                backend: "file".into(),
+                target: p.display().to_string(),
+                connected: true,
+                since_s: self.started.elapsed().as_secs_f64(),
+                ..StoreStatus::default()
+            },
+            Store::Etcd(e) => e.status(),
+        }
+    }
+}
