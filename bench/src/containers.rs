@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use vxmesh_testbed::runtime::{image_tarball, Docker, IMAGE};
 use vxmesh_testbed::{workspace_bin, Testbed};
 
-use crate::report::{format_table, Machine};
+use crate::report::{commit, format_table, Machine};
 use crate::stats::{median, ratio};
 
 #[derive(clap::Args, Debug)]
@@ -90,25 +90,6 @@ fn ping_p50_us(out: &str) -> Option<f64> {
 fn etcd_healthy(tb: &Testbed) -> bool {
     let addr = format!("{ETCD}:2379").parse().expect("an address");
     tb.etcd_healthy(&tb.ns("etcd"), addr)
-}
-
-/// The commit the binaries come from, and whether the tree had changes.
-fn commit() -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    if dirty {
-        format!("{head} (with uncommitted changes)")
-    } else {
-        head
-    }
 }
 
 pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {

@@ -21,6 +21,8 @@
 //!   run (`vxmesh-bench-backend`).
 //! - [`containers`], the `containers` command: containers on vxmesh against
 //!   containers on Docker swarm's own overlay, same hosts, one run.
+//! - [`restart`], the `restart` command: what traffic sees while vxmeshd
+//!   is handed over or crash-restarted, beside HAProxy's `-sf` reload.
 //! - [`chart`], the PNG bar chart.
 //! - [`profile`], `perf` recordings of extra runs: where the CPU and the
 //!   round-trip time go.
@@ -34,4 +36,5 @@ pub mod mesh;
 pub mod overlay;
 pub mod profile;
 pub mod report;
+pub mod restart;
 pub mod stats;

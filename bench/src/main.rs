@@ -33,6 +33,11 @@ enum Cmd {
     /// containers on Docker swarm's own overlay, same two hosts, one run:
     /// iperf3, ping, `docker run` time.
     Containers(vxmesh_bench::containers::ContainersArgs),
+    /// h1's vxmeshd handed over (SIGUSR2) and crash-restarted (SIGKILL,
+    /// descriptors from a stand-in for systemd's store) under a 1 ms ping
+    /// stream, a 50 kpps UDP stream and an HTTP loop, beside HAProxy's
+    /// `-sf` reload of a published port, in one run.
+    Restart(vxmesh_bench::restart::RestartArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Convergence(args) => convergence::run_convergence(args),
         Cmd::Mesh(args) => run_mesh(args),
         Cmd::Containers(args) => vxmesh_bench::containers::run_containers(args),
+        Cmd::Restart(args) => vxmesh_bench::restart::run_restart(args),
     }
 }

@@ -5,6 +5,25 @@ use std::path::Path;
 
 use serde::Serialize;
 
+/// The commit the binaries come from, and whether the tree had changes.
+pub fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    if dirty {
+        format!("{head} (with uncommitted changes)")
+    } else {
+        head
+    }
+}
+
 /// What the machine is, for the report.
 #[derive(Debug, Serialize)]
 pub struct Machine {

@@ -229,8 +229,9 @@ enum Exit {
 }
 
 /// Before anything binds: take a running daemon's node over (`--takeover`),
-/// or, under systemd, the descriptors its store kept.
-fn inherit(opts: &Options) -> anyhow::Result<Option<handover::Takeover>> {
+/// or, under systemd, the descriptors (and, after `systemctl restart`, the
+/// saved state) its store kept.
+fn inherit(opts: &Options) -> anyhow::Result<(Option<handover::Takeover>, handover::Saved)> {
     let mut taken = None;
     if opts.takeover {
         let path = handover::path(&opts.socket);
@@ -249,10 +250,15 @@ fn inherit(opts: &Options) -> anyhow::Result<Option<handover::Takeover>> {
             }
         }
     }
+    let mut saved = handover::Saved::default();
     if handover::fdstore::enabled() {
         handover::fdstore::receive();
+        saved = handover::fdstore::take_state().unwrap_or_default();
     }
-    Ok(taken)
+    if let Some(t) = &taken {
+        saved = t.saved.clone();
+    }
+    Ok((taken, saved))
 }
 
 /// Connects to etcd and builds the node from its state; starts the watch,
@@ -376,7 +382,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Refuse bad admin options before joining anything.
     let token = admin_token(&opts)?;
     let exe = std::env::current_exe().context("this binary's path")?;
-    let takeover = inherit(&opts)?;
+    let (takeover, saved) = inherit(&opts)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (store_stop_tx, store_stop_rx) = watch::channel(false);
     let (state, store_tasks) = match &opts.etcd {
@@ -385,14 +391,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let st = start(&opts, cluster, Store::File(opts.config.clone()))?;
             (st, Vec::new())
         }
-        Some(eo) => {
-            let lease = takeover.as_ref().and_then(|t| t.saved.etcd_lease);
-            start_etcd(&opts, eo.clone(), lease, &store_stop_rx).await?
-        }
+        Some(eo) => start_etcd(&opts, eo.clone(), saved.etcd_lease, &store_stop_rx).await?,
     };
-    if let Some(t) = &takeover {
-        handover::node::restore(&state, &t.saved);
-    }
+    handover::node::restore(&state, &saved);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -616,9 +617,19 @@ async fn stop(
     for t in store_tasks {
         let _ = t.await;
     }
+    // Under a descriptor store, SIGTERM may be `systemctl restart`: the
+    // saved state goes into the store for the next process, and the
+    // registration stays (a stop lets it run out within the lease TTL).
+    let restartable = exit == Exit::Stop && handover::fdstore::enabled();
+    if restartable {
+        match handover::node::collect_state(state) {
+            Ok(saved) => handover::fdstore::put_state(&saved),
+            Err(e) => warn!(error = %e, "state not kept for a restart"),
+        }
+    }
     // Leave the cluster first, so the others stop sending here; a successor
     // keeps this node's registration (and its lease) instead.
-    if let (Store::Etcd(e), Exit::Stop | Exit::Fast) = (&state.store, exit) {
+    if let (Store::Etcd(e), Exit::Stop | Exit::Fast, false) = (&state.store, exit, restartable) {
         e.leave().await;
     }
     // Drain the mesh: no new connections, open ones get up to the longest

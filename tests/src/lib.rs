@@ -15,6 +15,8 @@
 //!   [`icmp_ping()`], [`tcp_bulk()`] (pure Rust) and [`iperf3_tcp()`].
 //! - [`flood`]: hostile traffic in bulk, [`UdpFlood`] (`sendmmsg` batches
 //!   paced by what the receiver has read, [`udp_stats()`]).
+//! - [`fdstore`]: a stand-in for systemd's notify socket and descriptor
+//!   store (the real protocol), for crash-restart tests and benchmarks.
 //! - [`runtime`]: real container runtimes in namespace hosts (dockerd,
 //!   podman with CNI) and a registry-free busybox image, with guards that
 //!   remove what the runtimes leave.
@@ -40,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod echo;
+pub mod fdstore;
 pub mod flood;
 pub mod measure;
 pub mod process;

@@ -47,21 +47,31 @@ fn a_killed_daemon_restarts_cleanly_and_traffic_resumes() {
     lab.start("h1");
     lab.start("h2");
     assert_eq!(replies(&lab, "h2", ov(1), 3), 3);
+    let ifindex = |lab: &Lab| {
+        let out = lab
+            .tb
+            .exec(&lab.tb.ns("h1"), &["ip", "-o", "link", "show", "vxm-front"])
+            .expect("the TAP is there");
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let before = ifindex(&lab);
     let (_, p) = lab.daemons.remove(0);
     lab.tb.signal(&p, Signal::SIGKILL).unwrap();
     lab.tb
         .wait_exit(&p, Duration::from_secs(5))
         .expect("killed");
-    // The kernel removed the TAP with its last descriptor: nothing stale.
-    let links = lab
-        .tb
-        .exec(&lab.tb.ns("h1"), &["ip", "-o", "link"])
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("vxm-front"));
+    // The TAP is persistent: it stays, with no process behind it.
+    assert_eq!(ifindex(&lab), before, "the TAP outlived the daemon");
     assert_eq!(replies(&lab, "h2", ov(1), 2), 0, "h1 is gone");
-    // Restart with the stale admin socket file still there: replaced.
+    // Restart with the stale admin socket file still there: replaced; the
+    // TAP is reattached, not re-created.
     assert!(lab.socket("h1").exists());
     lab.start("h1");
+    assert_eq!(ifindex(&lab), before, "the same TAP");
     let took = until_reachable(&lab, "h2", ov(1), Duration::from_secs(5));
     assert!(
         took < Duration::from_secs(2),

@@ -100,6 +100,7 @@ fn notify_protocol_reload_and_stop() {
     // h1 with a watchdog: WATCHDOG=1 must keep coming.
     let bin = workspace_bin("vxmeshd");
     let sock = lab.socket("h1");
+    let state = lab.tb.dir().join("state-h1");
     let ns = lab.tb.ns("h1");
     let p = lab
         .tb
@@ -113,6 +114,8 @@ fn notify_protocol_reload_and_stop() {
                 "h1",
                 "--socket",
                 sock.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
             ],
             &[("WATCHDOG_USEC", "400000")],
             Duration::from_secs(10),
@@ -180,7 +183,8 @@ fn notify_protocol_reload_and_stop() {
         .exec(&ns, &["ip", "link", "show", "vxm-back"])
         .expect("the new TAP exists");
     assert_eq!(ping(&lab), 3);
-    // SIGTERM: STOPPING=1, exit 0, TAPs and socket gone.
+    // SIGTERM: STOPPING=1, exit 0, the socket gone, the TAPs kept for the
+    // next start.
     lab.tb.signal(&p, Signal::SIGTERM).unwrap();
     let mut saw_stopping = false;
     while let Some(m) = p.recv_notify(Duration::from_secs(3)) {
@@ -195,10 +199,46 @@ fn notify_protocol_reload_and_stop() {
         .wait_exit(&p, Duration::from_secs(10))
         .expect("vxmeshd exits");
     assert!(st.success(), "exit status {st:?}");
-    let links = lab.tb.exec(&ns, &["ip", "-o", "link"]).unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains("vxm-"), "TAPs removed: {links}");
+    let links = |lab: &Lab| {
+        let l = lab.tb.exec(&ns, &["ip", "-o", "link"]).unwrap();
+        String::from_utf8_lossy(&l.stdout).to_string()
+    };
+    let tables = |lab: &Lab| {
+        let t = lab.tb.exec(&ns, &["nft", "list", "tables"]).unwrap();
+        String::from_utf8_lossy(&t.stdout).to_string()
+    };
+    let l = links(&lab);
+    assert!(
+        l.contains("vxm-front") && l.contains("vxm-back"),
+        "TAPs kept: {l}"
+    );
+    assert!(tables(&lab).contains("vxmesh_h1"), "{}", tables(&lab));
     assert!(!sock.exists(), "admin socket removed");
+    // --cleanup takes the node off the network for good.
+    let out = lab
+        .tb
+        .exec(
+            &ns,
+            &[
+                bin.to_str().unwrap(),
+                "--node",
+                "h1",
+                "--socket",
+                sock.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--cleanup",
+            ],
+        )
+        .expect("--cleanup");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("removed 2 device(s)"), "{said}");
+    assert!(
+        !links(&lab).contains("vxm-"),
+        "TAPs removed: {}",
+        links(&lab)
+    );
+    assert!(!tables(&lab).contains("vxmesh_h1"), "{}", tables(&lab));
 }
 
 #[test]

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::backend::{self, get};
-use common::fdstore::FdStore;
 use common::{Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
+use vxmesh_testbed::fdstore::{FdStore, Held};
 use vxmesh_testbed::{require_root, PingStats, Testbed};
 
 const CLIENT: &str = "198.18.0.100";
@@ -356,7 +356,7 @@ fn a_crash_restart_gets_the_stored_descriptors_back_and_resumes_at_once() {
     let args = lab.daemon_args("h1", &[]);
     let log = lab.tb.dir().join("h1-under-fdstore.log");
     let first = ChildGuard(store.restart(&ns, &args, &log));
-    let stored = |s: &common::fdstore::Held| {
+    let stored = |s: &Held| {
         let n = s.names();
         s.said(0, "READY=1")
             && ["tap/vxm-front/0", "underlay/rx/0", "admin", "handover"]

@@ -45,6 +45,62 @@ pub fn receive() -> usize {
     }
 }
 
+/// The name of the saved state in the store.
+const STATE: &str = "state";
+
+/// Puts `saved` in the store as a sealed memfd named `state`, for the
+/// process systemd starts next (`systemctl restart`).
+pub fn put_state(saved: &super::Saved) {
+    let put = || -> std::io::Result<()> {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let text = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
+        let fd = memfd_create("vxmesh-state", MFdFlags::MFD_CLOEXEC)?;
+        let mut f = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut f, &text)?;
+        let _ = sd_notify::notify(
+            false,
+            &[NotifyState::FdStoreRemove, NotifyState::FdName(STATE)],
+        );
+        sd_notify::notify_with_fds(
+            false,
+            &[NotifyState::FdStore, NotifyState::FdName(STATE)],
+            &[f.as_fd()],
+        )
+    };
+    match put() {
+        Ok(()) => info!(
+            learned = saved.learned.len(),
+            "state kept in the descriptor store for a restart"
+        ),
+        Err(e) => warn!(error = %e, "state not kept in the descriptor store"),
+    }
+}
+
+/// The saved state a predecessor left in the store, read and taken out.
+pub fn take_state() -> Option<super::Saved> {
+    let fd = vxmesh_dataplane::io::inherit::take(STATE)?;
+    let _ = sd_notify::notify(
+        false,
+        &[NotifyState::FdStoreRemove, NotifyState::FdName(STATE)],
+    );
+    let mut f = std::fs::File::from(fd);
+    let mut text = Vec::new();
+    use std::io::{Read, Seek};
+    let read = f
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| (&mut f).take(64 << 20).read_to_end(&mut text));
+    match read
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice(&text).map_err(|e| e.to_string()))
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "the saved state in the descriptor store does not read; starting without it");
+            None
+        }
+    }
+}
+
 /// What this daemon has put in the store, to keep it in step: each name
 /// with the identity (device, inode) of the descriptor sent under it.
 #[derive(Default)]

@@ -140,7 +140,8 @@ pub fn serve(
                         continue;
                     }
                 };
-                match converse(conn, &node, &collect) {
+                // The connection closes after the outcome is logged.
+                match converse(&conn, &node, &collect) {
                     Ok(Some(ev)) => {
                         if matches!(ev, Event::Taken { .. }) {
                             HANDED_OVER.store(true, Ordering::Relaxed);
@@ -157,7 +158,7 @@ pub fn serve(
 
 /// One conversation, predecessor side.
 fn converse(
-    conn: Conn,
+    conn: &Conn,
     node: &str,
     collect: &dyn Fn() -> io::Result<Package>,
 ) -> io::Result<Option<Event>> {

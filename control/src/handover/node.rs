@@ -50,6 +50,14 @@ pub fn collect(st: &State, own: &OwnSockets) -> io::Result<Package> {
             .map(|(n, fd)| Ok((n.clone(), fd.try_clone_to_owned()?)))
             .collect::<io::Result<Vec<_>>>()
     })?;
+    Ok(Package {
+        fds,
+        saved: collect_state(st)?,
+    })
+}
+
+/// The state worth keeping: learned entries with their age, the etcd lease.
+pub fn collect_state(st: &State) -> io::Result<Saved> {
     let now = Instant::now();
     let learned = {
         let inner = st.inner.lock().expect("state lock poisoned");
@@ -73,12 +81,9 @@ pub fn collect(st: &State, own: &OwnSockets) -> io::Result<Package> {
         Store::Etcd(e) => Some(e.lease_id()).filter(|l| *l != 0),
         Store::File(_) => None,
     };
-    Ok(Package {
-        fds,
-        saved: Saved {
-            learned,
-            etcd_lease,
-        },
+    Ok(Saved {
+        learned,
+        etcd_lease,
     })
 }
 

@@ -6,7 +6,6 @@
 
 pub mod backend;
 pub mod etcd;
-pub mod fdstore;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

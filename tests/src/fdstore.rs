@@ -6,8 +6,6 @@
 //! the new process as descriptors 3.. with `LISTEN_FDS`, `LISTEN_FDNAMES`
 //! and `LISTEN_PID`, as systemd does after `Restart=on-failure`.
 
-#![allow(dead_code)]
-
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -23,7 +21,9 @@ use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 /// they came, and every message as text.
 #[derive(Default)]
 pub struct Held {
+    /// The stored descriptors, by name.
     pub fds: Vec<(String, OwnedFd)>,
+    /// Every message, as text.
     pub messages: Vec<String>,
 }
 
@@ -35,6 +35,7 @@ impl Held {
             .any(|m| m.lines().any(|l| l == line))
     }
 
+    /// The names held, in order.
     pub fn names(&self) -> Vec<&str> {
         self.fds.iter().map(|(n, _)| n.as_str()).collect()
     }
@@ -43,6 +44,7 @@ impl Held {
 /// The stand-in: a thread reads the notify socket all the time (as the
 /// service manager does; a full socket would block the service).
 pub struct FdStore {
+    /// The notify socket (`NOTIFY_SOCKET`).
     pub path: PathBuf,
     held: Arc<(Mutex<Held>, Condvar)>,
     stop: Arc<AtomicBool>,
@@ -91,6 +93,7 @@ fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
 }
 
 impl FdStore {
+    /// Binds the notify socket in `dir` and starts reading it.
     pub fn bind(dir: &std::path::Path) -> FdStore {
         let path = dir.join("fdstore-notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
