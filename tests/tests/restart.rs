@@ -732,3 +732,67 @@ fn the_handover_socket_refuses_strangers_and_bad_frames_and_the_daemon_runs_on()
     );
     fake.join().unwrap();
 }
+
+#[test]
+fn a_service_restart_under_the_store_drains_keeps_the_sockets_and_hands_the_state_on() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = hosts("svcrst");
+    let store = FdStore::bind(lab.tb.dir());
+    let ns = lab.tb.ns("h1");
+    let args = lab.daemon_args("h1", &[]);
+    let log = lab.tb.dir().join("h1-under-fdstore.log");
+    let mut first = Some(ChildGuard(store.restart(&ns, &args, &log)));
+    assert!(store.wait(Duration::from_secs(10), |h| h.said(0, "READY=1")
+        && h.names().contains(&"tap/vxm-front/0")));
+    let (_b2, _b3) = tasks(&mut lab);
+    let tap = ifindex(&lab.tb, "h1", "vxm-front").expect("h1's TAP");
+    let mut second = None;
+    let load = under_load(&lab, || {
+        // `systemctl restart`: SIGTERM, the old process drains and exits,
+        // systemd starts the next one with the store.
+        let mut f = first.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(f.0.id() as i32);
+        nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+        assert!(f.0.wait().unwrap().success());
+        assert!(
+            store.wait(Duration::ZERO, |h| h.names().contains(&"state")),
+            "SIGTERM left the saved state in the store: {:?}",
+            store.names()
+        );
+        let from = store.messages();
+        let child = ChildGuard(store.restart(&ns, &args, &log));
+        assert!(store.wait(Duration::from_secs(10), |h| h.said(from, "READY=1")));
+        second = Some(child);
+    });
+    let _second = second.unwrap();
+    assert!(
+        load.http_failed.is_empty(),
+        "HTTP through h1: {} ok, failed: {:?}",
+        load.http_ok,
+        load.http_failed
+    );
+    assert_eq!(
+        load.long_bytes, SLOW_BYTES,
+        "the old process let the download finish"
+    );
+    load.iperf_ok.expect("iperf3 across the overlay");
+    let lost = load.pings.sent - load.pings.received;
+    assert!(lost <= 2, "pings: {} sent, {lost} lost", load.pings.sent);
+    assert_eq!(ifindex(&lab.tb, "h1", "vxm-front"), Some(tap));
+    assert!(
+        store.wait(Duration::from_secs(2), |h| !h.names().contains(&"state")),
+        "the next process took the saved state out of the store"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("state kept in the descriptor store"),
+        "{text}"
+    );
+    assert!(text.contains("TAP queues taken over"), "{text}");
+    println!(
+        "service restart: http {} ok 0 failed, pings {} sent {lost} lost, long download whole",
+        load.http_ok, load.pings.sent
+    );
+}
