@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::backend::{self, get};
+use common::backend::{self, get, udp_ask};
 use common::{Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
 use vxmesh_testbed::fdstore::{FdStore, Held};
@@ -36,7 +36,8 @@ fn config() -> String {
 name = "web"
 network = "front"
 tasks = ["10.0.9.2", "10.0.9.3"]
-ports = [{{ published = 8080, target = 80, protocol = "tcp" }}]
+ports = [{{ published = 8080, target = 80, protocol = "tcp" }},
+         {{ published = 5353, target = 53, protocol = "udp" }}]
 health = {{ kind = "tcp", interval_ms = 200, timeout_ms = 100, rise = 1, fall = 3 }}
 drain_ms = 10000
 "#
@@ -288,6 +289,11 @@ fn a_handover_under_load_loses_no_request_and_keeps_the_devices() {
     let (lab, _b2, _b3) = lab("handover");
     let tap = ifindex(&lab.tb, "h1", "vxm-front").expect("h1's TAP");
     let old = lab.daemon_of("h1");
+    // A UDP session through h1 before the handover.
+    let client: SocketAddr = format!("{CLIENT}:40000").parse().unwrap();
+    let ask = |msg: &str| udp_ask(&lab.tb, &lab.tb.ns("cl"), client, node(1, 5353), msg).unwrap();
+    let first = ask("before");
+    let task = first.split(':').next().unwrap().to_string();
     let mut successor = None;
     let load = under_load(&lab, || {
         lab.tb.signal(old, Signal::SIGUSR2).unwrap();
@@ -333,6 +339,15 @@ fn a_handover_under_load_loses_no_request_and_keeps_the_devices() {
         ifindex(&lab.tb, "h1", "vxm-front"),
         Some(tap),
         "the TAP was kept"
+    );
+    // The UDP session went over with its upstream socket: same task.
+    assert_eq!(ask("after"), format!("{task}:after"));
+    assert!(
+        std::fs::read_to_string(&old.log)
+            .unwrap()
+            .contains("UDP sessions taken over"),
+        "{}",
+        old.log_tail(40)
     );
     // The successor serves the admin socket, the overlay and the mesh.
     let st = lab.status("h1");

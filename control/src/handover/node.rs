@@ -45,11 +45,19 @@ pub fn with_descriptors<T>(
 
 /// What a successor gets: a copy of every descriptor and the saved state.
 pub fn collect(st: &State, own: &OwnSockets) -> io::Result<Package> {
-    let fds = with_descriptors(st, own, |all| {
+    let mut fds = with_descriptors(st, own, |all| {
         all.iter()
             .map(|(n, fd)| Ok((n.clone(), fd.try_clone_to_owned()?)))
             .collect::<io::Result<Vec<_>>>()
     })?;
+    // UDP sessions go too (not into systemd's store: a crash loses them).
+    fds.extend(
+        st.inner
+            .lock()
+            .expect("state lock poisoned")
+            .mesh
+            .session_descriptors(),
+    );
     Ok(Package {
         fds,
         saved: collect_state(st)?,

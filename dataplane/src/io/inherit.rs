@@ -48,6 +48,20 @@ pub fn take(name: &str) -> Option<OwnedFd> {
     POOL.lock().expect("inherit pool poisoned").remove(name)
 }
 
+/// Takes every descriptor whose name starts with `prefix`.
+pub fn take_prefix(prefix: &str) -> Vec<(String, OwnedFd)> {
+    let mut p = POOL.lock().expect("inherit pool poisoned");
+    let names: Vec<String> = p
+        .range(prefix.to_string()..)
+        .take_while(|(n, _)| n.starts_with(prefix))
+        .map(|(n, _)| n.clone())
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|n| p.remove(&n).map(|fd| (n, fd)))
+        .collect()
+}
+
 /// True while any inherited descriptor waits to be taken.
 pub fn pending() -> usize {
     POOL.lock().expect("inherit pool poisoned").len()

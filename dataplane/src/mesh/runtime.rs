@@ -57,6 +57,8 @@ struct Listener {
     service: String,
     /// The listening socket, kept to hand it over.
     fd: OwnedFd,
+    /// A UDP port's sessions (their upstream sockets go with a handover).
+    sessions: Option<udp::Sessions>,
     route: Arc<ArcSwap<Route>>,
     stop: watch::Sender<bool>,
     /// The accept loop; it ends by itself once `stop` is sent.
@@ -361,6 +363,7 @@ impl Mesh {
             let Some((fd, bound)) = fresh.remove(key) else {
                 continue;
             };
+            let mut sessions = None;
             let task = match bound {
                 Bound::Tcp(l) => {
                     let l = tokio::net::TcpListener::from_std(l).expect("inside the runtime");
@@ -368,7 +371,9 @@ impl Mesh {
                 }
                 Bound::Udp(s) => {
                     let s = tokio::net::UdpSocket::from_std(s).expect("inside the runtime");
-                    self.handle.spawn(udp::serve(s, route.clone(), rx))
+                    let open = udp::Sessions::default();
+                    sessions = Some(open.clone());
+                    self.handle.spawn(udp::serve(s, route.clone(), rx, open))
                 }
             };
             info!(service = %svc, proto = key.0.as_str(), addr = %key.1, "listening");
@@ -382,6 +387,7 @@ impl Mesh {
                 Listener {
                     service: svc.clone(),
                     fd,
+                    sessions,
                     route,
                     stop,
                     _task: task,
@@ -573,6 +579,16 @@ impl Mesh {
             .values()
             .flat_map(|d| d.fds.iter().map(|(n, fd)| (n.clone(), fd.as_fd())));
         listeners.chain(dns).collect()
+    }
+
+    /// The upstream sockets of every UDP session, named for a successor
+    /// (copies: the sessions go on here until this process stops).
+    pub fn session_descriptors(&self) -> Vec<(String, OwnedFd)> {
+        self.listeners
+            .iter()
+            .filter_map(|((_, addr), l)| Some(udp::descriptors(*addr, l.sessions.as_ref()?)))
+            .flatten()
+            .collect()
     }
 
     /// Stops accepting on every listener and stops the DNS responders,

@@ -57,7 +57,7 @@ impl Drop for Slot {
     }
 }
 
-struct Session {
+pub struct Session {
     task: Arc<Task>,
     up: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
@@ -73,14 +73,50 @@ impl Drop for Session {
     }
 }
 
-type Sessions = Arc<DashMap<SocketAddr, Session>>;
+/// The open sessions of one published UDP port, by client address.
+pub type Sessions = Arc<DashMap<SocketAddr, Session>>;
+
+/// The name a session's upstream socket goes by among handed-over
+/// descriptors: the published port's name, then the client's address.
+pub fn session_name(listener: SocketAddr, client: SocketAddr) -> String {
+    format!(
+        "{}/session/{}/{}",
+        crate::io::inherit::listener_name("udp", listener),
+        client.ip(),
+        client.port()
+    )
+}
+
+/// The upstream sockets of `sessions`, named for a successor.
+pub fn descriptors(
+    listener: SocketAddr,
+    sessions: &Sessions,
+) -> Vec<(String, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsFd;
+    sessions
+        .iter()
+        .filter_map(|s| {
+            let fd = s.up.as_fd().try_clone_to_owned().ok()?;
+            Some((session_name(listener, *s.key()), fd))
+        })
+        .collect()
+}
 
 /// Serves one published UDP port until `stop` turns true; its sessions end
-/// with it.
-pub async fn serve(sock: UdpSocket, route: Arc<ArcSwap<Route>>, mut stop: watch::Receiver<bool>) {
+/// with it. Sessions a predecessor handed over (their upstream sockets,
+/// named by [`session_name`]) go on: their clients keep their task and the
+/// task keeps seeing the same source port.
+pub async fn serve(
+    sock: UdpSocket,
+    route: Arc<ArcSwap<Route>>,
+    mut stop: watch::Receiver<bool>,
+    sessions: Sessions,
+) {
     let sock = Arc::new(sock);
-    let sessions: Sessions = Arc::new(DashMap::new());
     let epoch = Instant::now();
+    if let Ok(local) = sock.local_addr() {
+        adopt(&sock, &sessions, local, &route.load(), epoch);
+    }
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, client) = tokio::select! {
@@ -118,13 +154,10 @@ pub async fn serve(sock: UdpSocket, route: Arc<ArcSwap<Route>>, mut stop: watch:
     sessions.clear();
 }
 
-async fn open(
-    sock: &Arc<UdpSocket>,
-    sessions: &Sessions,
-    client: SocketAddr,
-    route: &Route,
-    epoch: Instant,
-) -> Option<(Arc<UdpSocket>, Arc<AtomicU64>, Arc<Task>)> {
+/// Takes a place for a new session of `client`: its per-source place, its
+/// place in the service and its share of the node's budget; `None` (and a
+/// counted refusal) when one is not free.
+fn admit(route: &Route, client: SocketAddr) -> Option<(SourceGuard, Slot, BudgetGuard)> {
     let svc = &route.service;
     let spec = svc.spec.load_full();
     let Some(source) = svc
@@ -147,6 +180,18 @@ async fn open(
         svc.budget_refused_sessions.fetch_add(1, Relaxed);
         return None;
     };
+    Some((source, slot, budget))
+}
+
+async fn open(
+    sock: &Arc<UdpSocket>,
+    sessions: &Sessions,
+    client: SocketAddr,
+    route: &Route,
+    epoch: Instant,
+) -> Option<(Arc<UdpSocket>, Arc<AtomicU64>, Arc<Task>)> {
+    let held = admit(route, client)?;
+    let svc = &route.service;
     let mut cands = Vec::with_capacity(3);
     svc.candidates(client, &mut cands);
     let Some(task) = cands.into_iter().next() else {
@@ -157,7 +202,30 @@ async fn open(
     up.connect(SocketAddr::new(task.addr.into(), route.target))
         .await
         .ok()?;
-    let up = Arc::new(up);
+    Some(start(
+        sock,
+        sessions,
+        client,
+        route,
+        task,
+        Arc::new(up),
+        held,
+        epoch,
+    ))
+}
+
+/// Registers a session and starts moving its replies.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    sock: &Arc<UdpSocket>,
+    sessions: &Sessions,
+    client: SocketAddr,
+    route: &Route,
+    task: Arc<Task>,
+    up: Arc<UdpSocket>,
+    held: (SourceGuard, Slot, BudgetGuard),
+    epoch: Instant,
+) -> (Arc<UdpSocket>, Arc<AtomicU64>, Arc<Task>) {
     let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
     let reply = tokio::spawn(reply_loop(
         sock.clone(),
@@ -166,7 +234,7 @@ async fn open(
         task.clone(),
         last.clone(),
         sessions.clone(),
-        spec.udp_timeout,
+        route.service.spec.load().udp_timeout,
         epoch,
     ));
     sessions.insert(
@@ -176,10 +244,65 @@ async fn open(
             up: up.clone(),
             last: last.clone(),
             reply,
-            _held: (source, slot, budget),
+            _held: held,
         },
     );
-    Some((up, last, task))
+    (up, last, task)
+}
+
+/// Takes over the sessions of the published port `local` that a
+/// predecessor handed over: each upstream socket must be connected to a
+/// task of the service at its target port, or it is closed.
+fn adopt(
+    sock: &Arc<UdpSocket>,
+    sessions: &Sessions,
+    local: SocketAddr,
+    route: &Route,
+    epoch: Instant,
+) {
+    let prefix = format!(
+        "{}/session/",
+        crate::io::inherit::listener_name("udp", local)
+    );
+    let mut n = 0;
+    for (name, fd) in crate::io::inherit::take_prefix(&prefix) {
+        let client = name[prefix.len()..]
+            .split_once('/')
+            .and_then(|(ip, port)| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?)));
+        let std_up = std::net::UdpSocket::from(fd);
+        let task = std_up.peer_addr().ok().and_then(|peer| {
+            if peer.port() != route.target {
+                return None;
+            }
+            let tasks = route.service.tasks.lock().expect("tasks lock");
+            tasks
+                .iter()
+                .find(|t| std::net::IpAddr::from(t.addr) == peer.ip())
+                .cloned()
+        });
+        let (Some(client), Some(task)) = (client, task) else {
+            tracing::warn!(%name, "an inherited UDP session fits no task of the service; closed");
+            continue;
+        };
+        let Some(held) = admit(route, client) else {
+            continue;
+        };
+        let up = match std_up
+            .set_nonblocking(true)
+            .and_then(|()| UdpSocket::from_std(std_up))
+        {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "an inherited UDP session cannot be served; closed");
+                continue;
+            }
+        };
+        start(sock, sessions, client, route, task, up, held, epoch);
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(listener = %local, sessions = n, "UDP sessions taken over");
+    }
 }
 
 /// Moves the replies queued on `up` to `client` through the thread's
