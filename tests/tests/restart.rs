@@ -286,7 +286,23 @@ fn a_handover_under_load_loses_no_request_and_keeps_the_devices() {
     if !require_root() {
         return;
     }
-    let (lab, _b2, _b3) = lab("handover");
+    let (lab, _b2, mut b3) = lab("handover");
+    // task3 dies first: h1 sees it down, and so must its successor.
+    b3.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = lab.cli_json("h1", &["service", "ps", "web"]);
+        let down = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["addr"] == "10.0.9.3" && t["state"] == "down");
+        if down {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task3 never down on h1: {ps}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let tap = ifindex(&lab.tb, "h1", "vxm-front").expect("h1's TAP");
     let old = lab.daemon_of("h1");
     // A UDP session through h1 before the handover.
@@ -340,12 +356,17 @@ fn a_handover_under_load_loses_no_request_and_keeps_the_devices() {
         Some(tap),
         "the TAP was kept"
     );
-    // The UDP session went over with its upstream socket: same task.
+    // The UDP session went over with its upstream socket: same task; the
+    // task that was down started down.
     assert_eq!(ask("after"), format!("{task}:after"));
+    let log = std::fs::read_to_string(&old.log).unwrap();
     assert!(
-        std::fs::read_to_string(&old.log)
-            .unwrap()
-            .contains("UDP sessions taken over"),
+        log.contains("UDP sessions taken over"),
+        "{}",
+        old.log_tail(40)
+    );
+    assert!(
+        log.contains("tasks down at the predecessor start down"),
         "{}",
         old.log_tail(40)
     );

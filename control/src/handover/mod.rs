@@ -83,6 +83,10 @@ pub struct Saved {
     /// this one leave.
     #[serde(default)]
     pub etcd_lease: Option<i64>,
+    /// Tasks that were down or ejected, as (service, address): they start
+    /// Down, not Up, until probes bring them back.
+    #[serde(default)]
+    pub unhealthy: Vec<(String, Ipv4Addr)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,6 +469,7 @@ mod tests {
                 age_ms: 1200,
             }],
             etcd_lease: Some(7),
+            unhealthy: vec![("web".into(), "10.0.9.3".parse().unwrap())],
         };
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Saved>(&text).unwrap(), s);

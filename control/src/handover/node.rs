@@ -89,9 +89,16 @@ pub fn collect_state(st: &State) -> io::Result<Saved> {
         Store::Etcd(e) => Some(e.lease_id()).filter(|l| *l != 0),
         Store::File(_) => None,
     };
+    let unhealthy = st
+        .inner
+        .lock()
+        .expect("state lock poisoned")
+        .mesh
+        .unhealthy();
     Ok(Saved {
         learned,
         etcd_lease,
+        unhealthy,
     })
 }
 
@@ -117,6 +124,10 @@ pub fn restore(st: &State, saved: &Saved) {
     }
     if n > 0 {
         info!(entries = n, "learned forwarding entries taken over");
+    }
+    let down = inner.mesh.resume_unhealthy(&saved.unhealthy);
+    if down > 0 {
+        info!(tasks = down, "tasks down at the predecessor start down");
     }
 }
 

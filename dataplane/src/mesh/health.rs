@@ -273,6 +273,16 @@ impl Health {
         self.enter(State::Draining, now)
     }
 
+    /// Starts Down, as a predecessor that handed its node over last saw the
+    /// task: `rise` good probes bring it back (a new task otherwise starts
+    /// Up). A task draining here is left as it is.
+    pub fn resume_down(&mut self, now: Instant) -> Option<Transition> {
+        if self.state == State::Draining {
+            return None;
+        }
+        self.enter(State::Down, now)
+    }
+
     fn enter(&mut self, to: State, now: Instant) -> Option<Transition> {
         let from = self.state;
         self.state = to;

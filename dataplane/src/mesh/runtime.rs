@@ -581,6 +581,61 @@ impl Mesh {
         listeners.chain(dns).collect()
     }
 
+    /// The tasks that take no new connections now (down or ejected), by
+    /// service: what a successor should not send to before probing them.
+    pub fn unhealthy(&self) -> Vec<(String, Ipv4Addr)> {
+        let mut v: Vec<(String, Ipv4Addr)> = self
+            .services
+            .iter()
+            .flat_map(|(name, s)| {
+                s.tasks
+                    .lock()
+                    .expect("tasks lock")
+                    .iter()
+                    .filter(|t| {
+                        matches!(
+                            t.state(),
+                            super::health::State::Down | super::health::State::Ejected
+                        )
+                    })
+                    .map(|t| (name.clone(), t.addr))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Marks `tasks` (service, address) Down, as a predecessor last saw
+    /// them; probes bring them back.
+    pub fn resume_unhealthy(&self, tasks: &[(String, Ipv4Addr)]) -> usize {
+        let now = Instant::now();
+        let mut n = 0;
+        for (name, addr) in tasks {
+            let Some(svc) = self.services.get(name) else {
+                continue;
+            };
+            let changed = svc
+                .tasks
+                .lock()
+                .expect("tasks lock")
+                .iter()
+                .filter(|t| t.addr == *addr)
+                .any(|t| {
+                    t.health
+                        .lock()
+                        .expect("health lock")
+                        .resume_down(now)
+                        .is_some()
+                });
+            if changed {
+                svc.rebuild();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The upstream sockets of every UDP session, named for a successor
     /// (copies: the sessions go on here until this process stops).
     pub fn session_descriptors(&self) -> Vec<(String, OwnedFd)> {
