@@ -377,7 +377,7 @@ const HAPROXY_PORT: u16 = 8081;
 
 fn haproxy_cfg(stats: &std::path::Path) -> String {
     format!(
-        "global\n    stats socket {} mode 600 level admin expose-fd listeners\n    maxconn 20000\n\
+        "global\n    stats socket {} mode 600 level admin expose-fd listeners\n    maxconn 4000\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
          frontend web\n    bind 198.18.0.1:{HAPROXY_PORT}\n    default_backend tasks\n\
          backend tasks\n    server t2 10.0.9.2:80\n",
@@ -426,10 +426,8 @@ fn haproxy(
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stats.exists() || old.is_none() && !listening(tb, HAPROXY_PORT) {
         if Instant::now() > deadline {
-            bail!(
-                "haproxy did not start; see {}",
-                tb.dir().join("haproxy.log").display()
-            );
+            let log = std::fs::read_to_string(tb.dir().join("haproxy.log")).unwrap_or_default();
+            bail!("haproxy did not start: {log}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
