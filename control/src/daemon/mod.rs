@@ -7,26 +7,26 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use vxmesh_dataplane::io::{Dataplane, Underlay, UnderlayConfig};
-use vxmesh_dataplane::overlay::Core;
+
+mod start;
+mod stop;
+
+pub use start::start;
+use start::{file_cluster, inherit, start_etcd};
+use stop::{admin_socket, handover_socket, spawn_successor, stop, Exit};
 
 use crate::api;
-use crate::config;
 use crate::handover;
-use crate::model::Cluster;
-use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
 pub use crate::state::{Inner, State};
-use crate::store::etcd::{EtcdOptions, EtcdStore};
-use crate::store::{doc, Store, View};
-use crate::timing::ApplyTimes;
-use vxmesh_dataplane::mesh::runtime::Mesh;
+use crate::store::etcd::EtcdOptions;
+use crate::store::Store;
 
 /// How the daemon was started.
 #[derive(Debug, Clone)]
@@ -125,255 +125,10 @@ fn watchdog_period() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Builds the dataplane for `opts` from an already validated cluster.
-pub fn start(opts: &Options, mut cluster: Cluster, store: Store) -> anyhow::Result<Arc<State>> {
-    // Announced addresses can only be published to etcd.
-    let etcd = matches!(store, Store::Etcd(_));
-    let attach = crate::attach::Attach::open(&opts.state_dir, &opts.node, !etcd)
-        .map_err(anyhow::Error::msg)?;
-    for w in crate::attach::ipam::merge(&mut cluster, &opts.node, &attach.local_list()) {
-        warn!(warning = %w, "container allocation left out");
-    }
-    if !etcd && cluster.networks.iter().any(|n| n.announce) {
-        warn!("`announce = true` needs the etcd store; with the cluster file it does nothing");
-    }
-    let mut reconciler = Reconciler::new(opts.node.clone()).with_announce(etcd);
-    let local = reconciler.local_address(&cluster)?;
-    let mut ucfg = UnderlayConfig::new(local);
-    ucfg.port = cluster.settings.vxlan_port;
-    ucfg.source_ports = cluster.settings.source_ports;
-    ucfg.receivers = cluster.settings.effective_queues();
-    let underlay = Underlay::bind(&ucfg).context("binding the underlay socket")?;
-    // The first build counts as an apply (a daemon restarted into a large
-    // cluster builds everything at once).
-    let times = ApplyTimes::default();
-    let built = Instant::now();
-    let (tables, taps, changes) = reconciler.plan(&cluster)?;
-    for c in &changes {
-        info!(change = ?c, "applied");
-    }
-    let dataplane = Dataplane::start(underlay, Core, tables, taps).context("starting workers")?;
-    dataplane.set_busy_poll(Duration::from_micros(cluster.settings.busy_poll_us));
-    let mut mesh = Mesh::new(tokio::runtime::Handle::current());
-    for c in mesh.apply(
-        mesh_desired(&cluster, &opts.node),
-        dns_zones(&cluster, &opts.node),
-    )? {
-        info!(change = %c, "applied");
-    }
-    times.applied(
-        built.elapsed(),
-        cluster.endpoints.len(),
-        cluster.nodes.len(),
-    );
-    Ok(Arc::new(State {
-        node: opts.node.clone(),
-        config_path: match &store {
-            Store::File(p) => p.clone(),
-            Store::Etcd(e) => PathBuf::from(e.describe()),
-        },
-        started: Instant::now(),
-        store,
-        times,
-        attach,
-        inner: Mutex::new(Inner {
-            cluster,
-            dataplane,
-            mesh,
-            reconciler,
-            reloads_ok: 0,
-            reloads_failed: 0,
-            last_reload_error: None,
-        }),
-    }))
-}
-
-/// Reads the cluster file and checks that `opts.node` is in it.
-fn file_cluster(opts: &Options) -> anyhow::Result<Cluster> {
-    let cluster = config::load(&opts.config)?;
-    if cluster.node(&opts.node).is_none() {
-        anyhow::bail!(
-            "{}: node `{}` is not among [[nodes]] ({})",
-            opts.config.display(),
-            opts.node,
-            cluster
-                .nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(cluster)
-}
-
 /// The admin listener options checked (see [`api::listen::admin_token`]).
 pub fn admin_token(opts: &Options) -> anyhow::Result<Option<Arc<str>>> {
     api::listen::admin_token(opts.admin_addr, opts.admin_token_file.as_deref())
         .map_err(anyhow::Error::msg)
-}
-
-/// How the main loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Exit {
-    /// SIGTERM: drain the mesh, then stop (devices stay).
-    Stop,
-    /// SIGINT: stop without draining.
-    Fast,
-    /// A successor serves the node: stop the lanes at once, drain the
-    /// relayed connections, leave the cluster registration to it.
-    HandedOver,
-    /// A successor could not read this version and starts afresh once
-    /// this process is gone: stop as on SIGTERM, but stay registered.
-    MakeWay,
-}
-
-/// Before anything binds: take a running daemon's node over (`--takeover`),
-/// or, under systemd, the descriptors (and, after `systemctl restart`, the
-/// saved state) its store kept.
-fn inherit(opts: &Options) -> anyhow::Result<(Option<handover::Takeover>, handover::Saved)> {
-    let mut taken = None;
-    if opts.takeover {
-        let path = handover::path(&opts.socket);
-        match handover::take_over(&path, opts.handover_version).with_context(|| {
-            format!("taking the node over from the daemon on {}", path.display())
-        })? {
-            handover::Outcome::Taken(t) => taken = Some(t),
-            handover::Outcome::Fallback(f) => {
-                let pid = f.pid;
-                // It drains its connections first.
-                f.wait(Duration::from_secs(3700))?;
-                info!(
-                    predecessor = pid,
-                    "the predecessor stopped; starting afresh on its devices"
-                );
-            }
-        }
-    }
-    let mut saved = handover::Saved::default();
-    if handover::fdstore::enabled() {
-        handover::fdstore::receive();
-        saved = handover::fdstore::take_state().unwrap_or_default();
-    }
-    if let Some(t) = &taken {
-        saved = t.saved.clone();
-    }
-    Ok((taken, saved))
-}
-
-/// Connects to etcd and builds the node from its state; starts the watch,
-/// the announcer and the lease keeper.
-async fn start_etcd(
-    opts: &Options,
-    mut eo: EtcdOptions,
-    adopt_lease: Option<i64>,
-    stop: &watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<State>, Vec<tokio::task::JoinHandle<()>>)> {
-    eo.adopt_lease = adopt_lease;
-    let (etcd, snap) = EtcdStore::start(eo).await?;
-    let (cluster, quarantined) =
-        doc::assemble_quarantined(&snap, etcd.node(), View::Effective, &etcd.describe()).map_err(
-            |errs| anyhow::anyhow!("the store's state is invalid:\n{}", errs.join("\n")),
-        )?;
-    etcd.set_quarantined(quarantined);
-    info!(store = %etcd.describe(), revision = snap.revision, "desired state read");
-    let state = start(opts, cluster, Store::Etcd(etcd.clone()))?;
-    let st = Arc::downgrade(&state);
-    let applier: crate::store::etcd::Applier = Arc::new(move |snap| {
-        let Some(st) = st.upgrade() else {
-            return Ok(());
-        };
-        let Store::Etcd(e) = &st.store else {
-            return Ok(());
-        };
-        let rev = snap.revision;
-        let started = Instant::now();
-        let r = st.assemble(e, &snap).and_then(|c| {
-            st.apply(c)
-                .map_err(|e| format!("applying revision {rev}: {e}"))
-        });
-        match &r {
-            Ok(changes) => {
-                // A member of an attachable network gets its own address
-                // there (off the watch's path: it writes).
-                let weak = Arc::downgrade(&st);
-                tokio::spawn(async move {
-                    if let Some(st) = weak.upgrade() {
-                        crate::attach::ensure_own_addresses(&st).await;
-                    }
-                });
-                let t = st.times.last();
-                info!(
-                    revision = rev,
-                    ?changes,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    validate_ms = (t.validate_s * 1000.0) as u64,
-                    apply_ms = (t.apply_s * 1000.0) as u64,
-                    endpoints = t.endpoints,
-                    "store change applied"
-                )
-            }
-            Err(e) => {
-                if !e.starts_with("applying") {
-                    st.reject(e.clone());
-                }
-                error!(revision = rev, error = %e, "store change rejected; the running state stays in place")
-            }
-        }
-        r.map(|_| ())
-    });
-    let tasks = vec![
-        tokio::spawn(etcd.clone().run_watch(applier, stop.clone())),
-        tokio::spawn(crate::store::announce::run(
-            Arc::downgrade(&state),
-            etcd.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(etcd.run_lease(stop.clone())),
-    ];
-    let weak = Arc::downgrade(&state);
-    tokio::spawn(async move {
-        if let Some(st) = weak.upgrade() {
-            crate::attach::ensure_own_addresses(&st).await;
-        }
-    });
-    Ok((state, tasks))
-}
-
-/// The admin socket: a predecessor's (still at the path), or bound.
-fn admin_socket(opts: &Options) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(fd) = vxmesh_dataplane::io::inherit::take("admin") {
-        let l = std::os::unix::net::UnixListener::from(fd);
-        l.set_nonblocking(true)?;
-        return Ok(tokio::net::UnixListener::from_std(l)?);
-    }
-    api::listen::bind_unix(&opts.socket)
-        .with_context(|| format!("binding the admin socket {}", opts.socket.display()))
-}
-
-/// The handover socket: a predecessor's, or bound next to the admin socket.
-fn handover_socket(opts: &Options) -> anyhow::Result<std::os::fd::OwnedFd> {
-    if let Some(fd) = vxmesh_dataplane::io::inherit::take("handover") {
-        return Ok(fd);
-    }
-    let path = handover::path(&opts.socket);
-    api::listen::bind_unix_with(&path, handover::wire::live, handover::wire::bind)
-        .with_context(|| format!("binding the handover socket {}", path.display()))
-}
-
-/// Starts a new vxmeshd (this binary's path as it was at start, which after
-/// an upgrade holds the new version) with this one's arguments and
-/// `--takeover` (SIGUSR2).
-fn spawn_successor(exe: &std::path::Path) -> anyhow::Result<u32> {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if !args.iter().any(|a| a == "--takeover") {
-        args.push("--takeover".into());
-    }
-    let child = std::process::Command::new(exe)
-        .args(&args)
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    Ok(child.id())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, or until a successor took the
@@ -591,79 +346,4 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await;
     Ok(())
-}
-
-/// The way out, by how the loop ended. The node's devices stay in every
-/// case (`vxmeshd --cleanup` removes them).
-async fn stop(
-    opts: &Options,
-    state: &Arc<State>,
-    exit: Exit,
-    store_stop: watch::Sender<bool>,
-    store_tasks: Vec<tokio::task::JoinHandle<()>>,
-    servers_stop: watch::Sender<bool>,
-    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-) {
-    if exit == Exit::HandedOver {
-        // The successor runs its own lanes on the same queues and sockets.
-        state
-            .inner
-            .lock()
-            .expect("state lock poisoned")
-            .dataplane
-            .stop();
-    }
-    let _ = store_stop.send(true);
-    for t in store_tasks {
-        let _ = t.await;
-    }
-    // Under a descriptor store, SIGTERM may be `systemctl restart`: the
-    // saved state goes into the store for the next process, and the
-    // registration stays (a stop lets it run out within the lease TTL).
-    let restartable = exit == Exit::Stop && handover::fdstore::enabled();
-    if restartable {
-        match handover::node::collect_state(state) {
-            Ok(saved) => handover::fdstore::put_state(&saved),
-            Err(e) => warn!(error = %e, "state not kept for a restart"),
-        }
-    }
-    // Leave the cluster first, so the others stop sending here; a successor
-    // keeps this node's registration (and its lease) instead.
-    if let (Store::Etcd(e), Exit::Stop | Exit::Fast, false) = (&state.store, exit, restartable) {
-        e.leave().await;
-    }
-    // Drain the mesh: no new connections, open ones get up to the longest
-    // drain time of any service, then are cut.
-    let mut mesh = {
-        let mut inner = state.inner.lock().expect("state lock poisoned");
-        std::mem::replace(
-            &mut inner.mesh,
-            Mesh::new(tokio::runtime::Handle::current()),
-        )
-    };
-    mesh.stop_accepting();
-    let _ = servers_stop.send(true);
-    let deadline = Instant::now()
-        + if exit == Exit::Fast {
-            Duration::ZERO
-        } else {
-            mesh.max_drain()
-        };
-    let cut = mesh.drain(deadline).await;
-    info!(cut, "mesh drained");
-    for s in servers {
-        let _ = s.await;
-    }
-    if !handover::handed_over() {
-        let _ = std::fs::remove_file(&opts.socket);
-        let _ = std::fs::remove_file(handover::path(&opts.socket));
-    }
-    // Stop the workers; the TAPs stay (persistent) for the next start.
-    state
-        .inner
-        .lock()
-        .expect("state lock poisoned")
-        .dataplane
-        .stop();
-    info!(?exit, "stopped");
 }
