@@ -442,6 +442,89 @@ pub fn take_over(path: &Path, speak: u32) -> io::Result<Outcome> {
 mod tests {
     use super::*;
 
+    /// A predecessor serving a handover socket in a fresh directory, handing
+    /// over one pipe named `test/pipe` and `saved`.
+    fn predecessor(
+        saved: Saved,
+    ) -> (
+        tempdir::Dir,
+        tokio::sync::mpsc::UnboundedReceiver<Event>,
+        Arc<AtomicBool>,
+    ) {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("h.handover");
+        let listener = wire::bind(&path).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(
+            listener,
+            "h1".into(),
+            move || {
+                let (r, _w) = nix::unistd::pipe()?;
+                Ok(Package {
+                    fds: vec![("test/pipe".into(), r)],
+                    saved: saved.clone(),
+                })
+            },
+            tx,
+            stop.clone(),
+        )
+        .unwrap();
+        (dir, rx, stop)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "vxmesh-handover-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_successor_gets_the_descriptors_and_state_and_the_predecessor_hears_taken() {
+        let saved = Saved {
+            etcd_lease: Some(42),
+            ..Saved::default()
+        };
+        let (dir, mut events, _stop) = predecessor(saved.clone());
+        let Outcome::Taken(t) = take_over(&dir.0.join("h.handover"), VERSION).unwrap() else {
+            panic!("no takeover");
+        };
+        assert_eq!(t.saved, saved);
+        assert!(vxmesh_dataplane::io::inherit::take("test/pipe").is_some());
+        t.done().unwrap();
+        let ev = events.blocking_recv().unwrap();
+        assert!(matches!(ev, Event::Taken { .. }));
+        assert!(handed_over());
+    }
+
+    #[test]
+    fn a_successor_of_another_version_declines_and_the_predecessor_makes_way() {
+        let (dir, mut events, _stop) = predecessor(Saved::default());
+        let out = take_over(&dir.0.join("h.handover"), VERSION + 1).unwrap();
+        assert!(matches!(out, Outcome::Fallback(_)));
+        match events.blocking_recv().unwrap() {
+            Event::Declined { reason, .. } => assert!(reason.contains("reads 2"), "{reason}"),
+            Event::Taken { .. } => panic!("taken"),
+        }
+    }
+
     #[test]
     fn chunks_cut_at_char_boundaries() {
         let s = "aé".repeat(10);
