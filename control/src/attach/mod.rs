@@ -460,7 +460,8 @@ fn edit_local(st: &State, f: impl FnOnce(&mut Vec<Attachment>)) -> Result<(), At
             .store(list)
             .map_err(|e| AttachError::StateFile(e.to_string()))?;
     }
-    st.reload().map_err(AttachError::Invalid)?;
+    st.reload()
+        .map_err(|e| AttachError::Invalid(e.to_string()))?;
     Ok(())
 }
 
