@@ -407,3 +407,7 @@ async fn attachment_del(AxState(st): AxState<Shared>, AxPath(key): AxPath<String
         Err(e) => attach_error(e),
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
