@@ -185,6 +185,17 @@ networks = [{ name = "front", vni = 4096, subnet = "10.0.0.0/16" }]
         config::parse(Path::new("t.toml"), &text).expect("valid")
     }
 
+    /// A daemon on the file store that needs no root.
+    fn daemon_on(c: crate::model::Cluster, tag: &str) -> std::sync::Arc<crate::state::State> {
+        let opts = Options::file(
+            PathBuf::from("t.toml"),
+            "me",
+            PathBuf::from("/nonexistent/vxmeshd.sock"),
+            std::env::temp_dir().join(format!("vxmesh-metrics-{tag}-{}", std::process::id())),
+        );
+        daemon::start(&opts, c, Store::File(opts.config.clone())).expect("starts without root")
+    }
+
     fn sample(text: &str, name: &str) -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -193,14 +204,7 @@ networks = [{ name = "front", vni = 4096, subnet = "10.0.0.0/16" }]
 
     #[tokio::test]
     async fn table_apply_time_is_exported_and_moves() {
-        let opts = Options::file(
-            PathBuf::from("t.toml"),
-            "me",
-            PathBuf::from("/nonexistent/vxmeshd.sock"),
-            std::env::temp_dir().join(format!("vxmesh-metrics-{}", std::process::id())),
-        );
-        let st = daemon::start(&opts, cluster(1), Store::File(opts.config.clone()))
-            .expect("starts without root");
+        let st = daemon_on(cluster(1), "apply");
         let count = r#"vxmesh_table_apply_seconds_count{step="apply"}"#;
         let before = super::render(&st);
         assert!(
@@ -223,14 +227,7 @@ networks = [{ name = "front", vni = 4096, subnet = "10.0.0.0/16" }]
     /// had (the text is what dashboards and alerts were written against).
     #[tokio::test]
     async fn each_domain_encodes_its_families_in_order() {
-        let opts = Options::file(
-            PathBuf::from("t.toml"),
-            "me",
-            PathBuf::from("/nonexistent/vxmeshd.sock"),
-            std::env::temp_dir().join(format!("vxmesh-metrics-order-{}", std::process::id())),
-        );
-        let st = daemon::start(&opts, cluster(1), Store::File(opts.config.clone()))
-            .expect("starts without root");
+        let st = daemon_on(cluster(1), "order");
         let text = super::render(&st);
         let want = [
             "# TYPE vxmesh_build_info gauge",
