@@ -63,7 +63,10 @@ mod tests {
                 "/etc/vxmesh/vxmesh.toml:3:7: vni 0 is outside 1..=16777215 (24 bits)",
             ),
             (
-                ApplyError::Store(vec!["etcd/networks/a: x".into(), "etcd/services/b: y".into()]),
+                ApplyError::Store(vec![
+                    "etcd/networks/a: x".into(),
+                    "etcd/services/b: y".into(),
+                ]),
                 "etcd/networks/a: x; etcd/services/b: y",
             ),
             (
