@@ -1,30 +1,33 @@
 //! The cluster file: one TOML document, the same on every host, that lists
-//! nodes, networks and endpoints. Parsing keeps byte spans so every error
-//! names the file, the line and the reason; validation collects every error
-//! instead of stopping at the first.
+//! settings, nodes, networks, endpoints and services.
+//!
+//! Reading a cluster is two steps, shared by both stores: the documents
+//! become the raw tables ([`raw`], plain serde types), and [`validate`]
+//! checks them against every rule, collecting every problem with the
+//! [`raw::Place`] of its value. Each store says where a place is in its own
+//! documents: the file as file:line:column ([`parse`]), etcd as the key of
+//! the document ([`crate::store::doc`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
-use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
-use vxmesh_dataplane::wire::MacAddr;
+use vxmesh_dataplane::mesh::spec::{EndpointMode, ServiceSpec};
 
-use std::time::Duration;
-
-use vxmesh_dataplane::mesh::balance::Algorithm;
-use vxmesh_dataplane::mesh::spec::{
-    ClientLimits, EndpointMode, Mode, PortSpec, Protocol, ServiceSpec,
-};
-
-use crate::model::{Cluster, Endpoint, Network, Node, Settings};
+use crate::model::{Cluster, Endpoint, Network};
 
 mod mesh;
+pub mod raw;
+mod services;
+mod validate;
+
 pub use mesh::bad_path;
+pub use raw::{Invalid, Place, RawFile};
+pub use validate::validate;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,154 +74,6 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    settings: RawSettings,
-    #[serde(default)]
-    nodes: Vec<Spanned<RawNode>>,
-    #[serde(default)]
-    networks: Vec<Spanned<RawNetwork>>,
-    #[serde(default)]
-    endpoints: Vec<Spanned<RawEndpoint>>,
-    #[serde(default)]
-    services: Vec<Spanned<RawService>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    name: Spanned<String>,
-    network: Spanned<String>,
-    #[serde(default)]
-    tasks: Vec<Spanned<Ipv4Addr>>,
-    #[serde(default)]
-    ports: Vec<Spanned<RawPort>>,
-    balance: Option<Spanned<String>>,
-    health: Option<Spanned<RawHealth>>,
-    mode: Option<Spanned<String>>,
-    proxy_protocol: Option<Spanned<String>>,
-    drain_ms: Option<Spanned<u64>>,
-    slow_start_ms: Option<Spanned<u64>>,
-    idle_timeout_ms: Option<Spanned<u64>>,
-    udp_timeout_ms: Option<Spanned<u64>>,
-    connect_timeout_ms: Option<Spanned<u64>>,
-    first_byte_timeout_ms: Option<Spanned<u64>>,
-    write_timeout_ms: Option<Spanned<u64>>,
-    max_connections: Option<Spanned<u32>>,
-    max_sessions: Option<Spanned<u32>>,
-    max_connections_per_source: Option<Spanned<u32>>,
-    max_sessions_per_source: Option<Spanned<u32>>,
-    vip: Option<Spanned<Ipv4Addr>>,
-    endpoint_mode: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPort {
-    published: Spanned<u16>,
-    target: Spanned<u16>,
-    protocol: Option<Spanned<String>>,
-    listen: Option<Spanned<std::net::IpAddr>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    kind: Option<Spanned<String>>,
-    interval_ms: Option<Spanned<u64>>,
-    timeout_ms: Option<Spanned<u64>>,
-    rise: Option<Spanned<u32>>,
-    fall: Option<Spanned<u32>>,
-    path: Option<Spanned<String>>,
-    status: Option<u16>,
-    port: Option<Spanned<u16>>,
-    passive_failures: Option<Spanned<u32>>,
-    /// kind "udp": the probe's payload, and bytes its reply must hold.
-    udp_send: Option<Spanned<String>>,
-    udp_expect: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    vxlan_port: Option<u16>,
-    underlay_mtu: Option<Spanned<u16>>,
-    source_ports: Option<Spanned<usize>>,
-    offloads: Option<bool>,
-    queues: Option<Spanned<usize>>,
-    busy_poll_us: Option<Spanned<u64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: Spanned<String>,
-    address: Spanned<Ipv4Addr>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNetwork {
-    name: Spanned<String>,
-    vni: Spanned<u32>,
-    subnet: Spanned<Ipv4Net>,
-    mtu: Option<Spanned<u16>>,
-    /// Extra member nodes that have no endpoint in the network.
-    #[serde(default)]
-    nodes: Vec<Spanned<String>>,
-    #[serde(default)]
-    learning: bool,
-    fdb_cap: Option<Spanned<u32>>,
-    ageing_s: Option<Spanned<u64>>,
-    flood_pps: Option<Spanned<u32>>,
-    /// Announce local workload addresses learned from the TAP (etcd store).
-    #[serde(default)]
-    announce: bool,
-    announce_cap: Option<Spanned<usize>>,
-    /// The DNS responder's address (default: the last usable address).
-    dns: Option<Spanned<Ipv4Addr>>,
-    /// The cluster domain names may end in (default `vxmesh`).
-    domain: Option<Spanned<String>>,
-    /// Resolvers for names outside the cluster (default: none, REFUSED).
-    #[serde(default)]
-    dns_forward: Vec<Spanned<String>>,
-    /// Containers may attach (a bridge holds the TAP and their veths).
-    #[serde(default)]
-    attachable: bool,
-    /// Per-node ranges for container addresses (cluster file store).
-    #[serde(default)]
-    pools: Vec<Spanned<RawPool>>,
-    /// Workloads may send router advertisements and redirects.
-    #[serde(default)]
-    allow_ra: bool,
-    /// Workloads may answer as DHCP servers.
-    #[serde(default)]
-    allow_dhcp: bool,
-    /// Forwarded DNS queries per second and client.
-    dns_forward_qps: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPool {
-    node: Spanned<String>,
-    range: Spanned<Ipv4Net>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    network: Spanned<String>,
-    node: Spanned<String>,
-    ip: Spanned<Ipv4Addr>,
-    mac: Option<Spanned<String>>,
-    name: Option<String>,
-    container: Option<Spanned<String>>,
-    service: Option<Spanned<String>>,
-}
-
 /// Bytes of VXLAN over IPv4 around an inner frame: outer IPv4 (20), UDP (8),
 /// VXLAN (8) and the inner Ethernet header (14).
 pub const OVERHEAD: u16 = 50;
@@ -233,6 +88,7 @@ pub const MAX_DNS_FORWARD: usize = 4;
 /// forwarding entry for each address of the other nodes' ranges.
 pub const MAX_POOL_ADDRESSES: u32 = 1024;
 
+/// Line starts of a text, to turn byte offsets into line and column.
 struct Lines<'a> {
     file: &'a Path,
     starts: Vec<usize>,
@@ -280,440 +136,48 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigErrors> {
     let lines = Lines::new(path, text);
     let raw: RawFile = toml::from_str(text)
         .map_err(|e| ConfigErrors(vec![lines.error(e.span(), e.message().trim().to_string())]))?;
-    let mut errs = Vec::new();
-    let mut err = |span: Range<usize>, reason: String| errs.push(lines.error(Some(span), reason));
+    // The spans are only needed to report errors: parsed again then.
+    let mut tree: Option<Spanned<DeTable>> = None;
+    validate(&raw, |e| {
+        let tree = tree.get_or_insert_with(|| DeTable::parse(text).expect("parsed once already"));
+        lines.error(Some(span_of(tree, &e.place)), e.reason)
+    })
+    .map_err(ConfigErrors)
+}
 
-    let mut settings = Settings::default();
-    if let Some(p) = raw.settings.vxlan_port {
-        settings.vxlan_port = p;
-    }
-    if let Some(m) = &raw.settings.underlay_mtu {
-        if *m.get_ref() < 576 + OVERHEAD {
-            err(
-                m.span(),
-                format!(
-                    "underlay_mtu {} is too small (at least {})",
-                    m.get_ref(),
-                    576 + OVERHEAD
-                ),
-            );
+/// The span of the value at `place` in a parsed document; of the deepest
+/// part of it that is there when the value itself is not (a default).
+fn span_of(root: &Spanned<DeTable>, place: &Place) -> Range<usize> {
+    let mut span = root.span();
+    let Some(mut cur) = lookup(root.get_ref(), place.table.name()) else {
+        return span;
+    };
+    if let DeValue::Array(a) = cur.get_ref() {
+        match a.get(place.index) {
+            Some(v) => cur = v,
+            None => return cur.span(),
         }
-        settings.underlay_mtu = *m.get_ref();
     }
-    if let Some(o) = raw.settings.offloads {
-        settings.offloads = o;
-    }
-    if let Some(q) = &raw.settings.queues {
-        if *q.get_ref() > Settings::MAX_QUEUES {
-            err(
-                q.span(),
-                format!(
-                    "queues must be 0 (one per CPU) to {}, not {}",
-                    Settings::MAX_QUEUES,
-                    q.get_ref()
-                ),
-            );
+    span = cur.span();
+    for step in &place.steps {
+        let next = match (step, cur.get_ref()) {
+            (raw::Step::Key(k), DeValue::Table(t)) => lookup(t, k),
+            (raw::Step::Index(i), DeValue::Array(a)) => a.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(v) => {
+                cur = v;
+                span = cur.span();
+            }
+            None => break,
         }
-        settings.queues = *q.get_ref();
     }
-    if let Some(b) = &raw.settings.busy_poll_us {
-        if *b.get_ref() > Settings::MAX_BUSY_POLL_US {
-            err(
-                b.span(),
-                format!(
-                    "busy_poll_us must be 0 (off) to {}, not {}",
-                    Settings::MAX_BUSY_POLL_US,
-                    b.get_ref()
-                ),
-            );
-        }
-        settings.busy_poll_us = *b.get_ref();
-    }
-    if let Some(n) = &raw.settings.source_ports {
-        if !(1..=1024).contains(n.get_ref()) {
-            err(
-                n.span(),
-                format!("source_ports must be 1 to 1024, not {}", n.get_ref()),
-            );
-        }
-        settings.source_ports = *n.get_ref();
-    }
+    span
+}
 
-    let mut nodes = Vec::new();
-    let mut node_names = HashSet::new();
-    let mut node_addrs = HashSet::new();
-    for n in &raw.nodes {
-        let n = n.get_ref();
-        if !valid_name(n.name.get_ref(), 64) {
-            err(
-                n.name.span(),
-                format!(
-                    "node name `{}` must be 1-64 of [a-zA-Z0-9_.-]",
-                    n.name.get_ref()
-                ),
-            );
-        }
-        if !node_names.insert(n.name.get_ref().clone()) {
-            err(
-                n.name.span(),
-                format!("node `{}` is defined twice", n.name.get_ref()),
-            );
-        }
-        let a = *n.address.get_ref();
-        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-            err(
-                n.address.span(),
-                format!("node address {a} is not a unicast address"),
-            );
-        }
-        if !node_addrs.insert(a) {
-            err(
-                n.address.span(),
-                format!("address {a} is used by two nodes"),
-            );
-        }
-        nodes.push(Node {
-            name: n.name.get_ref().clone(),
-            address: a,
-        });
-    }
-
-    let mut networks = Vec::new();
-    let mut net_by_name: HashMap<String, Ipv4Net> = HashMap::new();
-    let mut vnis = HashSet::new();
-    for n in &raw.networks {
-        let n = n.get_ref();
-        let name = n.name.get_ref();
-        if !valid_name(name, MAX_NETWORK_NAME) {
-            err(n.name.span(), format!("network name `{name}` must be 1-{MAX_NETWORK_NAME} of [a-zA-Z0-9_.-] (the TAP is vxm-<name>)"));
-        }
-        if net_by_name.contains_key(name) {
-            err(n.name.span(), format!("network `{name}` is defined twice"));
-        }
-        let vni = *n.vni.get_ref();
-        if !(1..=vxmesh_dataplane::wire::vxlan::MAX_VNI).contains(&vni) {
-            err(
-                n.vni.span(),
-                format!("vni {vni} is outside 1..=16777215 (24 bits)"),
-            );
-        } else if !vnis.insert(vni) {
-            err(n.vni.span(), format!("vni {vni} is used by two networks"));
-        }
-        let subnet = *n.subnet.get_ref();
-        if subnet.prefix_len() > 30 {
-            err(
-                n.subnet.span(),
-                format!("subnet {subnet} is too small for endpoints (at most /30)"),
-            );
-        }
-        if subnet.network() != subnet.addr() {
-            err(
-                n.subnet.span(),
-                format!(
-                    "subnet {subnet} has host bits set (did you mean {}?)",
-                    subnet.trunc()
-                ),
-            );
-        }
-        let max_mtu = settings.underlay_mtu - OVERHEAD;
-        let mtu = match &n.mtu {
-            Some(m) if *m.get_ref() > max_mtu || *m.get_ref() < 576 => {
-                err(
-                    m.span(),
-                    format!(
-                        "mtu {} must be 576 to {max_mtu} (underlay MTU {} minus {OVERHEAD})",
-                        m.get_ref(),
-                        settings.underlay_mtu
-                    ),
-                );
-                max_mtu
-            }
-            Some(m) => *m.get_ref(),
-            None => max_mtu,
-        };
-        for member in &n.nodes {
-            if !node_names.contains(member.get_ref()) {
-                err(
-                    member.span(),
-                    format!("node `{}` is not defined in [[nodes]]", member.get_ref()),
-                );
-            }
-        }
-        let dns = match &n.dns {
-            Some(d) => {
-                let ip = *d.get_ref();
-                if !usable(&subnet, ip) {
-                    err(
-                        d.span(),
-                        format!("dns {ip} must be a usable address of subnet {subnet}"),
-                    );
-                }
-                ip
-            }
-            None => Network::default_dns(&subnet),
-        };
-        let domain = match &n.domain {
-            Some(d) => {
-                let v = d.get_ref().trim_matches('.').to_ascii_lowercase();
-                if !valid_domain(&v) {
-                    err(d.span(), format!("domain `{}` must be dot-separated labels of 1-63 [a-z0-9-], at most 253 bytes", d.get_ref()));
-                }
-                v
-            }
-            None => Network::DEFAULT_DOMAIN.to_string(),
-        };
-        if n.dns_forward.len() > MAX_DNS_FORWARD {
-            err(
-                n.dns_forward[MAX_DNS_FORWARD].span(),
-                format!("dns_forward takes at most {MAX_DNS_FORWARD} resolvers"),
-            );
-        }
-        let mut dns_forward = Vec::new();
-        for f in &n.dns_forward {
-            let text = f.get_ref().trim();
-            let addr = text.parse::<SocketAddr>().ok().or_else(|| {
-                text.parse::<std::net::IpAddr>()
-                    .ok()
-                    .map(|ip| SocketAddr::new(ip, 53))
-            });
-            match addr {
-                None => err(
-                    f.span(),
-                    format!("dns_forward `{text}` must be an address, or address:port (port 53 by default)"),
-                ),
-                Some(a) if a.ip() == std::net::IpAddr::V4(dns) && a.port() == 53 => err(
-                    f.span(),
-                    format!("dns_forward {a} is the network's own DNS responder (a loop)"),
-                ),
-                Some(a) if a.port() == 0 || a.ip().is_unspecified() => err(
-                    f.span(),
-                    format!("dns_forward {a} needs a real address and a port other than 0"),
-                ),
-                Some(a) => dns_forward.push(a),
-            }
-        }
-        let announce_cap = match &n.announce_cap {
-            Some(c) if *c.get_ref() == 0 || *c.get_ref() > MAX_ANNOUNCE_CAP => {
-                err(
-                    c.span(),
-                    format!(
-                        "announce_cap {} must be 1 to {MAX_ANNOUNCE_CAP}",
-                        c.get_ref()
-                    ),
-                );
-                Network::DEFAULT_ANNOUNCE_CAP
-            }
-            Some(c) => *c.get_ref(),
-            None => Network::DEFAULT_ANNOUNCE_CAP,
-        };
-        let mut pools: Vec<(String, Ipv4Net)> = Vec::new();
-        for p in &n.pools {
-            let p = p.get_ref();
-            let (node, range) = (p.node.get_ref(), *p.range.get_ref());
-            if !node_names.contains(node) {
-                err(
-                    p.node.span(),
-                    format!("pool node `{node}` is not defined in [[nodes]]"),
-                );
-            }
-            if range.trunc() != range || !subnet.contains(&range) {
-                err(
-                    p.range.span(),
-                    format!("pool {range} must be a range inside the subnet {subnet}"),
-                );
-            } else if range.hosts().count() as u64 > u64::from(MAX_POOL_ADDRESSES) {
-                err(
-                    p.range.span(),
-                    format!("pool {range} is larger than {MAX_POOL_ADDRESSES} addresses (a /22)"),
-                );
-            }
-            if let Some((other, r)) = pools
-                .iter()
-                .find(|(o, r)| o == node || r.contains(&range) || range.contains(r))
-            {
-                err(
-                    p.range.span(),
-                    format!("pool {range} of node `{node}` overlaps pool {r} of node `{other}` (one range per node, disjoint)"),
-                );
-            }
-            pools.push((node.clone(), range));
-        }
-        net_by_name.insert(name.clone(), subnet);
-        networks.push(Network {
-            allow_ra: n.allow_ra,
-            allow_dhcp: n.allow_dhcp,
-            dns_forward_qps: n
-                .dns_forward_qps
-                .unwrap_or(Network::DEFAULT_DNS_FORWARD_QPS),
-            attachable: n.attachable,
-            pools,
-            announce: n.announce,
-            announce_cap,
-            dns,
-            domain,
-            dns_forward,
-            name: name.clone(),
-            vni,
-            subnet,
-            mtu,
-            extra_nodes: n.nodes.iter().map(|s| s.get_ref().clone()).collect(),
-            learning: n.learning,
-            fdb_cap: mesh::FDB_CAP.get(&n.fdb_cap, Network::DEFAULT_FDB_CAP as u32, &mut err)
-                as usize,
-            ageing_s: mesh::AGEING.get(&n.ageing_s, Network::DEFAULT_AGEING_S, &mut err),
-            flood_pps: mesh::FLOOD_PPS.get(&n.flood_pps, Network::DEFAULT_FLOOD_PPS, &mut err),
-        });
-    }
-
-    let mut endpoints = Vec::new();
-    let mut ips = HashSet::new();
-    let mut macs = HashSet::new();
-    for e in &raw.endpoints {
-        let e = e.get_ref();
-        let net = e.network.get_ref();
-        let ip = *e.ip.get_ref();
-        match net_by_name.get(net) {
-            None => err(
-                e.network.span(),
-                format!("network `{net}` is not defined in [[networks]]"),
-            ),
-            Some(subnet) => {
-                if !subnet.contains(&ip) {
-                    err(
-                        e.ip.span(),
-                        format!("{ip} is outside network `{net}`'s subnet {subnet}"),
-                    );
-                } else if ip == subnet.network() || ip == subnet.broadcast() {
-                    err(
-                        e.ip.span(),
-                        format!("{ip} is the network or broadcast address of {subnet}"),
-                    );
-                } else if networks.iter().any(|n| &n.name == net && n.dns == ip) {
-                    err(
-                        e.ip.span(),
-                        format!("{ip} is network `{net}`'s DNS address (move the endpoint, or set the network's `dns`)"),
-                    );
-                }
-            }
-        }
-        if !node_names.contains(e.node.get_ref()) {
-            err(
-                e.node.span(),
-                format!("node `{}` is not defined in [[nodes]]", e.node.get_ref()),
-            );
-        }
-        if !ips.insert((net.clone(), ip)) {
-            err(
-                e.ip.span(),
-                format!("{ip} is given to two endpoints of network `{net}`"),
-            );
-        }
-        let mac = match &e.mac {
-            None => MacAddr::from_ipv4(ip),
-            Some(m) => match m.get_ref().parse::<MacAddr>() {
-                Ok(mac) if mac.is_multicast() => {
-                    err(m.span(), format!("{mac} is a multicast MAC address"));
-                    mac
-                }
-                Ok(mac) => mac,
-                Err(reason) => {
-                    err(m.span(), reason);
-                    MacAddr::default()
-                }
-            },
-        };
-        if !macs.insert((net.clone(), mac)) {
-            err(
-                e.ip.span(),
-                format!("MAC {mac} is used twice in network `{net}`"),
-            );
-        }
-        let container = e.container.as_ref().map(|c| {
-            let id = c.get_ref();
-            let ok = !id.is_empty()
-                && id.len() <= 160
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
-            if !ok {
-                err(
-                    c.span(),
-                    format!("container `{id}` must be 1-160 of [a-zA-Z0-9_.:/-]"),
-                );
-            }
-            id.clone()
-        });
-        let service = e.service.as_ref().map(|s| {
-            if !valid_name(s.get_ref(), 63) {
-                err(
-                    s.span(),
-                    format!("service `{}` must be 1-63 of [a-zA-Z0-9_.-]", s.get_ref()),
-                );
-            }
-            s.get_ref().clone()
-        });
-        endpoints.push(Endpoint {
-            network: net.clone(),
-            node: e.node.get_ref().clone(),
-            ip,
-            mac,
-            name: e.name.clone(),
-            container,
-            service,
-        });
-    }
-    let mut services = services(&raw.services, &networks, &endpoints, &mut err);
-    add_labelled_tasks(&mut services, &endpoints);
-    for name in allocate_vips(&networks, &mut services) {
-        let span = raw
-            .services
-            .iter()
-            .find(|s| s.get_ref().name.get_ref() == &name)
-            .map(|s| s.get_ref().name.span())
-            .unwrap_or(0..0);
-        err(
-            span,
-            format!("service `{name}`: no free address left for a VIP; set `vip`"),
-        );
-    }
-    for s in &services {
-        let Some(vip) = s.vip else { continue };
-        if let Some(e) = endpoints
-            .iter()
-            .find(|e| e.network == s.network && e.ip == vip)
-        {
-            let span = raw
-                .services
-                .iter()
-                .find(|r| r.get_ref().name.get_ref() == &s.name)
-                .map(|r| {
-                    r.get_ref()
-                        .vip
-                        .as_ref()
-                        .map(|v| v.span())
-                        .unwrap_or(r.get_ref().name.span())
-                })
-                .unwrap_or(0..0);
-            err(
-                span,
-                format!(
-                    "service `{}`'s VIP {vip} is also an endpoint (on node `{}`); keep endpoints out of the VIP pool or set `vip`",
-                    s.name, e.node
-                ),
-            );
-        }
-    }
-    if errs.is_empty() {
-        Ok(Cluster {
-            settings,
-            nodes,
-            networks,
-            endpoints,
-            services,
-        })
-    } else {
-        Err(ConfigErrors(errs))
-    }
+fn lookup<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    t.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
 }
 
 /// Endpoints that name a service are its tasks (containers started with a
@@ -733,22 +197,6 @@ pub fn add_labelled_tasks(services: &mut [ServiceSpec], endpoints: &[Endpoint]) 
             }
         }
     }
-}
-
-/// An address endpoints, VIPs and the DNS responder may take: inside the
-/// subnet, neither its network nor its broadcast address.
-fn usable(subnet: &Ipv4Net, ip: Ipv4Addr) -> bool {
-    subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast()
-}
-
-fn valid_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// FNV-1a (32 bit) of a service name: where its VIP search starts. Fixed
@@ -802,240 +250,12 @@ pub fn allocate_vips(networks: &[Network], services: &mut [ServiceSpec]) -> Vec<
     failed
 }
 
-fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-/// Validates `[[services]]`; errors go through `err`.
-fn services(
-    raw: &[Spanned<RawService>],
-    networks: &[Network],
-    endpoints: &[Endpoint],
-    err: &mut impl FnMut(Range<usize>, String),
-) -> Vec<ServiceSpec> {
-    let mut out = Vec::new();
-    let mut names = HashSet::new();
-    let mut published: HashMap<(Protocol, u16), String> = HashMap::new();
-    let mut vips: HashMap<(String, Ipv4Addr), String> = HashMap::new();
-    for s in raw {
-        let s = s.get_ref();
-        let name = s.name.get_ref();
-        if !valid_name(name, 63) {
-            err(
-                s.name.span(),
-                format!("service name `{name}` must be 1-63 of [a-zA-Z0-9_.-]"),
-            );
-        }
-        if !names.insert(name.clone()) {
-            err(s.name.span(), format!("service `{name}` is defined twice"));
-        }
-        let net = s.network.get_ref();
-        if !networks.iter().any(|n| &n.name == net) {
-            err(
-                s.network.span(),
-                format!("network `{net}` is not defined in [[networks]]"),
-            );
-        }
-        let mut tasks = Vec::new();
-        for t in &s.tasks {
-            let ip = *t.get_ref();
-            if !endpoints.iter().any(|e| &e.network == net && e.ip == ip) {
-                err(t.span(), format!("task {ip} is not an endpoint of network `{net}` (add it to [[endpoints]] with the node that runs it)"));
-            }
-            if tasks.contains(&ip) {
-                err(t.span(), format!("task {ip} is listed twice"));
-            }
-            tasks.push(ip);
-        }
-        let mut ports = Vec::new();
-        for p in &s.ports {
-            let p = p.get_ref();
-            let protocol = match p.protocol.as_ref().map(|x| x.get_ref().as_str()) {
-                None | Some("tcp") => Protocol::Tcp,
-                Some("udp") => Protocol::Udp,
-                Some(other) => {
-                    let span = p
-                        .protocol
-                        .as_ref()
-                        .map(|x| x.span())
-                        .unwrap_or(p.published.span());
-                    err(
-                        span,
-                        format!("protocol `{other}` must be \"tcp\" or \"udp\""),
-                    );
-                    Protocol::Tcp
-                }
-            };
-            let (pub_port, target) = (*p.published.get_ref(), *p.target.get_ref());
-            if pub_port == 0 || target == 0 {
-                err(p.published.span(), "ports must be 1-65535".to_string());
-            }
-            if let Some(other) = published.insert((protocol, pub_port), name.clone()) {
-                err(
-                    p.published.span(),
-                    format!(
-                        "{}/{pub_port} is already published by service `{other}`",
-                        protocol.as_str()
-                    ),
-                );
-            }
-            ports.push(PortSpec {
-                protocol,
-                published: pub_port,
-                target,
-                listen: p.listen.as_ref().map(|l| *l.get_ref()),
-            });
-        }
-        let balance = match s.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
-            None | Some(("maglev", _)) => Algorithm::Maglev,
-            Some(("round-robin", _)) => Algorithm::RoundRobin,
-            Some(("least-conn", _)) => Algorithm::LeastConn,
-            Some((other, span)) => {
-                err(
-                    span,
-                    format!(
-                        "balance `{other}` must be \"maglev\", \"round-robin\" or \"least-conn\""
-                    ),
-                );
-                Algorithm::Maglev
-            }
-        };
-        let mode = match s.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
-            None | Some(("ingress", _)) => Mode::Ingress,
-            Some(("host", _)) => Mode::Host,
-            Some((other, span)) => {
-                err(
-                    span,
-                    format!("mode `{other}` must be \"ingress\" or \"host\""),
-                );
-                Mode::Ingress
-            }
-        };
-        let proxy_protocol = match s
-            .proxy_protocol
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None => false,
-            Some(("v2", _)) => true,
-            Some((other, span)) => {
-                err(span, format!("proxy_protocol `{other}` must be \"v2\""));
-                false
-            }
-        };
-        let health = mesh::health(s.health.as_ref(), &ports, s.name.span(), err);
-        let endpoint_mode = match s
-            .endpoint_mode
-            .as_ref()
-            .map(|m| (m.get_ref().as_str(), m.span()))
-        {
-            None | Some(("vip", _)) => EndpointMode::Vip,
-            Some(("dnsrr", _)) => EndpointMode::Dnsrr,
-            Some((other, span)) => {
-                err(
-                    span,
-                    format!("endpoint_mode `{other}` must be \"vip\" or \"dnsrr\""),
-                );
-                EndpointMode::Vip
-            }
-        };
-        let vip = s.vip.as_ref().map(|v| (*v.get_ref(), v.span()));
-        if let Some((ip, span)) = &vip {
-            if endpoint_mode == EndpointMode::Dnsrr {
-                err(
-                    span.clone(),
-                    "a `dnsrr` service has no VIP; remove `vip`".to_string(),
-                );
-            }
-            if let Some(n) = networks.iter().find(|n| &n.name == net) {
-                if !usable(&n.subnet, *ip) {
-                    err(
-                        span.clone(),
-                        format!(
-                            "vip {ip} must be a usable address of `{net}`'s subnet {}",
-                            n.subnet
-                        ),
-                    );
-                } else if *ip == n.dns {
-                    err(span.clone(), format!("vip {ip} is `{net}`'s DNS address"));
-                }
-            }
-            if let Some(other) = vips.insert((net.clone(), *ip), name.clone()) {
-                err(
-                    span.clone(),
-                    format!("vip {ip} is already service `{other}`'s"),
-                );
-            }
-        }
-        out.push(ServiceSpec {
-            name: name.clone(),
-            network: net.clone(),
-            tasks,
-            ports,
-            balance,
-            health,
-            mode,
-            proxy_protocol,
-            drain: mesh::DRAIN.ms(&s.drain_ms, ServiceSpec::DEFAULT_DRAIN, err),
-            slow_start: mesh::SLOW_START.ms(&s.slow_start_ms, Duration::ZERO, err),
-            idle_timeout: mesh::IDLE_TIMEOUT.ms(&s.idle_timeout_ms, ServiceSpec::DEFAULT_IDLE, err),
-            udp_timeout: mesh::UDP_TIMEOUT.ms(
-                &s.udp_timeout_ms,
-                ServiceSpec::DEFAULT_UDP_TIMEOUT,
-                err,
-            ),
-            connect_timeout: mesh::CONNECT_TIMEOUT.ms(
-                &s.connect_timeout_ms,
-                ServiceSpec::DEFAULT_CONNECT_TIMEOUT,
-                err,
-            ),
-            endpoint_mode,
-            vip: vip
-                .map(|v| v.0)
-                .filter(|_| endpoint_mode == EndpointMode::Vip),
-            max_connections: mesh::MAX_CONNECTIONS.get(
-                &s.max_connections,
-                ServiceSpec::DEFAULT_MAX_CONNECTIONS,
-                err,
-            ),
-            max_sessions: mesh::MAX_SESSIONS.get(
-                &s.max_sessions,
-                ServiceSpec::DEFAULT_MAX_SESSIONS,
-                err,
-            ),
-            limits: ClientLimits {
-                connections_per_source: mesh::CONNECTIONS_PER_SOURCE.get(
-                    &s.max_connections_per_source,
-                    ClientLimits::DEFAULT_PER_SOURCE,
-                    err,
-                ),
-                sessions_per_source: mesh::SESSIONS_PER_SOURCE.get(
-                    &s.max_sessions_per_source,
-                    ClientLimits::DEFAULT_PER_SOURCE,
-                    err,
-                ),
-                first_byte_timeout: mesh::FIRST_BYTE_TIMEOUT.ms(
-                    &s.first_byte_timeout_ms,
-                    ClientLimits::DEFAULT_FIRST_BYTE,
-                    err,
-                ),
-                write_timeout: mesh::WRITE_TIMEOUT.ms(
-                    &s.write_timeout_ms,
-                    ClientLimits::DEFAULT_WRITE,
-                    err,
-                ),
-            },
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+    use crate::model::Settings;
 
     const BASE: &str = r#"
 [[nodes]]

@@ -9,6 +9,7 @@
 //! - [`cni`]: the `vxmesh-cni` plugin (CNI 1.0) over the admin API;
 //! - [`api`]: the local admin API (HTTP on a unix socket) and its client;
 //! - [`daemon`]: start-up, systemd notify, SIGHUP reload, SIGTERM stop;
+//! - [`error`]: why a desired state was not applied ([`error::ApplyError`]);
 //! - [`timing`]: how long validating and applying a desired state takes;
 //! - [`lab`]: the namespace lab behind `vxmesh lab`.
 //!
@@ -19,6 +20,7 @@ pub mod attach;
 pub mod cni;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod firewall;
 pub mod handover;
 pub mod lab;

@@ -5,14 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use vxmesh_dataplane::io::worker::TapSet;
 use vxmesh_dataplane::io::{addr, netdev};
 use vxmesh_dataplane::io::{Tap, TapConfig};
-use vxmesh_dataplane::mesh::dns::ZoneSpec;
 use vxmesh_dataplane::overlay::{
     Announcements, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
 };
@@ -20,6 +19,11 @@ use vxmesh_dataplane::wire::MacAddr;
 
 use crate::firewall::{Firewall, NetRules, Port};
 use crate::model::{Cluster, Network};
+
+mod desired;
+
+pub use desired::{dns_zones, mesh_desired};
+use desired::{pool_entries, port_mac, tap_mac, wanted_addresses};
 
 /// What the reconciler keeps for one network between snapshots.
 struct NetState {
@@ -81,19 +85,6 @@ pub enum ReconcileError {
         #[source]
         source: io::Error,
     },
-}
-
-/// The TAP MAC of a node in a network: its first endpoint's MAC (by
-/// default `02:42:<overlay ip>`, Docker's rule), or, for a member without
-/// an endpoint, `02:43:<underlay ip>`.
-fn tap_mac(cluster: &Cluster, net: &Network, node: &str, underlay: Ipv4Addr) -> MacAddr {
-    cluster
-        .host_endpoint(net, node)
-        .map(|e| e.mac)
-        .unwrap_or_else(|| {
-            let o = underlay.octets();
-            MacAddr([0x02, 0x43, o[0], o[1], o[2], o[3]])
-        })
 }
 
 impl Reconciler {
@@ -547,153 +538,4 @@ fn sync_neighbours(state: &mut NetState, endpoints: &[EndpointEntry]) {
             state.neigh = (dev, BTreeMap::new());
         }
     }
-}
-
-/// What this node's mesh should do: in ingress mode a member of the
-/// service's network listens and forwards to every task; in host mode only
-/// a node with a local task listens, and only to its local tasks.
-pub fn mesh_desired(
-    cluster: &Cluster,
-    node: &str,
-) -> Vec<vxmesh_dataplane::mesh::runtime::Desired> {
-    use vxmesh_dataplane::mesh::runtime::Desired;
-    use vxmesh_dataplane::mesh::spec::Mode;
-    cluster
-        .services
-        .iter()
-        .map(|s| {
-            let member = cluster.networks_of(node).any(|n| n.name == s.network);
-            let local: Vec<Ipv4Addr> = s
-                .tasks
-                .iter()
-                .copied()
-                .filter(|t| cluster.owner(&s.network, *t) == Some(node))
-                .collect();
-            // The VIP listens on every member node, on each target port.
-            let extra_listen = match s.vip {
-                Some(vip) if member => s
-                    .ports
-                    .iter()
-                    .map(|p| (p.protocol, SocketAddr::new(vip.into(), p.target), p.target))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            match s.mode {
-                Mode::Ingress => Desired {
-                    spec: s.clone(),
-                    tasks: s.tasks.clone(),
-                    listen: member,
-                    extra_listen,
-                },
-                Mode::Host => Desired {
-                    spec: s.clone(),
-                    listen: !local.is_empty(),
-                    tasks: local,
-                    extra_listen,
-                },
-            }
-        })
-        .collect()
-}
-
-/// The DNS zones this node serves: one per network it is a member of.
-pub fn dns_zones(cluster: &Cluster, node: &str) -> Vec<ZoneSpec> {
-    cluster
-        .networks_of(node)
-        .map(|net| ZoneSpec {
-            network: net.name.clone(),
-            addr: net.dns,
-            domain: net.domain.clone(),
-            forward: net.dns_forward.clone(),
-            clients: (net.subnet.network(), net.subnet.prefix_len()),
-            forward_qps: net.dns_forward_qps,
-            services: cluster
-                .services
-                .iter()
-                .filter(|s| s.network == net.name)
-                .map(|s| (s.name.clone(), s.vip))
-                .collect(),
-            endpoints: cluster
-                .endpoints_of(&net.name)
-                .filter_map(|e| e.name.clone().map(|n| (n, e.ip)))
-                .collect(),
-        })
-        .collect()
-}
-
-/// The addresses this node adds to its TAP in `net`: the DNS responder's
-/// and the VIP of every service of the network, as /32s. On a bridge the
-/// node's own address goes there too with the subnet's prefix (or, on a
-/// node with containers only, the DNS address does), which brings the
-/// route to the subnet.
-fn wanted_addresses(
-    cluster: &Cluster,
-    net: &Network,
-    node: &str,
-    bridge: bool,
-) -> BTreeSet<(Ipv4Addr, u8)> {
-    let mut out: BTreeSet<(Ipv4Addr, u8)> = cluster
-        .services
-        .iter()
-        .filter(|s| s.network == net.name)
-        .filter_map(|s| s.vip)
-        .map(|ip| (ip, 32))
-        .collect();
-    if bridge {
-        let own = cluster.tap_address(net, node).unwrap_or(net.dns);
-        out.insert((own, net.subnet.prefix_len()));
-        if own != net.dns {
-            out.insert((net.dns, 32));
-        }
-    } else {
-        out.insert((net.dns, 32));
-    }
-    out
-}
-
-/// With the cluster file, every node allocates container addresses from
-/// its own range, and the others cannot hear of each allocation: they
-/// forward every address of a remote node's range to that node, with the
-/// MAC derived from the address (`02:42:<ip>`, the rule allocations use),
-/// and answer ARP for it. Addresses an endpoint declares keep their own
-/// entry.
-fn pool_entries(
-    cluster: &Cluster,
-    net: &Network,
-    addresses: &std::collections::HashMap<&str, Ipv4Addr>,
-    node: &str,
-) -> Vec<EndpointEntry> {
-    let mut out = Vec::new();
-    if net.pools.is_empty() {
-        return out;
-    }
-    let declared: std::collections::HashSet<Ipv4Addr> =
-        cluster.endpoints_of(&net.name).map(|e| e.ip).collect();
-    for (owner, range) in &net.pools {
-        let Some(vtep) = addresses.get(owner.as_str()) else {
-            continue;
-        };
-        if owner == node {
-            continue;
-        }
-        for ip in range.hosts().filter(|ip| net.allocatable(*ip)) {
-            if !declared.contains(&ip) {
-                out.push(EndpointEntry {
-                    ip,
-                    mac: MacAddr::from_ipv4(ip),
-                    vtep: *vtep,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// The MAC of a bridged TAP: the node's MAC in the network with its second
-/// byte changed, so that the bridge (which answers as the node) and its
-/// TAP port never share one.
-fn port_mac(node: MacAddr) -> MacAddr {
-    let mut m = node.0;
-    m[1] ^= 0x80;
-    MacAddr(m)
 }

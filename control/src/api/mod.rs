@@ -8,7 +8,11 @@ pub mod client;
 pub mod listen;
 pub mod server;
 
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
+
+use crate::config::raw::{RawHealth, RawPort};
 use vxmesh_dataplane::overlay::stats::{GlobalStatsSnapshot, NetStatsSnapshot};
 
 /// Default path of the admin socket.
@@ -171,4 +175,50 @@ pub struct EndpointInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// The body of every successful write (`released`: addresses a detach
+/// gave back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WriteOk {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<usize>,
+}
+
+impl WriteOk {
+    pub const OK: WriteOk = WriteOk {
+        ok: true,
+        released: None,
+    };
+}
+
+/// `PATCH /v1/services/{name}`: the settings to change; one left out stays
+/// as it is. The bodies of `POST /v1/networks`, `/v1/endpoints` and
+/// `/v1/services` are the cluster file's tables
+/// ([`crate::config::raw::RawNetwork`], `RawEndpoint`, `RawService`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<Ipv4Addr>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<RawPort>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RawHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<u64>,
+}
+
+impl ServiceUpdate {
+    pub fn is_empty(&self) -> bool {
+        *self == ServiceUpdate::default()
+    }
 }

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use super::listen::{self, Limits, TcpAccess};
 use super::{
     ApiError, DataplaneInfo, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status,
-    WorkerInfo,
+    WorkerInfo, WriteOk,
 };
 use crate::state::State;
 use crate::store::{StoreError, Write};
@@ -307,7 +307,7 @@ const READ_ONLY: StatusCode = StatusCode::FORBIDDEN;
 
 async fn write(st: &State, w: Write, ok: StatusCode) -> Response {
     match st.store.write(w).await {
-        Ok(()) => (ok, Json(serde_json::json!({ "ok": true }))).into_response(),
+        Ok(()) => (ok, Json(WriteOk::OK)).into_response(),
         Err(e) => store_error(e),
     }
 }
@@ -391,7 +391,7 @@ async fn attachment_check(
     Json(req): Json<crate::attach::AttachRequest>,
 ) -> Response {
     match crate::attach::check(&st, &req) {
-        Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Ok(()) => Json(WriteOk::OK).into_response(),
         Err(e) => attach_error(e),
     }
 }
@@ -399,7 +399,15 @@ async fn attachment_check(
 /// CNI DEL (idempotent: an unknown key releases nothing and succeeds).
 async fn attachment_del(AxState(st): AxState<Shared>, AxPath(key): AxPath<String>) -> Response {
     match crate::attach::detach(&st, &key).await {
-        Ok(n) => Json(serde_json::json!({ "ok": true, "released": n })).into_response(),
+        Ok(n) => Json(WriteOk {
+            ok: true,
+            released: Some(n),
+        })
+        .into_response(),
         Err(e) => attach_error(e),
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -5,13 +5,12 @@
 //! week; a health `path` is checked so that it cannot add lines to the
 //! probe's request.
 
-use std::ops::Range;
 use std::time::Duration;
 
-use toml::Spanned;
 use vxmesh_dataplane::mesh::spec::{HealthKind, HealthSpec, PortSpec, Protocol};
 
-use super::RawHealth;
+use super::raw::{Item, Place, RawHealth};
+use super::validate::Errs;
 
 /// The accepted values of one key.
 pub struct Bound {
@@ -23,25 +22,20 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// The value of `v` (or `default`); out of bounds is an error at its
-    /// line, and the default is used so validation goes on.
-    pub fn get<T>(
-        &self,
-        v: &Option<Spanned<T>>,
-        default: T,
-        err: &mut impl FnMut(Range<usize>, String),
-    ) -> T
+    /// The value of `v` (or `default`); out of bounds is an error at `at`,
+    /// and the default is used so validation goes on.
+    pub fn get<T>(&self, v: Option<T>, default: T, at: Place, errs: &mut Errs) -> T
     where
         T: Copy + Into<u64>,
     {
-        let Some(s) = v else { return default };
-        let n: u64 = (*s.get_ref()).into();
+        let Some(v) = v else { return default };
+        let n: u64 = v.into();
         if (self.zero_off && n == 0) || (self.min..=self.max).contains(&n) {
-            return *s.get_ref();
+            return v;
         }
         let off = if self.zero_off { "0 (off) or " } else { "" };
-        err(
-            s.span(),
+        errs.at(
+            at,
             format!(
                 "{} must be {off}{} to {}, not {n}",
                 self.key, self.min, self.max
@@ -50,16 +44,16 @@ impl Bound {
         default
     }
 
-    /// A duration in milliseconds.
-    pub fn ms(
-        &self,
-        v: &Option<Spanned<u64>>,
-        default: Duration,
-        err: &mut impl FnMut(Range<usize>, String),
-    ) -> Duration {
+    /// A duration in milliseconds, the key of the same name in `it`.
+    pub fn ms(&self, v: Option<u64>, default: Duration, it: Item, errs: &mut Errs) -> Duration {
         match v {
             None => default,
-            Some(_) => Duration::from_millis(self.get(v, default.as_millis() as u64, err)),
+            Some(_) => Duration::from_millis(self.get(
+                v,
+                default.as_millis() as u64,
+                it.key(self.key),
+                errs,
+            )),
         }
     }
 }
@@ -114,15 +108,15 @@ pub fn bad_path(p: &str) -> Option<String> {
     ))
 }
 
-/// The health check of a service with `ports`. Without a `kind`, a service
-/// that has UDP ports and no TCP port is checked over UDP (an ICMP port
-/// unreachable is down), any other over TCP. `at` is the service's span
-/// for errors not tied to a key of the health table.
+/// The health check of service `it` with `ports`. Without a `kind`, a
+/// service that has UDP ports and no TCP port is checked over UDP (an ICMP
+/// port unreachable is down), any other over TCP. Errors not tied to a key
+/// of the health table are at the service's name.
 pub fn health(
-    raw: Option<&Spanned<RawHealth>>,
+    raw: Option<&RawHealth>,
     ports: &[PortSpec],
-    at: Range<usize>,
-    err: &mut impl FnMut(Range<usize>, String),
+    it: Item,
+    errs: &mut Errs,
 ) -> HealthSpec {
     let has = |p: Protocol| ports.iter().any(|x| x.protocol == p);
     let mut health = HealthSpec::default();
@@ -133,19 +127,17 @@ pub fn health(
         };
     }
     let Some(h) = raw else { return health };
-    let span = h.span();
-    let h = h.get_ref();
-    let explicit = h.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span()));
-    match explicit.clone() {
+    let at = |key| it.key("health").key(key);
+    match h.kind.as_deref() {
         None => {}
-        Some(("tcp", _)) => health.kind = HealthKind::Tcp,
-        Some(("http", _)) => {
+        Some("tcp") => health.kind = HealthKind::Tcp,
+        Some("http") => {
             let path = match &h.path {
                 Some(p) => {
-                    if let Some(why) = bad_path(p.get_ref()) {
-                        err(p.span(), why);
+                    if let Some(why) = bad_path(p) {
+                        errs.at(at("path"), why);
                     }
-                    p.get_ref().clone()
+                    p.clone()
                 }
                 None => "/".into(),
             };
@@ -154,56 +146,62 @@ pub fn health(
                 status: h.status.unwrap_or(200),
             };
         }
-        Some(("udp", _)) => {
+        Some("udp") => {
             health.kind = HealthKind::Udp {
-                send: probe_bytes(&h.udp_send, "udp_send", err),
-                expect: probe_bytes(&h.udp_expect, "udp_expect", err),
+                send: probe_bytes(&h.udp_send, "udp_send", it, errs),
+                expect: probe_bytes(&h.udp_expect, "udp_expect", it, errs),
             }
         }
-        Some((other, s)) => err(
-            s,
+        Some(other) => errs.at(
+            at("kind"),
             format!("health kind `{other}` must be \"tcp\", \"http\" or \"udp\""),
         ),
     }
     let is_udp = matches!(health.kind, HealthKind::Udp { .. });
     for (v, key) in [(&h.udp_send, "udp_send"), (&h.udp_expect, "udp_expect")] {
-        match v {
-            Some(s) if !is_udp => err(s.span(), format!("health {key} needs kind = \"udp\"")),
-            _ => {}
+        if v.is_some() && !is_udp {
+            errs.at(at(key), format!("health {key} needs kind = \"udp\""));
         }
     }
-    if let Some(i) = &h.interval_ms {
-        health.interval = Duration::from_millis(INTERVAL.get(&Some(i.clone()), 1000, err));
+    if h.interval_ms.is_some() {
+        health.interval =
+            Duration::from_millis(INTERVAL.get(h.interval_ms, 1000, at("interval_ms"), errs));
     }
-    if let Some(t) = &h.timeout_ms {
-        let ms = *t.get_ref();
+    if let Some(ms) = h.timeout_ms {
         if ms == 0 {
-            err(t.span(), "health timeout_ms must be at least 1".into());
+            errs.at(at("timeout_ms"), "health timeout_ms must be at least 1");
         }
         health.timeout = Duration::from_millis(ms.max(1));
     }
     if health.timeout > health.interval {
-        err(
-            span.clone(),
-            "health timeout_ms must not exceed interval_ms".to_string(),
+        errs.at(
+            it.key("health"),
+            "health timeout_ms must not exceed interval_ms",
         );
     }
-    health.rise = RISE.get(&h.rise, health.rise, err);
-    health.fall = FALL.get(&h.fall, health.fall, err);
-    health.passive_failures = PASSIVE.get(&h.passive_failures, health.passive_failures, err);
+    health.rise = RISE.get(h.rise, health.rise, at("rise"), errs);
+    health.fall = FALL.get(h.fall, health.fall, at("fall"), errs);
+    health.passive_failures = PASSIVE.get(
+        h.passive_failures,
+        health.passive_failures,
+        at("passive_failures"),
+        errs,
+    );
     health.port = h
         .port
-        .as_ref()
-        .map(|p| PROBE_PORT.get(&Some(p.clone()), 1u16, err));
+        .map(|p| PROBE_PORT.get(Some(p), 1u16, at("port"), errs));
     let proto = health.kind.protocol();
     if health.port.is_none() && !has(proto) && !ports.is_empty() {
         let other = match proto {
             Protocol::Tcp => "udp",
             Protocol::Udp => "tcp",
         };
-        let (kind, at) = explicit.unwrap_or(("tcp", at));
-        err(
-            at,
+        let (kind, place) = match h.kind.as_deref() {
+            Some(k) => (k, at("kind")),
+            None => ("tcp", it.key("name")),
+        };
+        errs.at(
+            place,
             format!(
                 "health kind `{kind}` probes a {} port, and the service has none: set health `port` or kind = \"{other}\"",
                 proto.as_str().to_uppercase()
@@ -214,19 +212,15 @@ pub fn health(
 }
 
 /// A UDP probe's payload or expected reply: at most [`MAX_UDP_PROBE`] bytes.
-fn probe_bytes(
-    v: &Option<Spanned<String>>,
-    key: &str,
-    err: &mut impl FnMut(Range<usize>, String),
-) -> String {
+fn probe_bytes(v: &Option<String>, key: &'static str, it: Item, errs: &mut Errs) -> String {
     let Some(s) = v else { return String::new() };
-    if s.get_ref().len() > MAX_UDP_PROBE {
-        err(
-            s.span(),
+    if s.len() > MAX_UDP_PROBE {
+        errs.at(
+            it.key("health").key(key),
             format!("health {key} is longer than {MAX_UDP_PROBE} bytes"),
         );
     }
-    s.get_ref().clone()
+    s.clone()
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! Every value in a store is a versioned JSON document
 //! `{"version": 1, "spec": {...}}` whose `spec` has exactly the shape of the
 //! matching table of the cluster file (`[[networks]]`, `[[endpoints]]`,
-//! `[[services]]`, `[[nodes]]`, `[settings]`). A snapshot is assembled into
-//! one TOML document, one fragment per key, and validated by the same code
-//! as the file ([`crate::config::parse`]): both stores accept the same
-//! values, and an error names the key it came from.
+//! `[[services]]`, `[[nodes]]`, `[settings]`). A snapshot's specs are read
+//! straight into the file's raw tables ([`crate::config::raw`]) and checked
+//! by the same rules as the file ([`crate::config::validate`]): both stores
+//! accept the same values, and an error names the key it came from.
 //!
 //! Key layout under the prefix (e.g. `/vxmesh`):
 //!
@@ -20,12 +20,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config;
+use crate::config::{
+    self,
+    raw::{RawEndpoint, RawFile, RawNetwork, RawNode, RawService, Table},
+    Place,
+};
 use crate::model::{Cluster, Node};
 
 /// The document version this code writes and reads.
@@ -125,61 +128,26 @@ pub fn node_key(name: &str) -> String {
     format!("nodes/{name}")
 }
 
-/// Drops `null` members (TOML has no null) and rejects nothing else.
-fn strip_nulls(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
-        other => other.clone(),
-    }
-}
+const NOT_OBJECT: &str = "spec is not a JSON object";
 
-/// One `[[table]]` fragment of TOML text holding `spec`.
-fn fragment(table: &str, spec: &Value, array: bool) -> Result<String, String> {
-    if array {
-        if let Some(text) = plain_fragment(table, spec) {
-            return Ok(text);
-        }
-    }
-    let spec = strip_nulls(spec);
-    if !spec.is_object() {
-        return Err("spec is not a JSON object".into());
-    }
-    let body = if array {
-        serde_json::json!({ table: [spec] })
+/// Reads one spec into its raw table. `null` members mean "not set" (as
+/// an absent key in the file); anything else that does not fit the table
+/// is an error naming the member.
+fn read<T: serde::de::DeserializeOwned>(spec: &Value) -> Result<T, String> {
+    let Some(members) = spec.as_object() else {
+        return Err(NOT_OBJECT.into());
+    };
+    let r = if members.values().any(Value::is_null) {
+        let stripped: serde_json::Map<String, Value> = members
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        T::deserialize(&Value::Object(stripped))
     } else {
-        serde_json::json!({ table: spec })
+        T::deserialize(spec)
     };
-    let value = toml::Value::try_from(&body).map_err(|e| e.to_string())?;
-    toml::to_string(&value).map_err(|e| e.to_string())
-}
-
-/// The fragment of a table whose members are all plain strings (bare keys,
-/// no quote, backslash or control character), written directly: the shape
-/// of nearly every endpoint and node, 100,000 of which would otherwise each
-/// go through a JSON -> TOML value -> text conversion. `None`: use the
-/// general path.
-fn plain_fragment(table: &str, spec: &Value) -> Option<String> {
-    let bare = |k: &str| {
-        !k.is_empty()
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    let plain = |v: &str| !v.chars().any(|c| c == '"' || c == '\\' || c.is_control());
-    let mut out = format!("[[{table}]]\n");
-    for (k, v) in spec.as_object()? {
-        let v = v.as_str()?;
-        if !bare(k) || !plain(v) {
-            return None;
-        }
-        out.push_str(&format!("{k} = \"{v}\"\n"));
-    }
-    Some(out)
+    r.map_err(|e| e.to_string())
 }
 
 fn str_field<'a>(spec: &'a Value, field: &str) -> Option<&'a str> {
@@ -197,7 +165,7 @@ pub fn assemble(
     view: View,
     source: &str,
 ) -> Result<(Cluster, Vec<String>), Vec<String>> {
-    build(snap, this, view, source)
+    build(snap, this, view)
         .map(|(c, skipped)| {
             let skipped = skipped.into_iter().map(|(k, r)| format!("{k}: {r}"));
             (c, skipped.collect())
@@ -245,7 +213,7 @@ pub fn assemble_quarantined(
     let mut work: Option<Snapshot> = None;
     for _ in 0..QUARANTINE_ROUNDS {
         let cur = work.as_ref().unwrap_or(snap);
-        let errs = match build(cur, this, view, source) {
+        let errs = match build(cur, this, view) {
             Ok((c, skipped)) => {
                 out.extend(skipped);
                 out.sort();
@@ -273,43 +241,77 @@ pub fn assemble_quarantined(
     )])
 }
 
+/// A snapshot's specs as the file's raw tables, with the key each element
+/// came from.
+#[derive(Default)]
+struct Raw {
+    file: RawFile,
+    nodes: Vec<String>,
+    networks: Vec<String>,
+    endpoints: Vec<String>,
+    services: Vec<String>,
+}
+
+impl Raw {
+    /// The key of the document a place is in.
+    fn key(&self, place: &Place) -> Option<String> {
+        let keys = match place.table {
+            Table::Settings => return Some("settings".into()),
+            Table::Nodes => &self.nodes,
+            Table::Networks => &self.networks,
+            Table::Endpoints => &self.endpoints,
+            Table::Services => &self.services,
+        };
+        keys.get(place.index).cloned()
+    }
+}
+
+/// The documents set aside and the errors of an assembly so far.
+#[derive(Default)]
+struct Out {
+    skipped: Vec<Quarantined>,
+    errs: Vec<KeyedError>,
+}
+
+impl Out {
+    /// A document's table, if it could be read: a spec that is not an
+    /// object is set aside, one that does not fit its table is an error.
+    fn take<T>(&mut self, key: String, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) if e == NOT_OBJECT => {
+                self.skipped.push((key, e));
+                None
+            }
+            Err(e) => {
+                self.errs.push((Some(key), e));
+                None
+            }
+        }
+    }
+}
+
 /// [`assemble`] with errors and skipped documents by key.
 fn build(
     snap: &Snapshot,
     this: &Node,
     view: View,
-    source: &str,
 ) -> Result<(Cluster, Vec<Quarantined>), Vec<KeyedError>> {
-    let mut skipped: Vec<Quarantined> = Vec::new();
-    let mut text = String::new();
-    // (first line, key) of every fragment, to name the key in errors.
-    let mut origin: Vec<(usize, String)> = Vec::new();
-    // Lines so far, counted as fragments are added (recounting the whole
-    // text per fragment is quadratic: minutes at 100,000 endpoints).
-    let mut lines = 0usize;
-    let mut push = |text: &mut String, key: &str, frag: String| {
-        origin.push((lines + 1, key.to_string()));
-        lines += frag.bytes().filter(|b| *b == b'\n').count() + 1;
-        text.push_str(&frag);
-        text.push('\n');
-    };
+    let mut out = Out::default();
+    let mut raw = Raw::default();
     if let Some(d) = snap.docs.get("settings") {
-        match fragment("settings", &d.spec, false) {
-            Ok(f) => push(&mut text, "settings", f),
-            Err(e) => skipped.push(("settings".into(), e)),
+        if let Some(s) = out.take("settings".into(), read(&d.spec)) {
+            raw.file.settings = s;
         }
     }
     // Nodes: the live ones, this node with its own address.
-    let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
+    let mut nodes: BTreeMap<&str, Option<&Value>> = BTreeMap::new();
     for (name, spec) in snap.kind("nodes") {
         if name != this.name {
-            nodes.insert(name.to_string(), spec.clone());
+            nodes.insert(name, Some(spec));
         }
     }
-    nodes.insert(
-        this.name.clone(),
-        serde_json::json!({ "name": this.name, "address": this.address.to_string() }),
-    );
+    nodes.insert(&this.name, None);
     let networks: HashSet<&str> = snap
         .kind("networks")
         .filter_map(|(_, s)| str_field(s, "name"))
@@ -323,7 +325,7 @@ fn build(
             str_field(spec, "node"),
             str_field(spec, "ip").and_then(|s| s.parse::<Ipv4Addr>().ok()),
         ) else {
-            skipped.push((
+            out.skipped.push((
                 format!("endpoints/{key}"),
                 "needs network, node and ip".into(),
             ));
@@ -335,82 +337,78 @@ fn build(
         endpoints.push((key, net, ip, spec));
     }
     endpoints.sort_by_key(|e| (e.1, u32::from(e.2)));
+    // Owners that are not up get a placeholder node (240.0.0.0/4 is
+    // reserved), so the endpoint itself can be validated.
+    let mut placeholders: Vec<&str> = Vec::new();
     if view == View::Declared {
-        // Owners that are not up get a placeholder node (240.0.0.0/4 is
-        // reserved), so the endpoint itself can be validated.
-        let mut n = 0u32;
         for (_, _, _, spec) in &endpoints {
             if let Some(node) = str_field(spec, "node") {
                 if !nodes.contains_key(node) {
-                    n += 1;
-                    let a = Ipv4Addr::from(0xf000_0000 | n);
-                    nodes.insert(
-                        node.to_string(),
-                        serde_json::json!({ "name": node, "address": a.to_string() }),
-                    );
+                    nodes.insert(node, None);
+                    placeholders.push(node);
                 }
             }
         }
     }
     for (name, spec) in &nodes {
-        match fragment("nodes", spec, true) {
-            Ok(f) => push(&mut text, &node_key(name), f),
-            Err(e) => skipped.push((node_key(name), e)),
+        let key = node_key(name);
+        let node = match spec {
+            Some(spec) => out.take(key.clone(), read::<RawNode>(spec)),
+            None if *name == this.name => Some(RawNode {
+                name: this.name.clone(),
+                address: this.address,
+            }),
+            None => {
+                let n = placeholders.iter().position(|p| p == name).unwrap_or(0) as u32 + 1;
+                Some(RawNode {
+                    name: name.to_string(),
+                    address: Ipv4Addr::from(0xf000_0000 | n),
+                })
+            }
+        };
+        if let Some(n) = node {
+            raw.file.nodes.push(n);
+            raw.nodes.push(key);
         }
     }
     for (key, spec) in snap.kind("networks") {
-        match fragment("networks", spec, true) {
-            Ok(f) => push(&mut text, &format!("networks/{key}"), f),
-            Err(e) => skipped.push((format!("networks/{key}"), e)),
+        let key = format!("networks/{key}");
+        if let Some(n) = out.take(key.clone(), read::<RawNetwork>(spec)) {
+            raw.file.networks.push(n);
+            raw.networks.push(key);
         }
     }
     let live: HashSet<(&str, Ipv4Addr)> = endpoints.iter().map(|e| (e.1, e.2)).collect();
+    raw.file.endpoints.reserve(endpoints.len());
     for (key, _, _, spec) in &endpoints {
-        match fragment("endpoints", spec, true) {
-            Ok(f) => push(&mut text, &format!("endpoints/{key}"), f),
-            Err(e) => skipped.push((format!("endpoints/{key}"), e)),
+        let key = format!("endpoints/{key}");
+        if let Some(e) = out.take(key.clone(), read::<RawEndpoint>(spec)) {
+            raw.file.endpoints.push(e);
+            raw.endpoints.push(key);
         }
     }
     for (key, spec) in snap.kind("services") {
-        let mut spec = spec.clone();
+        let key = format!("services/{key}");
+        let Some(mut s) = out.take(key.clone(), read::<RawService>(spec)) else {
+            continue;
+        };
         if view == View::Effective {
-            let net = str_field(&spec, "network").unwrap_or_default().to_string();
-            if !networks.contains(net.as_str()) {
-                skipped.push((
-                    format!("services/{key}"),
-                    format!("network `{net}` does not exist"),
-                ));
+            if !networks.contains(s.network.as_str()) {
+                out.skipped
+                    .push((key, format!("network `{}` does not exist", s.network)));
                 continue;
             }
             // A task whose endpoint is gone (its node died) leaves the list.
-            if let Some(Value::Array(tasks)) = spec.get_mut("tasks") {
-                tasks.retain(|t| {
-                    t.as_str()
-                        .and_then(|s| s.parse::<Ipv4Addr>().ok())
-                        .is_some_and(|ip| live.contains(&(net.as_str(), ip)))
-                });
-            }
+            s.tasks
+                .retain(|ip| live.contains(&(s.network.as_str(), *ip)));
         }
-        match fragment("services", &spec, true) {
-            Ok(f) => push(&mut text, &format!("services/{key}"), f),
-            Err(e) => skipped.push((format!("services/{key}"), e)),
-        }
+        raw.file.services.push(s);
+        raw.services.push(key);
     }
-    match config::parse(Path::new(source), &text) {
-        Ok(c) => Ok((c, skipped)),
-        Err(errs) => Err(errs
-            .0
-            .iter()
-            .map(|e| {
-                let key = origin
-                    .iter()
-                    .rev()
-                    .find(|(line, _)| *line <= e.line)
-                    .map(|(_, k)| k.clone());
-                (key, e.reason.clone())
-            })
-            .collect()),
+    if !out.errs.is_empty() {
+        return Err(out.errs);
     }
+    config::validate(&raw.file, |e| (raw.key(&e.place), e.reason)).map(|c| (c, out.skipped))
 }
 
 #[cfg(test)]
@@ -529,25 +527,33 @@ mod tests {
     }
 
     #[test]
-    fn plain_fragments_read_like_the_general_ones() {
-        let plain =
-            json!({"network": "front", "node": "h1", "ip": "10.0.9.1", "mac": "02:42:0a:00:09:01"});
-        let general = |spec: &Value| {
-            let v = toml::Value::try_from(json!({ "endpoints": [spec] })).unwrap();
-            toml::to_string(&v).unwrap()
-        };
-        let fast = plain_fragment("endpoints", &plain).unwrap();
-        let parsed = |t: &str| t.parse::<toml::Table>().unwrap();
-        assert_eq!(parsed(&fast), parsed(&general(&plain)));
-        // Anything else takes the general path.
-        for odd in [
-            json!({"network": "front", "ip": "10.0.9.1", "name": "a \"b\""}),
-            json!({"network": "front", "ip": "10.0.9.1", "name": null}),
-            json!({"network": "front", "ip": "10.0.9.1", "x y": "z"}),
-            json!({"network": "front", "tasks": ["10.0.9.1"]}),
-        ] {
-            assert_eq!(plain_fragment("endpoints", &odd), None, "{odd}");
-        }
+    fn specs_read_straight_into_the_tables_and_misfits_name_their_key() {
+        let mut docs = base();
+        docs.push((
+            "endpoints/front/10.0.9.4",
+            json!({"network": "front", "node": "h1", "ip": "10.0.9.4", "name": "a \"b\"", "mac": null}),
+        ));
+        let (c, _) = assemble(&snap(&docs), &me(), View::Effective, "etcd").unwrap();
+        let e = c.endpoints.iter().find(|e| e.ip.octets()[3] == 4).unwrap();
+        assert_eq!(e.name.as_deref(), Some("a \"b\""));
+        docs.push((
+            "networks/back",
+            json!({"name": "back", "vni": "ten", "subnet": "10.0.8.0/24"}),
+        ));
+        docs.push((
+            "services/db",
+            json!({"name": "db", "network": "front", "colour": "red"}),
+        ));
+        let errs = assemble(&snap(&docs), &me(), View::Effective, "etcd").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("etcd/networks/back: invalid type: string \"ten\""),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("etcd/services/db: unknown field `colour`"),
+            "{errs:?}"
+        );
     }
 
     #[test]

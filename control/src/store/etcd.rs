@@ -346,20 +346,23 @@ impl EtcdStore {
         )
     }
 
+    /// Folds one event into `snap`: a put of `value`, or a delete.
+    fn fold_event(&self, snap: &mut Snapshot, put: bool, key: &[u8], value: &[u8]) {
+        if put {
+            self.put_doc(snap, key, value);
+        } else if let Some(k) = self.short_key(key) {
+            snap.docs.remove(&k);
+            snap.invalid.remove(&k);
+        }
+    }
+
     /// Folds one watch message into `snap`; true if a document changed.
     fn fold(&self, snap: &mut Snapshot, msg: &WatchResponse) -> bool {
         let mut changed = false;
         for ev in msg.events() {
             let Some(kv) = ev.kv() else { continue };
-            match ev.event_type() {
-                etcd_client::EventType::Put => self.put_doc(snap, kv.key(), kv.value()),
-                etcd_client::EventType::Delete => {
-                    if let Some(k) = self.short_key(kv.key()) {
-                        snap.docs.remove(&k);
-                        snap.invalid.remove(&k);
-                    }
-                }
-            }
+            let put = ev.event_type() == etcd_client::EventType::Put;
+            self.fold_event(snap, put, kv.key(), kv.value());
             changed = true;
         }
         if let Some(h) = msg.header() {
@@ -525,3 +528,7 @@ impl EtcdStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "etcd_tests.rs"]
+mod tests;

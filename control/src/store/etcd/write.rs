@@ -2,7 +2,7 @@
 //! first, made with compare-and-swap transactions, and waited for until
 //! this daemon's watch has seen them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
 use serde_json::Value;
@@ -10,6 +10,9 @@ use serde_json::Value;
 use super::EtcdStore;
 use crate::store::doc::{self, Doc, Snapshot, View};
 use crate::store::{StoreError, Write};
+
+/// Longest wait for this daemon's watch to bring a write back.
+pub(super) const CAUGHT_UP: Duration = Duration::from_secs(2);
 
 impl EtcdStore {
     /// Checks a snapshot changed at `key` against the file's rules, without
@@ -33,10 +36,10 @@ impl EtcdStore {
 
     /// Waits (bounded) until the watch has brought revision `rev`, so the
     /// next request through this daemon sees the write.
-    async fn caught_up(&self, rev: i64) {
-        let deadline = Instant::now() + Duration::from_secs(2);
+    pub(super) async fn caught_up(&self, rev: i64) {
+        let deadline = tokio::time::Instant::now() + CAUGHT_UP;
         while self.snapshot.lock().expect("snapshot lock").revision < rev
-            && Instant::now() < deadline
+            && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
