@@ -166,7 +166,7 @@ pub(super) async fn start_etcd(
         };
         let rev = snap.revision;
         let started = Instant::now();
-        let r = st.assemble(e, &snap).and_then(|c| {
+        let r = st.assemble(e, &snap).map_err(String::from).and_then(|c| {
             st.apply(c)
                 .map_err(|e| format!("applying revision {rev}: {e}"))
         });

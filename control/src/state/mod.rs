@@ -15,6 +15,7 @@ use vxmesh_dataplane::io::Dataplane;
 use vxmesh_dataplane::mesh::runtime::Mesh;
 
 use crate::config;
+use crate::error::ApplyError;
 use crate::model::Cluster;
 use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
 use crate::store::etcd::EtcdStore;
@@ -51,11 +52,11 @@ impl State {
     /// Re-reads the desired state and applies it as a diff: the file store
     /// reads its file again; the etcd store re-applies its last snapshot.
     /// On any error the running state stays and the error is counted.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
+    pub fn reload(&self) -> Result<Vec<String>, ApplyError> {
         let next = match &self.store {
             Store::File(path) => {
                 let t = Instant::now();
-                let c = config::load(path).map_err(|e| e.to_string()).map(|mut c| {
+                let c = config::load(path).map_err(ApplyError::from).map(|mut c| {
                     for w in
                         crate::attach::ipam::merge(&mut c, &self.node, &self.attach.local_list())
                     {
@@ -71,18 +72,18 @@ impl State {
         match next {
             Ok(next) => self.apply(next),
             Err(e) => {
-                self.reject(e.clone());
+                self.reject(e.to_string());
                 Err(e)
             }
         }
     }
 
     /// The effective cluster of an etcd snapshot.
-    pub fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, String> {
+    pub fn assemble(&self, e: &EtcdStore, snap: &doc::Snapshot) -> Result<Cluster, ApplyError> {
         let t = Instant::now();
         let r = doc::assemble_quarantined(snap, e.node(), View::Effective, &e.describe());
         self.times.validated(t.elapsed());
-        let (c, quarantined) = r.map_err(|errs| errs.join("; "))?;
+        let (c, quarantined) = r.map_err(ApplyError::Store)?;
         e.set_quarantined(quarantined);
         Ok(c)
     }
@@ -98,17 +99,14 @@ impl State {
     /// into the dataplane, listeners bound or drained, never a restart. On
     /// any error the running state stays in place and the error is counted
     /// and returned.
-    pub fn apply(&self, next: Cluster) -> Result<Vec<String>, String> {
+    pub fn apply(&self, next: Cluster) -> Result<Vec<String>, ApplyError> {
         let mut inner = self.inner.lock().expect("state lock poisoned");
         let started = Instant::now();
         let (endpoints, nodes) = (next.endpoints.len(), next.nodes.len());
         let result = (|| {
-            let node = next.node(&self.node).ok_or_else(|| {
-                format!(
-                    "node `{}` is no longer in {}",
-                    self.node,
-                    self.config_path.display()
-                )
+            let node = next.node(&self.node).ok_or_else(|| ApplyError::NodeGone {
+                node: self.node.clone(),
+                config: self.config_path.display().to_string(),
             })?;
             let cur = inner.cluster.node(&self.node).expect("running node exists");
             if node.address != cur.address
@@ -116,25 +114,18 @@ impl State {
                 || next.settings.source_ports != inner.cluster.settings.source_ports
                 || next.settings.queues != inner.cluster.settings.queues
             {
-                return Err(
-                    "the node address, vxlan_port, source_ports and queues change only with a restart"
-                        .to_string(),
-                );
+                return Err(ApplyError::NeedsRestart);
             }
-            let (tables, taps, changes) =
-                inner.reconciler.plan(&next).map_err(|e| e.to_string())?;
+            let (tables, taps, changes) = inner.reconciler.plan(&next)?;
             // Bind new listeners first: if one fails, nothing changes.
-            let mesh_changes = inner
-                .mesh
-                .apply(
-                    mesh_desired(&next, &self.node),
-                    dns_zones(&next, &self.node),
-                )
-                .map_err(|e| e.to_string())?;
+            let mesh_changes = inner.mesh.apply(
+                mesh_desired(&next, &self.node),
+                dns_zones(&next, &self.node),
+            )?;
             inner
                 .dataplane
                 .apply(tables, taps)
-                .map_err(|e| format!("starting workers: {e}"))?;
+                .map_err(ApplyError::Workers)?;
             inner
                 .dataplane
                 .set_busy_poll(Duration::from_micros(next.settings.busy_poll_us));
@@ -152,7 +143,7 @@ impl State {
             }
             Err(e) => {
                 inner.reloads_failed += 1;
-                inner.last_reload_error = Some(e.clone());
+                inner.last_reload_error = Some(e.to_string());
             }
         }
         result
