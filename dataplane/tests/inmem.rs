@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
+use vxmesh_dataplane::offload::gso;
 use vxmesh_dataplane::overlay::{
     Announcements, Core, DropReason, EndpointEntry, GlobalStats, LearnedFdb, NetStats,
     NetworkTable, Tables, Verdict,
 };
-use vxmesh_dataplane::wire::{arp, gso, vxlan, MacAddr};
+use vxmesh_dataplane::wire::{arp, vxlan, MacAddr};
 
 const VNI_FRONT: u32 = 4096;
 const VNI_BACK: u32 = 4097;

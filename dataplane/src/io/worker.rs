@@ -14,9 +14,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::tap::Tap;
 use super::udp::Underlay;
+use crate::offload::{gro, gso, virtio};
 use crate::overlay::stats::{bump, PeerStats};
 use crate::overlay::{Core, DropReason, Tables, Verdict};
-use crate::wire::{arp, gro, gso, virtio, vxlan};
+use crate::wire::{arp, vxlan};
 
 /// Most packets a worker handles per wake-up before it polls again.
 pub const BATCH: usize = 64;

@@ -9,7 +9,7 @@
 //! eight-bytes-at-a-time loop), so that a mistake in either shows up as a
 //! disagreement.
 
-use vxmesh_dataplane::wire::{gso, virtio};
+use vxmesh_dataplane::offload::{gso, virtio};
 
 pub(super) const TCP: u8 = 6;
 pub(super) const UDP: u8 = 17;

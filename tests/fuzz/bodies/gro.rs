@@ -3,8 +3,8 @@
 //! rules); the frame checks are `cut.rs`'s.
 
 use super::cut::{check_cut, read_ip, rfc1071, Ip, TCP, TCP_PSH, UDP};
-use vxmesh_dataplane::wire::gro::{self, Gro, Push};
-use vxmesh_dataplane::wire::virtio;
+use vxmesh_dataplane::offload::gro::{self, Gro, Push};
+use vxmesh_dataplane::offload::virtio;
 
 /// Reads the records of a [`gro`] input.
 struct Records<'a>(&'a [u8]);
