@@ -62,8 +62,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("virtio_hdr", virtio_hdr),
 ];
 
-/// What the UDP worker segments into (`dataplane/src/io/worker.rs`).
-const SEGMENT_BUF: usize = 65536;
+/// What the pipeline segments into (`dataplane/src/overlay/path.rs`).
+const SEGMENT_BUF: usize = vxmesh_dataplane::overlay::path::BUF_LEN;
 
 /// VNIs of the fixture's networks. `front` and `back` are what the lab
 /// runs; `tiny` has the smallest IPv4 MTU so that short inputs already

@@ -3,15 +3,15 @@
 //! out. It reads no fd and no clock, so the whole overlay can be stepped in
 //! memory (see `dataplane/tests/inmem.rs`).
 //!
-//! Call protocol for a driver:
+//! Call protocol (what [`super::path`], the per-packet pipeline, does):
 //! - TAP side: read a frame, call [`Core::handle_frame`]; on `Unicast` or
 //!   `Flood` prepend the VXLAN header (see [`crate::wire::vxlan`]) and send
 //!   to the peer(s) with a source port chosen from `flow`; on `ArpReply`
 //!   write the reply buffer back into the same TAP.
 //! - Underlay side: receive a datagram, call [`Core::handle_datagram`]; on
 //!   `Deliver` write `datagram[offset..]` into the TAP of network `net`.
-//! - Every `Drop` is already counted; the driver only counts what fails in
-//!   the OS (send and TAP write errors) and what it actually transmitted.
+//! - Every `Drop` is already counted; the pipeline only counts what fails
+//!   in the OS (send and TAP write errors) and what it actually transmitted.
 
 use std::net::Ipv4Addr;
 use std::time::Instant;

@@ -7,6 +7,7 @@ pub mod core;
 pub mod fdb;
 pub mod guard;
 pub mod limit;
+pub mod path;
 pub mod stats;
 pub mod tables;
 

@@ -1,4 +1,4 @@
-//! The segmenters of the offload paths (`dataplane/src/io/worker.rs`): the
+//! The segmenters of the offload paths (`dataplane/src/overlay/path.rs`): the
 //! UDP segmentation (USO cut) of UDP GSO frames, the TSO cut, and what a
 //! TAP read does with its virtio-net header; and the checks of a cut that
 //! `gro.rs` shares. Part of `bodies.rs` (same rules: raw bytes in, never a
@@ -332,7 +332,7 @@ pub fn udp_gso(data: &[u8]) {
 }
 
 /// One TAP read: a virtio-net header and the frame behind it, exactly what
-/// `TapSide::turn` in `dataplane/src/io/worker.rs` gets from the kernel,
+/// `TxPath::frame` in `dataplane/src/overlay/path.rs` gets from the kernel,
 /// and what it does with it (the same decision, step by step: checksum
 /// completion for a plain frame, the TSO or USO cut for a super-frame, a
 /// drop for anything else).
