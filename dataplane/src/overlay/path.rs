@@ -183,9 +183,11 @@ impl TxPath {
         let frame = &mut read[virtio::LEN..];
         match h.gso() {
             virtio::GSO_NONE => {
-                if h.flags & virtio::F_NEEDS_CSUM != 0 {
-                    let (s, o) = (usize::from(h.csum_start), usize::from(h.csum_offset));
-                    virtio::finish_csum(frame, s, o);
+                let (s, o) = (usize::from(h.csum_start), usize::from(h.csum_offset));
+                if h.flags & virtio::F_NEEDS_CSUM != 0 && !virtio::finish_csum(frame, s, o) {
+                    // Offsets outside the frame: its checksum cannot be
+                    // finished, and a peer would get it wrong.
+                    return fail(&nt.stats, DropReason::Malformed).err();
                 }
                 batch.push(&mut out, frame)
             }

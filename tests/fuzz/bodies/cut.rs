@@ -339,7 +339,7 @@ pub fn udp_gso(data: &[u8]) {
 ///
 /// The header parses from any 10 bytes and emits back the same bytes; a
 /// checksum completion whose offsets point outside the frame is refused
-/// and changes nothing, one inside changes only its field, to the sum the
+/// and changes nothing (the path then drops the frame as malformed), one inside changes only its field, to the sum the
 /// kernel would have stored; a cut gives segments that pass [`check_cut`].
 pub fn virtio_hdr(data: &[u8]) {
     let Some(h) = virtio::Header::parse(data) else {

@@ -118,3 +118,47 @@ fn frames_to_one_peer_leave_together_at_the_flush_and_not_before() {
         3
     );
 }
+
+/// `frame` behind a virtio-net header asking for its checksum to be
+/// finished at (`start`, `offset`).
+fn needs_csum(frame: &[u8], start: u16, offset: u16) -> Vec<u8> {
+    let h = virtio::Header {
+        flags: virtio::F_NEEDS_CSUM,
+        csum_start: start,
+        csum_offset: offset,
+        ..virtio::Header::default()
+    };
+    let mut r = vec![0u8; virtio::LEN];
+    assert!(h.emit(&mut r));
+    r.extend_from_slice(frame);
+    r
+}
+
+#[test]
+fn a_frame_whose_checksum_offsets_are_out_of_range_is_dropped_and_counted() {
+    let (t, mut tx) = (tables(), TxPath::default());
+    let mut io = Recorder {
+        tap: TapOffloads {
+            vnet_hdr: true,
+            uso_write: false,
+        },
+        ..Recorder::default()
+    };
+    let now = Instant::now();
+    let f = frame(b"partial checksum");
+    let stats = &t.networks[0].stats;
+    for (start, offset) in [(f.len() as u16, 0), (34, f.len() as u16), (34, 65_535)] {
+        let mut read = needs_csum(&f, start, offset);
+        let got = tx.frame(&Core, &t, 0, &mut read, now, &mut io);
+        assert_eq!(got, Some(DropReason::Malformed), "({start}, {offset})");
+    }
+    tx.flush(&t, &mut io);
+    assert!(io.sent.is_empty(), "nothing sent on");
+    assert_eq!(stats.drops.get(DropReason::Malformed), 3);
+    // In range (the UDP checksum at 34 + 6), it is finished and sent.
+    let mut read = needs_csum(&f, 34, 6);
+    assert_eq!(tx.frame(&Core, &t, 0, &mut read, now, &mut io), None);
+    tx.flush(&t, &mut io);
+    assert_eq!(io.sent.len(), 1);
+    assert_eq!(stats.drops.get(DropReason::Malformed), 3);
+}
