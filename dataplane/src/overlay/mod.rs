@@ -14,5 +14,6 @@ pub mod tables;
 pub use self::core::{Core, Verdict};
 pub use announce::Announcements;
 pub use fdb::LearnedFdb;
+pub use limit::FloodLimiter;
 pub use stats::{DropReason, GlobalStats, NetStats};
 pub use tables::{EndpointEntry, NetworkTable, Tables};
