@@ -13,7 +13,8 @@ use vxmesh_dataplane::io::worker::TapSet;
 use vxmesh_dataplane::io::{addr, netdev};
 use vxmesh_dataplane::io::{Tap, TapConfig};
 use vxmesh_dataplane::overlay::{
-    Announcements, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables,
+    Announcements, EndpointEntry, FloodLimiter, GlobalStats, LearnedFdb, NetStats, NetworkTable,
+    Tables,
 };
 use vxmesh_dataplane::wire::MacAddr;
 
@@ -32,6 +33,9 @@ struct NetState {
     tap: Arc<Tap>,
     stats: Arc<NetStats>,
     learned: Arc<LearnedFdb>,
+    /// The flood limit's bucket, kept across reloads while `flood_pps`
+    /// stays.
+    flood: Arc<FloodLimiter>,
     fdb_cap: usize,
     ageing_s: u64,
     /// Addresses added beyond the TAP's own (VIPs, DNS; on a bridge also
@@ -181,6 +185,7 @@ impl Reconciler {
                             Arc::new(NetStats::default())
                         },
                         learned,
+                        flood: FloodLimiter::reuse(same_vni.then_some(&old.flood), net.flood_pps),
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
                         extra: old.extra.clone(),
@@ -214,6 +219,7 @@ impl Reconciler {
                             net.fdb_cap,
                             Duration::from_secs(net.ageing_s),
                         )),
+                        flood: FloodLimiter::reuse(None, net.flood_pps),
                         fdb_cap: net.fdb_cap,
                         ageing_s: net.ageing_s,
                         extra: found,
@@ -270,7 +276,7 @@ impl Reconciler {
                 .with_learning(net.learning)
                 .with_router_traffic(net.allow_ra, net.allow_dhcp)
                 .with_announce(state.announce.clone())
-                .with_flood_limit(net.flood_pps),
+                .with_flood_limiter(state.flood.clone()),
             );
             next.insert(net.name.clone(), state);
         }

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use etherparse::PacketBuilder;
 use vxmesh_dataplane::mesh::maglev::{self, Maglev};
+use vxmesh_dataplane::offload::{gro, gso};
 use vxmesh_dataplane::overlay::{
     Core, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables, Verdict,
 };
-use vxmesh_dataplane::wire::{arp, flow, gro, gso, vxlan, MacAddr};
+use vxmesh_dataplane::wire::{arp, flow, vxlan, MacAddr};
 
 const VNI: u32 = 4096;
 const MTU: u16 = 1450;

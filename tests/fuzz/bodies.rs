@@ -26,11 +26,12 @@ use vxmesh_control::store::doc::{self, Doc, Snapshot, View};
 use vxmesh_control::store::Store;
 use vxmesh_dataplane::mesh::dns;
 use vxmesh_dataplane::mesh::service::Service;
+use vxmesh_dataplane::offload::csum::{self, L4Csum};
+use vxmesh_dataplane::offload::gso;
 use vxmesh_dataplane::overlay::{
     Core, EndpointEntry, GlobalStats, LearnedFdb, NetStats, NetworkTable, Tables, Verdict,
 };
-use vxmesh_dataplane::wire::csum::{self, L4Csum};
-use vxmesh_dataplane::wire::{arp, gso, proxy_v2, MacAddr};
+use vxmesh_dataplane::wire::{arp, proxy_v2, MacAddr};
 
 // The offload paths, in files of their own: the USO and TSO cuts and TAP
 // reads with a virtio-net header (`cut.rs`), GRO (`gro.rs`).
@@ -61,8 +62,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("virtio_hdr", virtio_hdr),
 ];
 
-/// What the UDP worker segments into (`dataplane/src/io/worker.rs`).
-const SEGMENT_BUF: usize = 65536;
+/// What the pipeline segments into (`dataplane/src/overlay/path.rs`).
+const SEGMENT_BUF: usize = vxmesh_dataplane::overlay::path::BUF_LEN;
 
 /// VNIs of the fixture's networks. `front` and `back` are what the lab
 /// runs; `tiny` has the smallest IPv4 MTU so that short inputs already

@@ -1,6 +1,8 @@
 //! The thin OS drivers: a TAP device per network, the underlay UDP sockets,
-//! and the worker threads that move packets between them through the
-//! sans-io [`crate::overlay::Core`].
+//! and the worker threads that move packets between them through the pure
+//! pipeline [`crate::overlay::path`] (around the sans-io
+//! [`crate::overlay::Core`]); a lane only polls, reads, and carries out the
+//! sends and TAP writes the pipeline hands back.
 //!
 //! Workers are plain threads (no async runtime on the packet path): one per
 //! TAP queue and one for the underlay socket. Each owns its buffers, wakes on
@@ -10,7 +12,9 @@
 
 pub mod addr;
 pub mod inherit;
+mod lane;
 pub mod netdev;
+pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;

@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tun_rs::{DeviceBuilder, Layer};
 
-use crate::wire::{virtio, MacAddr};
+use crate::offload::virtio;
+use crate::wire::MacAddr;
 
 /// How to create one network's TAP.
 #[derive(Clone, Debug, PartialEq, Eq)]

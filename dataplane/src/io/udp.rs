@@ -220,48 +220,42 @@ impl Underlay {
         self.tx[i].send_to(datagram, SocketAddrV4::new(peer, self.port))
     }
 
-    /// Sends `data`, consecutive datagrams of `seg` bytes (the last may be
-    /// shorter), to `peer` with one `sendmsg` and UDP_SEGMENT: the kernel
-    /// cuts them (or a NIC does). Where the kernel refuses UDP GSO, sends
-    /// them one by one from then on. Returns how many datagrams went out.
-    pub fn send_segments(
+    /// Sends `data`, datagrams of `seg` bytes back to back (the last may be
+    /// shorter), in one `sendmsg` with UDP_SEGMENT. `Unsupported` when the
+    /// socket has no UDP GSO: after the first refusal it is not tried
+    /// again, and the caller sends the datagrams one by one.
+    pub fn send_gso(
         &self,
         flow_hash: u32,
         peer: Ipv4Addr,
         data: &[u8],
         seg: usize,
-    ) -> io::Result<usize> {
+    ) -> io::Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        let count = data.len().div_ceil(seg.max(1));
+        if !self.gso.load(Relaxed) {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
         let i = flow::scale(flow_hash, self.tx.len() as u32) as usize;
-        let sock = &self.tx[i];
         let dst = SocketAddrV4::new(peer, self.port);
-        if count > 1 && self.gso.load(Relaxed) {
-            let size = seg as u16;
-            let cmsg = [nix::sys::socket::ControlMessage::UdpGsoSegments(&size)];
-            let iov = [std::io::IoSlice::new(data)];
-            let addr = nix::sys::socket::SockaddrIn::from(dst);
-            match nix::sys::socket::sendmsg(
-                std::os::fd::AsRawFd::as_raw_fd(sock),
-                &iov,
-                &cmsg,
-                nix::sys::socket::MsgFlags::empty(),
-                Some(&addr),
-            ) {
-                Ok(_) => return Ok(count),
-                Err(nix::errno::Errno::EAGAIN) => {
-                    return Err(io::Error::from(io::ErrorKind::WouldBlock))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                    self.gso.store(false, Relaxed);
-                }
+        let size = seg as u16;
+        let cmsg = [nix::sys::socket::ControlMessage::UdpGsoSegments(&size)];
+        let iov = [std::io::IoSlice::new(data)];
+        let addr = nix::sys::socket::SockaddrIn::from(dst);
+        match nix::sys::socket::sendmsg(
+            std::os::fd::AsRawFd::as_raw_fd(&self.tx[i]),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            Some(&addr),
+        ) {
+            Ok(_) => Ok(()),
+            Err(nix::errno::Errno::EAGAIN) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+            Err(e) => {
+                tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                self.gso.store(false, Relaxed);
+                Err(io::Error::from(io::ErrorKind::Unsupported))
             }
         }
-        for d in data.chunks(seg.max(1)) {
-            sock.send_to(d, dst)?;
-        }
-        Ok(count)
     }
 
     /// True while UDP GSO is in use.

@@ -109,6 +109,22 @@ pub struct Health {
     drain_deadline: Option<Instant>,
 }
 
+/// A slow start: the weight grows linearly from 0 at `since` to 1 at
+/// `since + length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ramp {
+    pub since: Instant,
+    pub length: Duration,
+}
+
+impl Ramp {
+    /// The weight at `now`, 0.0 to 1.0.
+    pub fn weight(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.since).as_secs_f64();
+        (elapsed / self.length.as_secs_f64()).clamp(0.0, 1.0)
+    }
+}
+
 impl Health {
     /// A freshly configured task starts **Up**: it gets traffic at once, and
     /// the first `fall` failed probes take it out.
@@ -162,20 +178,21 @@ impl Health {
         }
     }
 
+    /// The slow start under way: SlowStart with a non-zero `slow_start`.
+    pub fn ramp(&self) -> Option<Ramp> {
+        (self.state == State::SlowStart && !self.cfg.slow_start.is_zero()).then_some(Ramp {
+            since: self.since,
+            length: self.cfg.slow_start,
+        })
+    }
+
     /// The balancing weight at `now`: 0.0 when not accepting new
     /// connections, `elapsed / slow_start` (0.0 to 1.0) during slow start,
     /// 1.0 when Up.
     pub fn weight(&self, now: Instant) -> f64 {
         match self.state {
             State::Up => 1.0,
-            State::SlowStart => {
-                let total = self.cfg.slow_start.as_secs_f64();
-                if total <= 0.0 {
-                    return 1.0;
-                }
-                let elapsed = now.saturating_duration_since(self.since).as_secs_f64();
-                (elapsed / total).clamp(0.0, 1.0)
-            }
+            State::SlowStart => self.ramp().map_or(1.0, |r| r.weight(now)),
             State::Down | State::Draining | State::Ejected => 0.0,
         }
     }

@@ -442,7 +442,7 @@ mod tests {
                 assert!(changed as f64 <= old.size() as f64 * (1.0 / n as f64 + 0.03));
             }
             eprintln!("n={n}: worst moved fraction of surviving slots {worst:.4}");
-            // DESIGN.md aims at <= 1% of other flows moving; measured
+            // The target is <= 1% of other flows moving; measured
             // worst: 0.20% (n=5), 0.41% (n=10).
             assert!(worst < 0.01, "n={n}: {worst}");
         }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use super::balance::Balancer;
-use super::health::{Health, HealthConfig, State, Transition};
+use super::health::{Health, HealthConfig, Ramp, State, Transition};
 use super::limits::PerSource;
 use super::maglev;
 use super::spec::ServiceSpec;
@@ -139,10 +139,14 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The balancer and the tasks its indices refer to.
+/// The balancer and the tasks its indices refer to, with what each task's
+/// health was when it was built (rebuilt on every health change): the
+/// per-connection path reads only this, no lock.
 pub struct Pick {
     pub balancer: Balancer,
     pub tasks: Vec<Arc<Task>>,
+    /// Per task: its slow start, if one is under way.
+    pub ramps: Vec<Option<Ramp>>,
 }
 
 /// One service's runtime.
@@ -201,6 +205,7 @@ impl Service {
             pick: ArcSwap::from_pointee(Pick {
                 balancer: Balancer::new(spec.balance, Vec::new()),
                 tasks: Vec::new(),
+                ramps: Vec::new(),
             }),
             spec: ArcSwap::from_pointee(spec),
             tasks: Mutex::new(list),
@@ -232,19 +237,23 @@ impl Service {
     /// address order so that every node builds the same Maglev table.
     pub fn rebuild(&self) {
         let spec = self.spec.load();
-        let mut eligible: Vec<Arc<Task>> = self
+        let mut eligible: Vec<(Arc<Task>, Option<Ramp>)> = self
             .tasks
             .lock()
             .expect("tasks lock")
             .iter()
-            .filter(|t| t.accepts_new())
-            .cloned()
+            .filter_map(|t| {
+                let h = t.health.lock().expect("health lock");
+                h.accepts_new().then(|| (t.clone(), h.ramp()))
+            })
             .collect();
-        eligible.sort_by_key(|t| t.addr);
-        let keys = eligible.iter().map(|t| t.addr.to_string()).collect();
+        eligible.sort_by_key(|(t, _)| t.addr);
+        let keys = eligible.iter().map(|(t, _)| t.addr.to_string()).collect();
+        let (tasks, ramps) = eligible.into_iter().unzip();
         self.pick.store(Arc::new(Pick {
             balancer: Balancer::new(spec.balance, keys),
-            tasks: eligible,
+            tasks,
+            ramps,
         }));
     }
 
@@ -299,7 +308,9 @@ impl Service {
         self.rebuild();
     }
 
-    /// Up to `out.len()` distinct tasks for a client, best first.
+    /// Up to `out.len()` distinct tasks for a client, best first. Takes no
+    /// lock, and reads the clock only while the first candidate is in slow
+    /// start.
     pub fn candidates(&self, client: SocketAddr, out: &mut Vec<Arc<Task>>) {
         let pick = self.pick.load();
         let mut idx = [0usize; 3];
@@ -313,12 +324,13 @@ impl Service {
         // share of the connections that would go to it; the rest go to the
         // next candidate. The draw is a fixed hash of a per-service counter,
         // so it spreads evenly without a random source.
-        if out.len() > 1 {
-            let w = out[0]
-                .health
-                .lock()
-                .expect("health lock")
-                .weight(std::time::Instant::now());
+        let ramp = if out.len() > 1 {
+            pick.ramps[idx[0]]
+        } else {
+            None
+        };
+        if let Some(ramp) = ramp {
+            let w = ramp.weight(Instant::now());
             if w < 1.0 {
                 let draw = self.draws.fetch_add(1, Relaxed);
                 let x = crate::wire::flow::murmur3_32(&draw.to_le_bytes(), 0x736c_6f77);
@@ -548,5 +560,25 @@ pub(crate) mod tests {
         assert_eq!(tb.state(), State::Up);
         let to_b = picks_of(&svc, b);
         assert!((400..=600).contains(&to_b), "round robin: {to_b} of 1000");
+    }
+
+    #[test]
+    fn with_every_task_down_there_is_no_candidate() {
+        let svc = Service::new(
+            spec(Duration::from_secs(3600)),
+            &[Ipv4Addr::new(10, 0, 9, 2)],
+        );
+        let task = svc.tasks.lock().unwrap()[0].clone();
+        let now = std::time::Instant::now();
+        while task.state() != State::Down {
+            let change = task.health.lock().unwrap().observe_probe(false, now);
+            if let Some(t) = change {
+                svc.transition(&task, t);
+            }
+        }
+        let mut out = Vec::new();
+        svc.candidates(SocketAddr::from(([198, 18, 0, 100], 1)), &mut out);
+        assert!(out.is_empty());
+        assert!(svc.pick.load().ramps.is_empty());
     }
 }

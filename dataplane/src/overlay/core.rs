@@ -3,15 +3,15 @@
 //! out. It reads no fd and no clock, so the whole overlay can be stepped in
 //! memory (see `dataplane/tests/inmem.rs`).
 //!
-//! Call protocol for a driver:
+//! Call protocol (what [`super::path`], the per-packet pipeline, does):
 //! - TAP side: read a frame, call [`Core::handle_frame`]; on `Unicast` or
 //!   `Flood` prepend the VXLAN header (see [`crate::wire::vxlan`]) and send
 //!   to the peer(s) with a source port chosen from `flow`; on `ArpReply`
 //!   write the reply buffer back into the same TAP.
 //! - Underlay side: receive a datagram, call [`Core::handle_datagram`]; on
 //!   `Deliver` write `datagram[offset..]` into the TAP of network `net`.
-//! - Every `Drop` is already counted; the driver only counts what fails in
-//!   the OS (send and TAP write errors) and what it actually transmitted.
+//! - Every `Drop` is already counted; the pipeline only counts what fails
+//!   in the OS (send and TAP write errors) and what it actually transmitted.
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -21,8 +21,9 @@ use super::fdb::Learn;
 use super::guard;
 use super::stats::{bump, DropReason};
 use super::tables::{NetworkTable, Tables};
-use crate::wire::csum::{self, L4Csum};
-use crate::wire::{arp, flow, gso, vxlan, MacAddr};
+use crate::offload::csum::{self, L4Csum};
+use crate::offload::gso;
+use crate::wire::{arp, flow, vxlan, MacAddr};
 
 /// Ethernet header without a VLAN tag.
 pub const ETH_HLEN: usize = 14;
@@ -48,7 +49,7 @@ pub enum Verdict<'t> {
     Deliver { net: usize, offset: usize },
     /// `datagram[offset..]` is a TCP super-frame larger than the overlay
     /// MTU (a TSO sender whose segments no NIC cut): cut it with
-    /// [`crate::wire::gso::segment_tcp`] at `mss` and write every piece into
+    /// [`crate::offload::gso::segment_tcp`] at `mss` and write every piece into
     /// network `net`'s TAP.
     DeliverSegmented {
         net: usize,
@@ -141,7 +142,7 @@ impl Core {
 
     /// A datagram that arrived on the underlay socket from `src`. An inner
     /// TCP/UDP checksum the sender left partial is completed in place (see
-    /// [`crate::wire::csum`]).
+    /// [`crate::offload::csum`]).
     pub fn handle_datagram<'t>(
         &self,
         tables: &'t Tables,

@@ -2,9 +2,11 @@
 //! replicated to every peer (broadcast, multicast, unknown unicast), so a
 //! broadcast storm on one host cannot multiply itself across the cluster.
 //! Time is an argument; the bucket sits behind a mutex taken only on the
-//! flood path, never for unicast.
+//! flood path, never for unicast. Like the learned entries, a limiter is
+//! shared by successive snapshots of its network ([`FloodLimiter::reuse`]),
+//! so a reload does not refill its bucket.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -22,6 +24,17 @@ impl FloodLimiter {
             rate,
             burst: burst.max(1),
             state: Mutex::new(None),
+        }
+    }
+
+    /// The limiter of a network limited to `pps` frames per second (burst
+    /// as many) in a new snapshot: `prev`, the one its last snapshot used,
+    /// with its bucket as it stands, when its rate is the same; otherwise a
+    /// new one with a full bucket.
+    pub fn reuse(prev: Option<&Arc<FloodLimiter>>, pps: u32) -> Arc<FloodLimiter> {
+        match prev {
+            Some(p) if p.rate == pps && p.burst == pps.max(1) => p.clone(),
+            _ => Arc::new(FloodLimiter::new(pps, pps)),
         }
     }
 
@@ -63,6 +76,26 @@ mod tests {
         let t1 = t0 + Duration::from_millis(50);
         let passed = (0..50).filter(|_| l.allow(t1)).count();
         assert_eq!(passed, 5);
+    }
+
+    #[test]
+    fn a_reload_with_the_same_rate_keeps_the_budget_and_a_new_rate_starts_afresh() {
+        let t0 = Instant::now();
+        let l = FloodLimiter::reuse(None, 10);
+        assert_eq!((0..50).filter(|_| l.allow(t0)).count(), 10);
+        let kept = FloodLimiter::reuse(Some(&l), 10);
+        assert!(Arc::ptr_eq(&kept, &l));
+        assert!(!kept.allow(t0), "the spent budget is still spent");
+        let changed = FloodLimiter::reuse(Some(&l), 20);
+        assert_eq!(changed.rate(), 20);
+        assert_eq!(
+            (0..50).filter(|_| changed.allow(t0)).count(),
+            20,
+            "a full bucket"
+        );
+        // Unlimited to unlimited is the same limiter too.
+        let off = FloodLimiter::reuse(None, 0);
+        assert!(Arc::ptr_eq(&FloodLimiter::reuse(Some(&off), 0), &off));
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub struct NetworkTable {
     /// Learn remote MACs from received datagrams (off by default).
     pub learning: bool,
     /// Broadcast/multicast/unknown-unicast frames per second this node
-    /// replicates into the network (0: no limit).
-    pub flood: FloodLimiter,
+    /// replicates into the network (0: no limit); kept across snapshots
+    /// while the rate stays (see [`FloodLimiter::reuse`]).
+    pub flood: Arc<FloodLimiter>,
     /// Learned entries; kept across snapshots like `stats`.
     pub learned: Arc<LearnedFdb>,
     /// Local workload addresses seen on the TAP, to announce (`announce =
@@ -91,7 +92,7 @@ impl NetworkTable {
             allow_ra: false,
             allow_dhcp: false,
             learning: false,
-            flood: FloodLimiter::new(0, 1),
+            flood: Arc::new(FloodLimiter::new(0, 1)),
             learned,
             announce: None,
             stats,
@@ -134,8 +135,13 @@ impl NetworkTable {
 
     /// Limits floods to `pps` frames per second with a burst of as many
     /// (0: no limit).
-    pub fn with_flood_limit(mut self, pps: u32) -> Self {
-        self.flood = FloodLimiter::new(pps, pps);
+    pub fn with_flood_limit(self, pps: u32) -> Self {
+        self.with_flood_limiter(FloodLimiter::reuse(None, pps))
+    }
+
+    /// Floods go through `limiter`, shared with earlier snapshots.
+    pub fn with_flood_limiter(mut self, limiter: Arc<FloodLimiter>) -> Self {
+        self.flood = limiter;
         self
     }
 

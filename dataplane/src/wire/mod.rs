@@ -6,12 +6,8 @@
 //! builder on top of etherparse's ARP types).
 
 pub mod arp;
-pub mod csum;
 pub mod flow;
-pub mod gro;
-pub mod gso;
 pub mod proxy_v2;
-pub mod virtio;
 pub mod vxlan;
 
 use std::fmt;

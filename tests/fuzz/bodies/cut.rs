@@ -1,4 +1,4 @@
-//! The segmenters of the offload paths (`dataplane/src/io/worker.rs`): the
+//! The segmenters of the offload paths (`dataplane/src/overlay/path.rs`): the
 //! UDP segmentation (USO cut) of UDP GSO frames, the TSO cut, and what a
 //! TAP read does with its virtio-net header; and the checks of a cut that
 //! `gro.rs` shares. Part of `bodies.rs` (same rules: raw bytes in, never a
@@ -9,7 +9,7 @@
 //! eight-bytes-at-a-time loop), so that a mistake in either shows up as a
 //! disagreement.
 
-use vxmesh_dataplane::wire::{gso, virtio};
+use vxmesh_dataplane::offload::{gso, virtio};
 
 pub(super) const TCP: u8 = 6;
 pub(super) const UDP: u8 = 17;
@@ -332,14 +332,14 @@ pub fn udp_gso(data: &[u8]) {
 }
 
 /// One TAP read: a virtio-net header and the frame behind it, exactly what
-/// `TapSide::turn` in `dataplane/src/io/worker.rs` gets from the kernel,
+/// `TxPath::frame` in `dataplane/src/overlay/path.rs` gets from the kernel,
 /// and what it does with it (the same decision, step by step: checksum
 /// completion for a plain frame, the TSO or USO cut for a super-frame, a
 /// drop for anything else).
 ///
 /// The header parses from any 10 bytes and emits back the same bytes; a
 /// checksum completion whose offsets point outside the frame is refused
-/// and changes nothing, one inside changes only its field, to the sum the
+/// and changes nothing (the path then drops the frame as malformed), one inside changes only its field, to the sum the
 /// kernel would have stored; a cut gives segments that pass [`check_cut`].
 pub fn virtio_hdr(data: &[u8]) {
     let Some(h) = virtio::Header::parse(data) else {

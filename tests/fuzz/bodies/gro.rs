@@ -1,10 +1,10 @@
-//! GRO as a worker's receive side drives it (`dataplane/src/io/worker.rs`),
+//! GRO as the receive path drives it (`dataplane/src/overlay/path.rs`),
 //! checked against the frames it was given. Part of `bodies.rs` (same
 //! rules); the frame checks are `cut.rs`'s.
 
 use super::cut::{check_cut, read_ip, rfc1071, Ip, TCP, TCP_PSH, UDP};
-use vxmesh_dataplane::wire::gro::{self, Gro, Push};
-use vxmesh_dataplane::wire::virtio;
+use vxmesh_dataplane::offload::gro::{self, Gro, Push};
+use vxmesh_dataplane::offload::virtio;
 
 /// Reads the records of a [`gro`] input.
 struct Records<'a>(&'a [u8]);
@@ -120,8 +120,8 @@ fn next_of(prev: &[u8], op: u8, len: usize, fill: u8) -> Option<Vec<u8>> {
     Some(f)
 }
 
-/// GRO as the receive side of a worker drives it (`Rx::deliver` and
-/// `flush_gro` in `dataplane/src/io/worker.rs`), over a run of frames
+/// GRO as the receive path drives it (`RxPath::deliver` and
+/// `flush_gro` in `dataplane/src/overlay/path.rs`), over a run of frames
 /// described by records. The first byte of a record:
 ///
 /// - [`GRO_RAW`]: a 16-bit little-endian length, then the frame;

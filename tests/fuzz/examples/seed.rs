@@ -23,10 +23,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use etherparse::PacketBuilder;
-use vxmesh_dataplane::wire::csum::{fold, sum};
+use vxmesh_dataplane::offload::csum::{fold, sum};
 use vxmesh_dataplane::wire::proxy_v2::{self, Transport};
 use vxmesh_dataplane::wire::vxlan::{self, testdata};
-use vxmesh_dataplane::wire::{gso, virtio};
+use vxmesh_dataplane::offload::{gso, virtio};
 
 const MAC_H1: [u8; 6] = [0x02, 0x42, 10, 0, 9, 1];
 const MAC_H2: [u8; 6] = [0x02, 0x42, 10, 0, 9, 2];

@@ -1,5 +1,5 @@
-//! GRO of what arrives from peers, driven as a worker's receive side
-//! drives it, over a run of frames described by records. The body is
+//! GRO of what arrives from peers, driven as the receive path
+//! (`overlay::path::RxPath`) drives it, over a run of frames described by records. The body is
 //! `bodies::gro`, shared with the crash replay in
 //! `tests/tests/fuzz_regressions.rs`.
 
