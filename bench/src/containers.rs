@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use vxmesh_testbed::runtime::{image_tarball, Docker, IMAGE};
+use vxmesh_testbed::runtime::{image_tarball, plugin_name, start_plugin_daemon, Docker, IMAGE};
 use vxmesh_testbed::{workspace_bin, Testbed};
 
 use crate::report::{commit, format_table, Machine};
@@ -87,11 +87,6 @@ fn ping_p50_us(out: &str) -> Option<f64> {
     }))
 }
 
-fn etcd_healthy(tb: &Testbed) -> bool {
-    let addr = format!("{ETCD}:2379").parse().expect("an address");
-    tb.etcd_healthy(&tb.ns("etcd"), addr)
-}
-
 pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
     let machine = Machine::probe();
     let mut tb = Testbed::new("bctr")?;
@@ -100,51 +95,15 @@ pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
     tb.add_host("etcd", &format!("{ETCD}/24"), 1500)?;
     let data = tb.dir().join("etcd-data");
     let etcd_ns = tb.ns("etcd");
-    tb.spawn_etcd(&etcd_ns, &format!("http://{ETCD}:2379"), &data)?;
-    let t0 = Instant::now();
-    while !etcd_healthy(&tb) {
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!("etcd did not become healthy");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tb.start_etcd(&etcd_ns, &format!("http://{ETCD}:2379"), &data)?;
     let prefix = format!("/{}", tb.suffix());
     let vxmeshd = workspace_bin("vxmeshd");
     let cli = workspace_bin("vxmesh");
     let mut plugins = Vec::new();
+    let url = format!("http://{ETCD}:2379");
     for (h, a) in [("h1", "198.18.0.1"), ("h2", "198.18.0.2")] {
-        let sock = tb.dir().join(format!("{h}.sock"));
-        let state = tb.dir().join(format!("state-{h}"));
-        let plugin = format!("vxb-{}-{h}", tb.suffix());
-        let docker = tb.dir().join(format!("docker-{h}")).join("docker.sock");
-        let ns = tb.ns(h);
-        tb.spawn_notify(
-            &ns,
-            &[
-                vxmeshd.to_str().unwrap(),
-                "--store",
-                "etcd",
-                "--etcd-endpoints",
-                &format!("http://{ETCD}:2379"),
-                "--etcd-prefix",
-                &prefix,
-                "--node",
-                h,
-                "--address",
-                a,
-                "--socket",
-                sock.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--docker-plugin",
-                &plugin,
-                "--docker-host",
-                docker.to_str().unwrap(),
-            ],
-            &[],
-            Duration::from_secs(30),
-        )?;
-        plugins.push(plugin);
+        start_plugin_daemon(&mut tb, &vxmeshd, h, a, &url, &prefix)?;
+        plugins.push(plugin_name(&tb, h));
     }
     let h1_sock = tb.dir().join("h1.sock");
     let vx = |args: &[&str]| {
@@ -167,9 +126,9 @@ pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
         ])?,
         "vxmesh network create",
     )?;
-    let image = image_tarball(tb.dir());
-    let d1 = Docker::start(&mut tb, "h1", &image);
-    let d2 = Docker::start(&mut tb, "h2", &image);
+    let image = image_tarball(tb.dir(), true)?;
+    let d1 = Docker::start(&mut tb, "h1", &image)?;
+    let d2 = Docker::start(&mut tb, "h2", &image)?;
     let ds = [&d1, &d2];
     // Docker swarm's overlay, the reference.
     ok(
@@ -217,22 +176,7 @@ pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
         "swarm overlay network",
     )?;
     for (d, p) in ds.iter().zip(&plugins) {
-        ok(
-            d.docker(&[
-                "network",
-                "create",
-                "-d",
-                p,
-                "--ipam-driver",
-                p,
-                "--ipam-opt",
-                "network=front",
-                "--opt",
-                "network=front",
-                "front",
-            ]),
-            "vxmesh docker network",
-        )?;
+        d.vxmesh_network(p, "front", None)?;
         ok(
             d.docker(&["network", "create", "-d", "bridge", "br"]),
             "bridge network",
@@ -263,12 +207,8 @@ pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
             "iperf3 server",
         )?;
     }
-    let ip_of = |d: &Docker, c: &str, net: &str| -> anyhow::Result<String> {
-        let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
-        ok(d.docker(&["inspect", "-f", &f, c]), "inspect")
-    };
-    let s2 = ip_of(&d2, "s2", "ov")?;
-    let v2 = ip_of(&d2, "v2", "front")?;
+    let s2 = d2.ip_of("s2", "ov")?.to_string();
+    let v2 = d2.ip_of("v2", "front")?.to_string();
     // The hosts' own addresses on the vxmesh network.
     let inspect: Value =
         serde_json::from_slice(&vx(&["--json", "network", "inspect", "front"])?.stdout)?;

@@ -176,6 +176,38 @@ impl Testbed {
         self.spawn_etcd_args(ns, client_url, data, &[])
     }
 
+    /// [`Testbed::spawn_etcd`], then waits up to 20 s for its `/health` to
+    /// say true (`client_url` is `http://address:port`).
+    pub fn start_etcd(&mut self, ns: &str, client_url: &str, data: &Path) -> Result<Proc, Error> {
+        let p = self.spawn_etcd(ns, client_url, data)?;
+        let addr: std::net::SocketAddr =
+            client_url
+                .trim_start_matches("http://")
+                .parse()
+                .map_err(|e| Error::InvalidAddress {
+                    addr: format!("{client_url} ({e})"),
+                    reason: "not http://address:port",
+                })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.etcd_healthy(ns, addr) {
+            let reason = match p.exit_status() {
+                Some(s) => format!("it exited: {s}"),
+                None if Instant::now() > deadline => "not healthy within 20 s".into(),
+                None => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            return Err(Error::NotReady {
+                cmd: p.cmdline().to_string(),
+                reason,
+                log: p.log.clone(),
+                log_tail: p.log_tail(30),
+            });
+        }
+        Ok(p)
+    }
+
     /// [`Testbed::spawn_etcd`] with more etcd flags (TLS files, a metrics
     /// listener, ...).
     pub fn spawn_etcd_args(

@@ -18,12 +18,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::testbed::nsenter_command;
-use crate::{Proc, Testbed};
+use crate::process::run_bounded;
+use crate::testbed::{check_status, nsenter_command};
+use crate::{Error, Proc, Testbed};
 
 /// The Docker CLI that matches Debian's dockerd (a newer client may sit
 /// earlier in PATH).
 pub const DOCKER: &str = "/usr/bin/docker";
+/// The longest one `docker` call may take.
+pub const DOCKER_BOUND: Duration = Duration::from_secs(120);
 /// The image every runtime of the testbed imports.
 pub const IMAGE: &str = "vxmesh/busybox:1";
 
@@ -81,55 +84,75 @@ fn unmount_under(root: &Path) {
     }
 }
 
-/// A busybox root file system with iperf3 (and the libraries `ldd` names),
-/// as a tarball for `docker import` / `podman import`.
-pub fn image_tarball(dir: &Path) -> PathBuf {
+/// A busybox root file system as a tarball for `docker import` / `podman
+/// import`; with `iperf3`, the host's iperf3 and the libraries `ldd` names
+/// are copied in.
+pub fn image_tarball(dir: &Path, iperf3: bool) -> Result<PathBuf, Error> {
+    let io = |what: String| move |e| Error::io(what, e);
     let r = dir.join("rootfs");
     for d in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "www",
     ] {
-        std::fs::create_dir_all(r.join(d)).unwrap();
+        std::fs::create_dir_all(r.join(d)).map_err(io(format!("mkdir {}", r.join(d).display())))?;
     }
-    std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("busybox-static installed");
-    let list = Command::new("/bin/busybox")
-        .arg("--list-full")
-        .output()
-        .unwrap();
-    for a in String::from_utf8_lossy(&list.stdout).lines() {
+    std::fs::copy("/bin/busybox", r.join("bin/busybox"))
+        .map_err(io("copy /bin/busybox (install busybox-static)".into()))?;
+    let list = checked(
+        Command::new("/bin/busybox").arg("--list-full"),
+        "busybox --list-full",
+    )?;
+    for a in list.lines() {
         let p = r.join(a);
         if !p.exists() {
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::os::unix::fs::symlink("/bin/busybox", &p).unwrap();
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(io(format!("mkdir {}", parent.display())))?;
+            }
+            std::os::unix::fs::symlink("/bin/busybox", &p)
+                .map_err(io(format!("symlink {}", p.display())))?;
         }
     }
-    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
-    // iperf3 and what it links.
-    let iperf = "/usr/bin/iperf3";
-    std::fs::copy(iperf, r.join("usr/bin/iperf3")).expect("iperf3 installed");
-    let ldd = Command::new("ldd").arg(iperf).output().unwrap();
-    for l in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = l
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(str::to_string);
-        if let Some(p) = path {
-            let to = r.join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(&p, &to).unwrap();
+    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+        .map_err(io("write etc/passwd".into()))?;
+    std::fs::write(r.join("etc/group"), "root:x:0:\n").map_err(io("write etc/group".into()))?;
+    if iperf3 {
+        // iperf3 and what it links.
+        let iperf = "/usr/bin/iperf3";
+        std::fs::copy(iperf, r.join("usr/bin/iperf3"))
+            .map_err(io(format!("copy {iperf} (install iperf3)")))?;
+        let ldd = checked(Command::new("ldd").arg(iperf), "ldd iperf3")?;
+        for l in ldd.lines() {
+            if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
+                let to = r.join(p.trim_start_matches('/'));
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(io(format!("mkdir {}", parent.display())))?;
+                }
+                std::fs::copy(p, &to).map_err(io(format!("copy {p}")))?;
+            }
         }
     }
     let tar = dir.join("busybox.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&r)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "tar: {out:?}");
-    tar
+    checked(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&r)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+        "tar the image",
+    )?;
+    Ok(tar)
+}
+
+/// Runs `cmd`: its stdout, trimmed, or an [`Error::Command`] naming `what`.
+fn checked(cmd: &mut Command, what: &str) -> Result<String, Error> {
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        cmd: what.to_string(),
+        source,
+    })?;
+    let out = check_status(what, out)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Asserts success and returns stdout, trimmed.
@@ -141,6 +164,73 @@ pub fn ok(out: Output, what: &str) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The Docker plugin name of `host`'s vxmeshd: unique per testbed (Docker
+/// finds plugins by name in the one host-wide directory).
+pub fn plugin_name(tb: &Testbed, host: &str) -> String {
+    format!("vxm-{}-{host}", tb.suffix())
+}
+
+/// The API socket of the dockerd [`Docker::start`] runs on `host`.
+pub fn docker_socket(tb: &Testbed, host: &str) -> PathBuf {
+    docker_root(tb, host).join("docker.sock")
+}
+
+fn docker_root(tb: &Testbed, host: &str) -> PathBuf {
+    tb.dir().join(format!("docker-{host}"))
+}
+
+/// The vxmeshd arguments for `host` that serve Docker's plugin (named by
+/// [`plugin_name`]) to the dockerd of [`Docker::start`], with a state
+/// directory in the testbed.
+pub fn plugin_args(tb: &Testbed, host: &str) -> Vec<String> {
+    let state = tb.dir().join(format!("state-{host}"));
+    vec![
+        "--state-dir".into(),
+        state.to_string_lossy().into_owned(),
+        "--docker-plugin".into(),
+        plugin_name(tb, host),
+        "--docker-host".into(),
+        docker_socket(tb, host).to_string_lossy().into_owned(),
+    ]
+}
+
+/// Starts `vxmeshd` for `host` (underlay `address`) on the etcd store at
+/// `etcd_url` under `prefix`, serving Docker's plugin ([`plugin_args`]),
+/// its admin socket at `<testbed dir>/<host>.sock`; waits up to 30 s for
+/// READY=1.
+pub fn start_plugin_daemon(
+    tb: &mut Testbed,
+    vxmeshd: &Path,
+    host: &str,
+    address: &str,
+    etcd_url: &str,
+    prefix: &str,
+) -> Result<Proc, Error> {
+    let sock = tb.dir().join(format!("{host}.sock"));
+    let (bin, sock) = (vxmeshd.to_string_lossy(), sock.to_string_lossy());
+    let plugin = plugin_args(tb, host);
+    let args: Vec<&str> = [
+        &*bin,
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd_url,
+        "--etcd-prefix",
+        prefix,
+        "--node",
+        host,
+        "--address",
+        address,
+        "--socket",
+        &sock,
+    ]
+    .into_iter()
+    .chain(plugin.iter().map(String::as_str))
+    .collect();
+    let ns = tb.ns(host);
+    tb.spawn_notify(&ns, &args, &[], Duration::from_secs(30))
 }
 
 /// A dockerd in a namespace host.
@@ -156,70 +246,75 @@ pub struct Docker {
 impl Docker {
     /// Starts dockerd in `host` (no docker0 bridge, no iptables: the host
     /// namespace is the test's) and waits for its API; imports the image.
-    pub fn start(tb: &mut Testbed, host: &str, image: &Path) -> Docker {
+    pub fn start(tb: &mut Testbed, host: &str, image: &Path) -> Result<Docker, Error> {
         enter();
-        let root = tb.dir().join(format!("docker-{host}"));
-        std::fs::create_dir_all(&root).unwrap();
-        let sock = root.join("docker.sock");
-        let arg = |p: &str| root.join(p).to_string_lossy().to_string();
-        let host_arg = format!("unix://{}", sock.display());
-        let proc = tb
-            .spawn_host_mounts(
-                host,
-                &[
-                    "dockerd",
-                    "--data-root",
-                    &arg("data"),
-                    "--exec-root",
-                    &arg("exec"),
-                    "--pidfile",
-                    &arg("docker.pid"),
-                    "-H",
-                    &host_arg,
-                    "--bridge",
-                    "none",
-                    "--iptables=false",
-                    "--ip-forward=false",
-                ],
-                &[],
-            )
-            .expect("spawn dockerd");
-        let d = Docker {
+        let root = docker_root(tb, host);
+        let mut d = Docker {
             host: host.to_string(),
-            sock,
+            sock: docker_socket(tb, host),
             root,
-            proc: Some(proc),
+            proc: None,
         };
+        std::fs::create_dir_all(&d.root)
+            .map_err(|e| Error::io(format!("mkdir {}", d.root.display()), e))?;
+        let arg = |p: &str| d.root.join(p).to_string_lossy().to_string();
+        let host_arg = format!("unix://{}", d.sock.display());
+        let proc = tb.spawn_host_mounts(
+            host,
+            &[
+                "dockerd",
+                "--data-root",
+                &arg("data"),
+                "--exec-root",
+                &arg("exec"),
+                "--pidfile",
+                &arg("docker.pid"),
+                "-H",
+                &host_arg,
+                "--bridge",
+                "none",
+                "--iptables=false",
+                "--ip-forward=false",
+            ],
+            &[],
+        )?;
         // Ready when the API answers (dockerd has no notify socket here).
         let t0 = Instant::now();
-        while !d.docker(&["version"]).status.success() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "dockerd on {host} not up: {}",
-                d.proc.as_ref().unwrap().log_tail(20)
-            );
+        while !d
+            .docker_output(&["version"])
+            .is_ok_and(|o| o.status.success())
+        {
+            if t0.elapsed() > Duration::from_secs(30) || proc.exit_status().is_some() {
+                return Err(Error::NotReady {
+                    cmd: proc.cmdline().to_string(),
+                    reason: "its API did not answer within 30 s".into(),
+                    log: proc.log.clone(),
+                    log_tail: proc.log_tail(20),
+                });
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let out = Command::new(DOCKER)
-            .arg("-H")
-            .arg(&host_arg)
-            .args(["import", "--change", "CMD [\"/bin/sh\"]"])
-            .arg(image)
-            .arg(IMAGE)
-            .output()
-            .unwrap();
-        ok(out, "docker import");
-        d
+        d.proc = Some(proc);
+        let image = image.to_string_lossy();
+        d.checked(&["import", "--change", "CMD [\"/bin/sh\"]", &image, IMAGE])?;
+        Ok(d)
+    }
+
+    /// `docker args...` against this dockerd (any exit status), stopped
+    /// after [`DOCKER_BOUND`]: a call that hangs (a plugin that does not
+    /// answer, an IPAM loop) ends as an error, so a run still cleans up.
+    fn docker_output(&self, args: &[&str]) -> Result<Output, Error> {
+        let mut cmd = Command::new(DOCKER);
+        cmd.arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args);
+        let line = format!("docker {} (on {})", args.join(" "), self.host);
+        run_bounded(cmd, &line, DOCKER_BOUND)
     }
 
     /// `docker args...` against this dockerd (any exit status).
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock.display()))
-            .args(args)
-            .output()
-            .expect("run docker")
+        self.docker_output(args).expect("run docker")
     }
 
     /// `docker args...`, asserting success; stdout trimmed.
@@ -228,6 +323,53 @@ impl Docker {
             self.docker(args),
             &format!("docker {args:?} on {}", self.host),
         )
+    }
+
+    /// `docker args...`: stdout trimmed, or the failure as an error.
+    pub fn checked(&self, args: &[&str]) -> Result<String, Error> {
+        let what = format!("docker {} (on {})", args.join(" "), self.host);
+        let out = check_status(&what, self.docker_output(args)?)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `docker network create` of a Docker network `net` served by the
+    /// vxmesh plugin `plugin`, bound to the vxmesh network of that name;
+    /// with `subnet`, vxmeshd creates it on the etcd store if it is new.
+    pub fn vxmesh_network(
+        &self,
+        plugin: &str,
+        net: &str,
+        subnet: Option<&str>,
+    ) -> Result<String, Error> {
+        let opt = format!("network={net}");
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            plugin,
+            "--ipam-driver",
+            plugin,
+            "--ipam-opt",
+            &opt,
+            "--opt",
+            &opt,
+        ];
+        if let Some(s) = subnet {
+            args.extend(["--subnet", s]);
+        }
+        args.push(net);
+        self.checked(&args)
+    }
+
+    /// The address of container `c` on Docker network `net`.
+    pub fn ip_of(&self, c: &str, net: &str) -> Result<std::net::Ipv4Addr, Error> {
+        let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+        let out = self.checked(&["inspect", "-f", &f, c])?;
+        out.parse().map_err(|e| Error::Parse {
+            what: "docker inspect",
+            reason: format!("the address of {c} on {net}: {e}"),
+            output: out.clone(),
+        })
     }
 
     /// Runs `cmd` in container `c`.

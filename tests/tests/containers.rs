@@ -5,78 +5,32 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{backend, cni, etcd, Lab};
 use serde_json::Value;
-use vxmesh_testbed::runtime::{image_tarball, Docker, Podman, IMAGE};
+use vxmesh_testbed::runtime::{image_tarball, plugin_args, plugin_name, Docker, Podman, IMAGE};
 use vxmesh_testbed::{require_root, workspace_bin};
-
-/// The plugin name of `host`'s daemon: unique per testbed (Docker finds
-/// plugins by name in the one host-wide directory).
-fn plugin(lab: &Lab, host: &str) -> String {
-    format!("vxm-{}-{host}", lab.tb.suffix())
-}
-
-fn docker_sock(lab: &Lab, host: &str) -> PathBuf {
-    lab.tb
-        .dir()
-        .join(format!("docker-{host}"))
-        .join("docker.sock")
-}
 
 /// Starts vxmeshd on `host` (etcd store) serving the Docker plugin.
 fn start_with_plugin(lab: &mut Lab, host: &str, prefix: &str) {
-    let state = lab.tb.dir().join(format!("state-{host}"));
-    let (name, sock) = (plugin(lab, host), docker_sock(lab, host));
-    lab.start_etcd_args(
-        host,
-        prefix,
-        5,
-        &[
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--docker-plugin",
-            &name,
-            "--docker-host",
-            sock.to_str().unwrap(),
-        ],
-    );
+    let args = plugin_args(&lab.tb, host);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.start_etcd_args(host, prefix, 5, &args);
 }
 
-/// `docker network create` binding Docker network `front` on `d`'s host to
+/// `docker network create` binding Docker network `net` on `d`'s host to
 /// vxmesh network `net`; `subnet` makes vxmeshd create it on etcd.
 fn docker_network(lab: &Lab, d: &Docker, net: &str, subnet: Option<&str>) {
-    let p = plugin(lab, &d.host);
-    let ipam_opt = format!("network={net}");
-    let mut args = vec![
-        "network",
-        "create",
-        "-d",
-        &p,
-        "--ipam-driver",
-        &p,
-        "--ipam-opt",
-        &ipam_opt,
-        "--opt",
-        &ipam_opt,
-    ];
-    if let Some(s) = subnet {
-        args.extend(["--subnet", s]);
-    }
-    args.push(net);
-    d.ok(&args);
+    d.vxmesh_network(&plugin_name(&lab.tb, &d.host), net, subnet)
+        .expect("docker network create");
 }
 
 /// The address of container `c` on Docker network `net`.
 fn ip_of(d: &Docker, c: &str, net: &str) -> Ipv4Addr {
-    let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
-    d.ok(&["inspect", "-f", &f, c])
-        .parse()
-        .unwrap_or_else(|e| panic!("address of {c}: {e}"))
+    d.ip_of(c, net).expect("the container's address")
 }
 
 /// Container endpoints of `net` as `host`'s daemon has them: (ip, mac,
@@ -137,9 +91,9 @@ fn docker_and_podman_containers_on_three_hosts_reach_each_other_by_address_and_n
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     lab.start_etcd("h3", &prefix, 5);
-    let image = image_tarball(lab.tb.dir());
-    let d1 = Docker::start(&mut lab.tb, "h1", &image);
-    let d2 = Docker::start(&mut lab.tb, "h2", &image);
+    let image = image_tarball(lab.tb.dir(), true).expect("image");
+    let d1 = Docker::start(&mut lab.tb, "h1", &image).expect("dockerd on h1");
+    let d2 = Docker::start(&mut lab.tb, "h2", &image).expect("dockerd on h2");
     let pm = Podman::new(&lab.tb, "h3", &image, &workspace_bin("vxmesh-cni"));
     pm.add_network("front", &lab.socket("h3"));
 
@@ -306,9 +260,9 @@ fn fifty_containers_never_share_an_address_and_an_exhausted_pool_is_a_clear_erro
     // VIP pool of 3 (.11-.13): 10 for containers.
     lab.attachable_network("front", 4096, "10.0.9.0/24");
     lab.attachable_network("tiny", 4097, "10.0.10.0/28");
-    let image = image_tarball(lab.tb.dir());
-    let mut d1 = Docker::start(&mut lab.tb, "h1", &image);
-    let mut d2 = Docker::start(&mut lab.tb, "h2", &image);
+    let image = image_tarball(lab.tb.dir(), true).expect("image");
+    let mut d1 = Docker::start(&mut lab.tb, "h1", &image).expect("dockerd on h1");
+    let mut d2 = Docker::start(&mut lab.tb, "h2", &image).expect("dockerd on h2");
     for d in [&d1, &d2] {
         docker_network(&lab, d, "front", None);
         docker_network(&lab, d, "tiny", None);
@@ -466,9 +420,9 @@ fn containers_labelled_with_a_service_are_its_tasks_and_scaling_changes_what_ans
             "round-robin",
         ],
     );
-    let image = image_tarball(lab.tb.dir());
-    let d1 = Docker::start(&mut lab.tb, "h1", &image);
-    let d2 = Docker::start(&mut lab.tb, "h2", &image);
+    let image = image_tarball(lab.tb.dir(), true).expect("image");
+    let d1 = Docker::start(&mut lab.tb, "h1", &image).expect("dockerd on h1");
+    let d2 = Docker::start(&mut lab.tb, "h2", &image).expect("dockerd on h2");
     for d in [&d1, &d2] {
         docker_network(&lab, d, "front", None);
     }
@@ -647,8 +601,8 @@ fn both_plugin_interfaces_refuse_bad_input_and_leave_nothing_half_made() {
             "10.0.10.0/24",
         ],
     );
-    let sock =
-        std::path::Path::new("/run/docker/plugins").join(format!("{}.sock", plugin(&lab, "h1")));
+    let sock = std::path::Path::new("/run/docker/plugins")
+        .join(format!("{}.sock", plugin_name(&lab.tb, "h1")));
 
     // Docker's protocol.
     let (code, v) = plugin_call(&sock, "Plugin.Activate", "{}");

@@ -99,7 +99,9 @@ impl MeshReport {
             if r.failed > 0 {
                 out.push(format!("{} failed {} requests", r.via, r.failed));
             }
-            if !r.answered.keys().any(|h| *h != r.via) {
+            // A container answers `host/container`, a host server `host`.
+            let host = |by: &str| by.split('/').next().unwrap_or_default().to_string();
+            if !r.answered.keys().any(|by| host(by) != r.via) {
                 out.push(format!("{} was answered by no task on another node", r.via));
             }
         }
@@ -110,6 +112,24 @@ impl MeshReport {
             }
         }
         out
+    }
+}
+
+impl MeshReport {
+    /// The JSON of `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "service": self.service,
+            "tasks": self.tasks,
+            "via": self.rows.iter().map(|r| serde_json::json!({
+                "node": r.via, "published": r.addr.to_string(),
+                "answered": r.answered, "failed": r.failed,
+            })).collect::<Vec<_>>(),
+            "dns": self.dns.iter().map(|(node, at, name, ips)| serde_json::json!({
+                "node": node, "server": at.to_string(), "name": name,
+                "answers": ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
     }
 }
 
@@ -168,8 +188,14 @@ fn get(tb: &Testbed, ns: &str, to: SocketAddr) -> anyhow::Result<Option<String>>
     })?)
 }
 
-/// An A query for `name` to `server` from `ns`: the addresses answered.
-fn resolve(tb: &Testbed, ns: &str, server: Ipv4Addr, name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+/// An A query for `name` to `server` from `ns`: the addresses answered
+/// (none on a timeout).
+pub fn resolve(
+    tb: &Testbed,
+    ns: &str,
+    server: Ipv4Addr,
+    name: &str,
+) -> anyhow::Result<Vec<Ipv4Addr>> {
     let mut q = vec![0x4c, 0x41, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         q.push(label.len() as u8);
@@ -287,6 +313,7 @@ pub fn measure(tb: &mut Testbed, t: &Target) -> anyhow::Result<MeshReport> {
         // must rise first).
         let t0 = Instant::now();
         while get(tb, &cl, addr)?.is_none() {
+            super::interrupted()?;
             if t0.elapsed() > Duration::from_secs(15) {
                 bail!("{addr} (node {name}) answered nothing within 15 s");
             }

@@ -1,26 +1,42 @@
 //! `vxmesh lab`: the default cluster (`config/lab.toml`, embedded) on three
 //! hosts made of network namespaces on this machine. It starts a vxmeshd per
 //! host, proves the overlay with ping and a bulk TCP transfer between every
-//! pair, then the routing mesh and service discovery ([`mesh`]: the
-//! published port answered through every node by tasks on other nodes, the
-//! service's name resolved by every node's DNS), prints what it measured,
-//! and cleans up (or, with `--keep`, leaves the lab up and prints how to
-//! enter it).
+//! pair ([`overlay`]), then the routing mesh and service discovery
+//! ([`mesh`]: the published port answered through every node by tasks on
+//! other nodes, the service's name resolved by every node's DNS), prints
+//! what it measured (a table, or JSON with `--json`), and cleans up (or,
+//! with `--keep`, leaves the lab up and prints how to enter it).
 //!
-//! Everything it needs is in the workspace and iproute2: ping and the
-//! transfer are done in Rust, so it runs on a machine without iputils or
-//! iperf3.
+//! Two kinds of tasks:
+//! - by default ([`hosts`]), the cluster file's own store and its tasks as
+//!   small HTTP servers in the hosts' namespaces; everything it needs is in
+//!   the workspace and iproute2;
+//! - with `--docker` ([`docker`]), the etcd store, a dockerd per host using
+//!   vxmeshd's Docker driver, and busybox httpd containers labelled as the
+//!   service's tasks; needs dockerd, etcd and busybox-static.
+//!
+//! The lab runs on a thread of its own; Ctrl-C or SIGTERM sets a flag that
+//! every step checks ([`interrupted`]), so the lab stops at the next step
+//! and removes everything it made on the way out (containers, networks,
+//! dockerds, daemons, namespaces), as it does after a failure.
 
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
-use vxmesh_testbed::{echo, tcp_bulk, Testbed};
+use vxmesh_testbed::Testbed;
 
 use crate::config;
+use crate::model::Cluster;
 
+pub mod docker;
+pub mod hosts;
 pub mod mesh;
+pub mod overlay;
+pub mod report;
+
+use report::Report;
 
 /// The default cluster file, as shipped in `config/lab.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/lab.toml");
@@ -40,14 +56,41 @@ pub struct LabArgs {
     /// Path of vxmeshd (default: next to this binary).
     #[arg(long)]
     pub vxmeshd: Option<PathBuf>,
+    /// The tasks are containers: a dockerd per host on vxmeshd's Docker
+    /// driver (etcd store), busybox httpd containers labelled
+    /// `vxmesh.service=<service>` (needs dockerd, etcd, busybox-static).
+    #[arg(long)]
+    pub docker: bool,
 }
 
-fn vxmeshd_path(args: &LabArgs) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.vxmeshd {
+/// Set by Ctrl-C or SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// `--json`: progress lines go to stderr, stdout holds only the JSON.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// An error once Ctrl-C or SIGTERM came: every step of the lab asks.
+pub fn interrupted() -> anyhow::Result<()> {
+    if STOP.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// A progress line: stdout, or stderr with `--json`.
+pub fn note(line: impl Display) {
+    if JSON.load(Ordering::Relaxed) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+fn sibling_binary(name: &str, given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
         return Ok(p.clone());
     }
     let me = std::env::current_exe().context("locating this binary")?;
-    let p = me.with_file_name("vxmeshd");
+    let p = me.with_file_name(name);
     if !p.exists() {
         bail!(
             "{} not found; build it with `cargo build --release --bins`",
@@ -57,20 +100,67 @@ fn vxmeshd_path(args: &LabArgs) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// One row of the result table.
-struct Row {
-    from: String,
-    to: String,
-    dst: Ipv4Addr,
-    rtt_p50_us: f64,
-    lost: u32,
-    gbit: f64,
+/// What every kind of lab needs: the cluster, its text, the binaries.
+pub struct Setup {
+    pub cluster: Cluster,
+    pub text: String,
+    pub vxmeshd: PathBuf,
+    /// This binary (the CLI), for `vxmesh network create` and friends.
+    pub cli: PathBuf,
+    pub bytes: u64,
+    pub keep: bool,
 }
 
-pub fn run(args: LabArgs) -> anyhow::Result<()> {
+/// Runs the lab on a thread of its own until it ends, Ctrl-C or SIGTERM
+/// (then it stops at its next step and cleans up).
+pub async fn run(args: LabArgs, json: bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab creates network namespaces: run it as root");
     }
+    JSON.store(json, Ordering::Relaxed);
+    let setup = prepare(&args)?;
+    let docker = args.docker;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lab".into())
+        .spawn(move || {
+            let _ = tx.send(build(setup, docker));
+        })
+        .context("starting the lab thread")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let mut rx = rx;
+    let done = tokio::select! {
+        r = &mut rx => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+    };
+    let Some(done) = done else {
+        return stop(rx).await;
+    };
+    let report = done.context("the lab thread ended without an answer")??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        report.print();
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    note(report.verdict());
+    Ok(())
+}
+
+/// After a signal: waits for the lab thread to clean up.
+async fn stop(rx: tokio::sync::oneshot::Receiver<anyhow::Result<Report>>) -> anyhow::Result<()> {
+    STOP.store(true, Ordering::Relaxed);
+    eprintln!("lab: interrupted, removing what it made");
+    let _ = rx.await;
+    bail!("interrupted; the lab was removed")
+}
+
+fn prepare(args: &LabArgs) -> anyhow::Result<Setup> {
     let (text, path) = match &args.config {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -92,148 +182,61 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let daemon = vxmeshd_path(&args)?;
-    let mut tb = Testbed::new("lab")?;
-    let cfg_path = tb.dir().join("vxmesh.toml");
-    std::fs::write(&cfg_path, &text)?;
-    let mtu = u32::from(cluster.settings.underlay_mtu);
-    println!(
-        "lab {}: {} hosts on a bridge, underlay MTU {mtu}",
+    Ok(Setup {
+        vxmeshd: sibling_binary("vxmeshd", args.vxmeshd.as_ref())?,
+        cli: std::env::current_exe().context("locating this binary")?,
+        cluster,
+        text,
+        bytes: args.bytes,
+        keep: args.keep,
+    })
+}
+
+/// Builds the lab, measures, and removes it (the testbed's drop, after the
+/// kind's own guards).
+fn build(setup: Setup, docker: bool) -> anyhow::Result<Report> {
+    let mut tb = Testbed::new(if docker { "labd" } else { "lab" })?;
+    let mtu = u32::from(setup.cluster.settings.underlay_mtu);
+    note(format_args!(
+        "lab {}: {} hosts on a bridge, underlay MTU {mtu}{}",
         tb.suffix(),
-        cluster.nodes.len()
-    );
-    for n in &cluster.nodes {
+        setup.cluster.nodes.len(),
+        if docker {
+            ", tasks in Docker containers"
+        } else {
+            ""
+        }
+    ));
+    for n in &setup.cluster.nodes {
+        interrupted()?;
         tb.add_host(&n.name, &format!("{}/24", n.address), mtu)?;
     }
-    for n in &cluster.nodes {
-        let sock = tb.dir().join(format!("{}.sock", n.name));
-        let ns = tb.ns(&n.name);
-        tb.spawn_notify(
-            &ns,
-            &[
-                daemon.to_str().context("vxmeshd path is not UTF-8")?,
-                "--config",
-                cfg_path.to_str().context("temp path is not UTF-8")?,
-                "--node",
-                &n.name,
-                "--socket",
-                sock.to_str().context("temp path is not UTF-8")?,
-            ],
-            &[],
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("starting vxmeshd on {}", n.name))?;
-        println!(
-            "  {:<4} {:<12} vxmeshd ready (admin socket {})",
-            n.name,
-            n.address,
-            sock.display()
-        );
-    }
-    let mut rows = Vec::new();
-    let mut port = 5201;
-    for net in &cluster.networks {
-        let eps: Vec<_> = cluster
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                cluster
-                    .tap_address(net, &n.name)
-                    .map(|ip| (n.name.clone(), ip))
-            })
-            .collect();
-        for (from, _) in &eps {
-            for (to, dst) in &eps {
-                if from == to {
-                    continue;
-                }
-                let ping = echo(
-                    &tb,
-                    &tb.ns(from),
-                    *dst,
-                    20,
-                    Duration::from_millis(10),
-                    Duration::from_secs(5),
-                )?;
-                port += 1;
-                let xfer = tcp_bulk(
-                    &tb,
-                    &tb.ns(to),
-                    &tb.ns(from),
-                    *dst,
-                    port,
-                    args.bytes,
-                    Duration::from_secs(60),
-                )?;
-                rows.push(Row {
-                    from: from.clone(),
-                    to: to.clone(),
-                    dst: *dst,
-                    rtt_p50_us: ping.p50().unwrap_or(f64::NAN),
-                    lost: ping.sent - ping.received,
-                    gbit: xfer.gbit_per_s(),
-                });
-            }
-        }
-    }
-    println!();
-    println!(
-        "{:<6} {:<6} {:<12} {:>12} {:>6} {:>14}",
-        "FROM", "TO", "OVERLAY IP", "RTT p50 µs", "LOST", "TCP Gbit/s"
-    );
-    for r in &rows {
-        println!(
-            "{:<6} {:<6} {:<12} {:>12.0} {:>6} {:>14.2}",
-            r.from, r.to, r.dst, r.rtt_p50_us, r.lost, r.gbit
-        );
-    }
-    let bad: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.lost > 0 || r.gbit <= 0.0)
-        .collect();
-    let mesh = mesh::prove(&mut tb, &cluster)?;
-    let mesh_problems = match &mesh {
-        Some(m) => {
-            m.print();
-            m.problems()
-        }
-        None => Vec::new(),
+    let report = if docker {
+        docker::run(&mut tb, &setup)
+    } else {
+        hosts::run(&mut tb, &setup)
     };
-    if args.keep {
-        keep(&tb, &cluster);
-    }
     drop(tb);
-    if !bad.is_empty() {
-        bail!(
-            "{} of {} paths lost packets or moved no data",
-            bad.len(),
-            rows.len()
-        );
-    }
-    if !mesh_problems.is_empty() {
-        bail!("the mesh: {}", mesh_problems.join("; "));
-    }
-    match &mesh {
-        Some(m) => println!(
-            "\noverlay OK: every pair reached each other; mesh OK: `{}` answered through every node by tasks on other nodes, its name resolved everywhere; the lab was removed",
-            m.service
-        ),
-        None => println!("\noverlay OK: every pair reached each other; the lab was removed"),
-    }
-    Ok(())
+    report
 }
 
 /// `--keep`: tells how to enter the lab and waits for Enter.
-fn keep(tb: &Testbed, cluster: &crate::model::Cluster) {
-    println!("\nThe lab stays up. Enter a host with:");
+pub fn keep(tb: &Testbed, cluster: &Cluster, docker: Option<&Path>) {
+    note("\nThe lab stays up. Enter a host with:");
     for n in &cluster.nodes {
-        println!("  ip netns exec {} bash", tb.ns(&n.name));
+        note(format_args!("  ip netns exec {} bash", tb.ns(&n.name)));
     }
-    println!(
+    note(format_args!(
         "and ask a daemon with: vxmesh --socket {}/h1.sock status",
         tb.dir().display()
-    );
-    println!("Press Enter to tear it down.");
+    ));
+    if let Some(sock) = docker {
+        note(format_args!(
+            "and h1's dockerd with: /usr/bin/docker -H unix://{} ps",
+            sock.display()
+        ));
+    }
+    note("Press Enter to tear it down.");
     let mut s = String::new();
     let _ = std::io::stdin().read_line(&mut s);
 }

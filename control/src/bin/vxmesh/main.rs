@@ -60,7 +60,9 @@ fn print_json<T: serde::Serialize>(v: &T) {
 async fn run(cli: Cli) -> Result<(), Failed> {
     let (sock, json) = (cli.socket.as_path(), cli.json);
     match cli.cmd {
-        Cmd::Lab(args) => lab::run(args).map_err(|e| (1, format!("lab: {e:#}"))),
+        Cmd::Lab(args) => lab::run(args, json)
+            .await
+            .map_err(|e| (1, format!("lab: {e:#}"))),
         Cmd::Status => show::status(sock, json).await,
         Cmd::Network { cmd } => match change::network(sock, json, &cmd).await {
             Some(r) => r,
