@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use vxmesh_testbed::runtime::{image_tarball, plugin_name, start_plugin_daemon, Docker, IMAGE};
-use vxmesh_testbed::{workspace_bin, Testbed};
+use vxmesh_netns::runtime::{image_tarball, plugin_name, start_plugin_daemon, Docker, IMAGE};
+use vxmesh_netns::{workspace_bin, Testbed};
 
 use crate::report::{commit, format_table, Machine};
 use crate::stats::{median, ratio};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::Value;
-use vxmesh_testbed::{workspace_bin, Testbed};
+use vxmesh_netns::{workspace_bin, Testbed};
 
 use crate::simulated;
 

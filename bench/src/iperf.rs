@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use serde_json::Value;
-use vxmesh_testbed::{Proc, Testbed};
+use vxmesh_netns::{Proc, Testbed};
 
 use crate::cpu::Snapshot;
 

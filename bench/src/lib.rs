@@ -4,7 +4,7 @@
 //! one run (the underlay itself, the kernel's vxlan with and without
 //! offloads, and vxmesh) with iperf3 and ping, and reports each figure with
 //! the vxmesh/kernel ratios. Everything runs inside network namespaces built
-//! by [`vxmesh_testbed::Testbed`], which removes them on drop.
+//! by [`vxmesh_netns::Testbed`], which removes them on drop.
 //!
 //! Modules:
 //! - [`overlay`], the `overlay` command (testbed, paths, table, JSON).

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
-use vxmesh_testbed::{require_root, workspace_bin, Proc, Testbed};
+use vxmesh_netns::{require_root, workspace_bin, Proc, Testbed};
 
 use crate::chart::{self, Panel};
 use crate::cpu::Snapshot;
@@ -119,57 +119,7 @@ const BASELINES: [&str; 3] = ["haproxy-splice", "haproxy", "nft"];
 /// iperf3 server can leave it "busy"). `dnsrr`: no VIP, so no VIP listener
 /// on the target ports that the tasks' wildcard listeners would clash with
 /// (clients come in through the published ports only).
-pub const CLUSTER: &str = r#"# vxmesh-bench mesh: three nodes, tasks on h2 and h3.
-[settings]
-vxlan_port = 4789
-underlay_mtu = 1500
-
-[[nodes]]
-name = "h1"
-address = "198.18.0.1"
-[[nodes]]
-name = "h2"
-address = "198.18.0.2"
-[[nodes]]
-name = "h3"
-address = "198.18.0.3"
-
-[[networks]]
-name = "front"
-vni = 4096
-subnet = "10.0.9.0/24"
-
-[[endpoints]]
-network = "front"
-node = "h1"
-ip = "10.0.9.1"
-[[endpoints]]
-network = "front"
-node = "h2"
-ip = "10.0.9.2"
-[[endpoints]]
-network = "front"
-node = "h3"
-ip = "10.0.9.3"
-
-[[services]]
-name = "web"
-network = "front"
-tasks = ["10.0.9.2", "10.0.9.3"]
-ports = [{ published = 8080, target = 8000, protocol = "tcp" }]
-balance = "round-robin"
-endpoint_mode = "dnsrr"
-health = { kind = "tcp", interval_ms = 1000, timeout_ms = 1000, rise = 1, fall = 3 }
-
-[[services]]
-name = "iperf"
-network = "front"
-tasks = ["10.0.9.2", "10.0.9.3"]
-ports = [{ published = 5201, target = 5301, protocol = "tcp" }]
-balance = "maglev"
-endpoint_mode = "dnsrr"
-health = { kind = "tcp", port = 8000, interval_ms = 1000, timeout_ms = 1000, rise = 1, fall = 3 }
-"#;
+pub const CLUSTER: &str = vxmesh_netns::fixtures::MESH_BENCH;
 
 /// The nftables ruleset loaded in h1 for `nft`.
 pub const NFT_RULES: &str = r#"table ip vxbench {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
-use vxmesh_testbed::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
+use vxmesh_netns::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
 
 use crate::chart::{self, Panel};
 use crate::iperf::{self, Mode, Outcome};
@@ -46,32 +46,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 const PING_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The cluster file for the two hosts: `config/lab.toml` without h3.
-pub const CLUSTER: &str = r#"# vxmesh-bench overlay: config/lab.toml without h3.
-[settings]
-vxlan_port = 4789
-underlay_mtu = 1500
-
-[[nodes]]
-name = "h1"
-address = "198.18.0.1"
-[[nodes]]
-name = "h2"
-address = "198.18.0.2"
-
-[[networks]]
-name = "front"
-vni = 4096
-subnet = "10.0.9.0/24"
-
-[[endpoints]]
-network = "front"
-node = "h1"
-ip = "10.0.9.1"
-[[endpoints]]
-network = "front"
-node = "h2"
-ip = "10.0.9.2"
-"#;
+pub const CLUSTER: &str = vxmesh_netns::fixtures::TWO_HOSTS;
 
 /// Arguments of `vxmesh-bench overlay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -752,8 +727,7 @@ impl Ctx<'_> {
             .exec_timeout_unchecked("h1", &args, timeout)
             .map_err(anyhow::Error::from)
             .and_then(|out| {
-                let stats =
-                    vxmesh_testbed::PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
+                let stats = vxmesh_netns::PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
                 let text = profile::timehist(&data)?;
                 Ok(WakeProfile::from_timehist(
                     &text,

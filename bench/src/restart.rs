@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use vxmesh_testbed::fdstore::FdStore;
-use vxmesh_testbed::{workspace_bin, Testbed};
+use vxmesh_netns::fdstore::FdStore;
+use vxmesh_netns::{workspace_bin, Testbed};
 
 use crate::report::{format_table, Machine};
 use crate::stats::median;

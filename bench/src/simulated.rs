@@ -228,7 +228,7 @@ fn node_ops(i: u32, per: u32, lease: i64, ttl: i64) -> Vec<TxnOp> {
 /// The bench's handle on the simulator thread.
 struct Simulator {
     tx: Option<mpsc::UnboundedSender<Cmd>>,
-    thread: Option<std::thread::JoinHandle<Result<anyhow::Result<()>, vxmesh_testbed::Error>>>,
+    thread: Option<std::thread::JoinHandle<Result<anyhow::Result<()>, vxmesh_netns::Error>>>,
 }
 
 impl Simulator {
@@ -301,7 +301,7 @@ impl Drop for Simulator {
 /// `vxmesh_table_apply_seconds` `_count` and `_sum` of one step, from a
 /// host's `/metrics`.
 fn apply_histogram(sock: &PathBuf, step: &str) -> anyhow::Result<(f64, f64)> {
-    let out = std::process::Command::new(vxmesh_testbed::workspace_bin("vxmesh"))
+    let out = std::process::Command::new(vxmesh_netns::workspace_bin("vxmesh"))
         .arg("--socket")
         .arg(sock)
         .arg("metrics")

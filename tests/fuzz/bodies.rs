@@ -586,39 +586,7 @@ fn store_create(path: &str, body: &[u8]) {
 /// The names a node serves, built the way the daemon builds them: a
 /// cluster file through `dns_zones` and `mesh_desired`, a `vip` service,
 /// a `dnsrr` one and named endpoints.
-const DNS_CLUSTER: &str = r#"
-[[nodes]]
-name = "h1"
-address = "198.18.0.1"
-[[nodes]]
-name = "h2"
-address = "198.18.0.2"
-[[networks]]
-name = "front"
-vni = 4096
-subnet = "10.0.9.0/24"
-[[endpoints]]
-network = "front"
-node = "h1"
-ip = "10.0.9.1"
-name = "one"
-[[endpoints]]
-network = "front"
-node = "h2"
-ip = "10.0.9.2"
-name = "two"
-[[services]]
-name = "web"
-network = "front"
-tasks = ["10.0.9.1", "10.0.9.2"]
-ports = [{ published = 8080, target = 80, protocol = "tcp" }]
-[[services]]
-name = "db"
-network = "front"
-endpoint_mode = "dnsrr"
-tasks = ["10.0.9.2"]
-ports = [{ published = 5432, target = 5432, protocol = "tcp" }]
-"#;
+const DNS_CLUSTER: &str = include_str!("../../config/fixtures/dns.toml");
 
 fn dns_zone() -> &'static (dns::Zone, dns::DnsStats) {
     static ZONE: OnceLock<(dns::Zone, dns::DnsStats)> = OnceLock::new();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::backend::request;
 use common::{etcd, Lab, FRONT_ONLY};
-use vxmesh_testbed::{require_root, workspace_bin};
+use vxmesh_netns::{require_root, workspace_bin};
 
 const ADMIN: &str = "127.0.0.1:9489";
 const TOKEN: &str = "c2VjcmV0LXRva2VuLWZvci10ZXN0cw";

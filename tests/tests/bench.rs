@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use vxmesh_testbed::{require_root, workspace_bin};
+use vxmesh_netns::{require_root, workspace_bin};
 
 /// A directory for the report, removed when the test ends, also on failure.
 struct OutDir(PathBuf);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{backend, cni, etcd, Lab};
 use serde_json::Value;
-use vxmesh_testbed::runtime::{image_tarball, plugin_args, plugin_name, Docker, Podman, IMAGE};
-use vxmesh_testbed::{require_root, workspace_bin};
+use vxmesh_netns::runtime::{image_tarball, plugin_args, plugin_name, Docker, Podman, IMAGE};
+use vxmesh_netns::{require_root, workspace_bin};
 
 /// Starts vxmeshd on `host` (etcd store) serving the Docker plugin.
 fn start_with_plugin(lab: &mut Lab, host: &str, prefix: &str) {

@@ -13,7 +13,7 @@ use common::{sample, Lab, FRONT_ONLY};
 use vxmesh_dataplane::mesh::dns::proto::op::{Message, MessageType, Query, ResponseCode};
 use vxmesh_dataplane::mesh::dns::proto::rr::rdata::A;
 use vxmesh_dataplane::mesh::dns::proto::rr::{Name, RData, Record, RecordType};
-use vxmesh_testbed::require_root;
+use vxmesh_netns::require_root;
 
 /// The default DNS addresses: each subnet's last usable address.
 const FRONT_DNS: &str = "10.0.9.254";

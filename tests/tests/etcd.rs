@@ -17,7 +17,7 @@ use common::backend::{self, get};
 use common::{etcd, Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use vxmesh_testbed::{icmp_ping, require_root};
+use vxmesh_netns::{icmp_ping, require_root};
 
 const TTL: u32 = 3;
 const CLIENT: &str = "198.18.0.100";
@@ -295,7 +295,7 @@ fn etcd_cluster_converges_survives_a_dead_host_and_an_etcd_outage() {
     assert!(down.is_some(), "h1 never reported etcd unreachable");
     let table = lab.cli("h1", &["node", "ls"]);
     assert!(table.status.success());
-    let out = std::process::Command::new(vxmesh_testbed::workspace_bin("vxmesh"))
+    let out = std::process::Command::new(vxmesh_netns::workspace_bin("vxmesh"))
         .arg("--socket")
         .arg(lab.socket("h1"))
         .args(["node", "ls"])

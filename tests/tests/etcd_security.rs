@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{etcd, sample, Lab};
 use nix::sys::signal::Signal;
-use vxmesh_testbed::{require_root, workspace_bin, Proc, Testbed};
+use vxmesh_netns::{require_root, workspace_bin, Proc, Testbed};
 
 const TTL: u32 = 3;
 

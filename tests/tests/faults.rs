@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::backend::{self, get, udp_ask};
 use common::{Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
-use vxmesh_testbed::require_root;
+use vxmesh_netns::require_root;
 
 fn ov(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 9, n)
@@ -233,7 +233,7 @@ fn stream_client(
     hello: &'static [u8],
     more: &'static [u8],
     ready: std::sync::mpsc::Sender<()>,
-) -> std::thread::JoinHandle<Result<(End, Instant), vxmesh_testbed::Error>> {
+) -> std::thread::JoinHandle<Result<(End, Instant), vxmesh_netns::Error>> {
     lab.tb
         .thread_in_ns(&lab.tb.ns("cl"), move || {
             let mut s = TcpStream::connect_timeout(&h1(8081), Duration::from_secs(3)).unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
-use vxmesh_testbed::{icmp_ping, require_root, udp_stats, UdpFlood};
+use vxmesh_netns::{icmp_ping, require_root, udp_stats, UdpFlood};
 
 fn ov(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 9, n)

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{Lab, FRONT_ONLY};
-use vxmesh_testbed::{icmp_ping, iperf3_tcp, require_root};
+use vxmesh_netns::{icmp_ping, iperf3_tcp, require_root};
 
 fn ov(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 9, n)

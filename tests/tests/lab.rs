@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 use serde_json::Value;
-use vxmesh_testbed::{require_root, workspace_bin};
+use vxmesh_netns::{require_root, workspace_bin};
 
 /// Runs `vxmesh lab --json ARGS` (small transfers): its JSON report.
 fn lab(args: &[&str]) -> Value {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::backend::{self, get, udp_ask};
 use common::{Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
-use vxmesh_testbed::require_root;
+use vxmesh_netns::require_root;
 
 fn ov(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 9, n)

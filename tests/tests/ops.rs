@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{sample, Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
-use vxmesh_testbed::{icmp_ping, require_root, workspace_bin};
+use vxmesh_netns::{icmp_ping, require_root, workspace_bin};
 
 #[test]
 fn metrics_count_exactly_what_crossed_the_overlay() {
@@ -327,7 +327,7 @@ fn the_vxlan_owner_table_loads_and_drops_vxlan_from_other_sockets() {
     if !require_root() {
         return;
     }
-    let mut tb = vxmesh_testbed::Testbed::new("nftown").unwrap();
+    let mut tb = vxmesh_netns::Testbed::new("nftown").unwrap();
     tb.add_host("h1", "198.18.0.1/24", 1500).unwrap();
     tb.add_host("h2", "198.18.0.2/24", 1500).unwrap();
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/vxlan-owner.nft");

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use common::{Lab, FRONT_ONLY};
-use vxmesh_testbed::{icmp_ping, iperf3_tcp, require_root};
+use vxmesh_netns::{icmp_ping, iperf3_tcp, require_root};
 
 fn ov(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 9, n)
@@ -107,40 +107,7 @@ fn three_hosts_reach_each_other_and_arp_never_floods() {
     );
 }
 
-const TWO_NETWORKS: &str = r#"
-[[nodes]]
-name = "h1"
-address = "198.18.0.1"
-[[nodes]]
-name = "h2"
-address = "198.18.0.2"
-
-[[networks]]
-name = "front"
-vni = 4096
-subnet = "10.0.9.0/24"
-[[networks]]
-name = "back"
-vni = 4097
-subnet = "10.0.10.0/24"
-
-[[endpoints]]
-network = "front"
-node = "h1"
-ip = "10.0.9.1"
-[[endpoints]]
-network = "front"
-node = "h2"
-ip = "10.0.9.2"
-[[endpoints]]
-network = "back"
-node = "h1"
-ip = "10.0.10.1"
-[[endpoints]]
-network = "back"
-node = "h2"
-ip = "10.0.10.2"
-"#;
+const TWO_NETWORKS: &str = vxmesh_netns::fixtures::TWO_NETWORKS;
 
 #[test]
 fn two_networks_on_the_same_hosts_stay_apart() {
@@ -379,7 +346,7 @@ fn udp_receiver(
     lab: &Lab,
     port: u16,
     total: usize,
-) -> std::thread::JoinHandle<Result<Vec<Vec<u8>>, vxmesh_testbed::Error>> {
+) -> std::thread::JoinHandle<Result<Vec<Vec<u8>>, vxmesh_netns::Error>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let recv = lab
         .tb

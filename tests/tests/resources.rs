@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::backend::{self, get, udp_ask};
 use common::{sample, Lab, FRONT_ONLY};
-use vxmesh_testbed::{require_root, workspace_bin};
+use vxmesh_netns::{require_root, workspace_bin};
 
 const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 2);
 

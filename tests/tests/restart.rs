@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::backend::{self, get, udp_ask};
 use common::{Lab, FRONT_ONLY};
 use nix::sys::signal::Signal;
-use vxmesh_testbed::fdstore::{FdStore, Held};
-use vxmesh_testbed::{require_root, PingStats, Testbed};
+use vxmesh_netns::fdstore::{FdStore, Held};
+use vxmesh_netns::{require_root, PingStats, Testbed};
 
 const CLIENT: &str = "198.18.0.100";
 
@@ -163,7 +163,7 @@ fn under_load(lab: &Lab, during: impl FnOnce()) -> Load {
                 rtt_us: Vec::new(),
             };
             while !done.load(Ordering::SeqCst) {
-                let p = vxmesh_testbed::echo(
+                let p = vxmesh_netns::echo(
                     tb,
                     &tb.ns("h2"),
                     ov(1),
@@ -428,7 +428,7 @@ fn a_crash_restart_gets_the_stored_descriptors_back_and_resumes_at_once() {
         let child = ChildGuard(store.restart(&ns, &args, &log));
         // The first echo answered through h1's TAP by the new process.
         loop {
-            let p = vxmesh_testbed::echo(
+            let p = vxmesh_netns::echo(
                 &lab.tb,
                 &lab.tb.ns("h2"),
                 ov(1),
@@ -490,7 +490,7 @@ fn plain(tag: &str, hosts: u8) -> Lab {
 
 /// True when h2 reaches h1's overlay address.
 fn h1_answers(lab: &Lab) -> bool {
-    let p = vxmesh_testbed::echo(
+    let p = vxmesh_netns::echo(
         &lab.tb,
         &lab.tb.ns("h2"),
         ov(1),

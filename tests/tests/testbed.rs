@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use std::os::unix::process::ExitStatusExt;
-use vxmesh_testbed::{iperf3_tcp, ping, require_root, tcp_bulk, Error, Testbed, SWITCH};
+use vxmesh_netns::{iperf3_tcp, ping, require_root, tcp_bulk, Error, Testbed, SWITCH};
 
 const H1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const H2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);

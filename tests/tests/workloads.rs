@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{backend, cni, etcd, Lab};
 use serde_json::Value;
-use vxmesh_testbed::require_root;
+use vxmesh_netns::require_root;
 
 /// Sends `count` crafted frames on `iface`: argv = iface kind count own_ip
 /// [target_ip [target_mac]]. Kinds: arp_claim (ARP reply claiming

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use vxmesh_dataplane::mesh::spec::Protocol;
-use vxmesh_testbed::runtime::{image_tarball, plugin_name, start_plugin_daemon, Docker, IMAGE};
-use vxmesh_testbed::Testbed;
+use vxmesh_netns::runtime::{image_tarball, plugin_name, start_plugin_daemon, Docker, IMAGE};
+use vxmesh_netns::Testbed;
 
 use super::report::Report;
 use super::{interrupted, mesh, note, overlay, Setup};

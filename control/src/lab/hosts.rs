@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use vxmesh_testbed::Testbed;
+use vxmesh_netns::Testbed;
 
 use super::report::Report;
 use super::{interrupted, mesh, note, overlay, Setup};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use vxmesh_dataplane::mesh::spec::Protocol;
-use vxmesh_testbed::Testbed;
+use vxmesh_netns::Testbed;
 
 use crate::model::Cluster;
 

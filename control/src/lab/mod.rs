@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
-use vxmesh_testbed::Testbed;
+use vxmesh_netns::Testbed;
 
 use crate::config;
 use crate::model::Cluster;

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vxmesh_testbed::{echo, tcp_bulk, Testbed};
+use vxmesh_netns::{echo, tcp_bulk, Testbed};
 
 use super::interrupted;
 

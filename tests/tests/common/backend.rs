@@ -13,11 +13,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vxmesh_dataplane::wire::proxy_v2;
-use vxmesh_testbed::Testbed;
+use vxmesh_netns::Testbed;
 
 pub struct Backend {
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Result<(), vxmesh_testbed::Error>>>,
+    threads: Vec<JoinHandle<Result<(), vxmesh_netns::Error>>>,
 }
 
 impl Backend {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use vxmesh_testbed::{workspace_bin, Proc, Testbed};
+use vxmesh_netns::{workspace_bin, Proc, Testbed};
 
 use super::Lab;
 

@@ -13,37 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use vxmesh_testbed::{workspace_bin, PingStats, Proc, Testbed};
+use vxmesh_netns::{workspace_bin, PingStats, Proc, Testbed};
 
-pub const FRONT_ONLY: &str = r#"
-[[nodes]]
-name = "h1"
-address = "198.18.0.1"
-[[nodes]]
-name = "h2"
-address = "198.18.0.2"
-[[nodes]]
-name = "h3"
-address = "198.18.0.3"
-
-[[networks]]
-name = "front"
-vni = 4096
-subnet = "10.0.9.0/24"
-
-[[endpoints]]
-network = "front"
-node = "h1"
-ip = "10.0.9.1"
-[[endpoints]]
-network = "front"
-node = "h2"
-ip = "10.0.9.2"
-[[endpoints]]
-network = "front"
-node = "h3"
-ip = "10.0.9.3"
-"#;
+pub const FRONT_ONLY: &str = vxmesh_netns::fixtures::FRONT;
 
 /// A testbed with hosts h1..hN on the underlay bridge and a cluster file.
 pub struct Lab {
@@ -229,7 +201,7 @@ impl Lab {
                     rtt_us: Vec::new(),
                 };
                 while !done.load(Ordering::SeqCst) {
-                    let p = vxmesh_testbed::echo(
+                    let p = vxmesh_netns::echo(
                         &self.tb,
                         &ns,
                         to,

@@ -506,7 +506,7 @@ pub(crate) fn stop_all(procs: &mut Vec<Tracked>) {
             let _ = t.child.wait();
         } else {
             eprintln!(
-                "vxmesh-testbed: pid {} (`{}`) survived SIGKILL; left behind",
+                "vxmesh-netns: pid {} (`{}`) survived SIGKILL; left behind",
                 t.pid, t.cmd
             );
         }

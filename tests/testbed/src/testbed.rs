@@ -345,16 +345,16 @@ impl Drop for Testbed {
             {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => eprintln!(
-                    "vxmesh-testbed: `ip netns del {full}` failed: {}",
+                    "vxmesh-netns: `ip netns del {full}` failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 ),
-                Err(e) => eprintln!("vxmesh-testbed: cannot run `ip netns del {full}`: {e}"),
+                Err(e) => eprintln!("vxmesh-netns: cannot run `ip netns del {full}`: {e}"),
             }
         }
         if self.keep_dir {
-            eprintln!("vxmesh-testbed: kept {}", self.dir.display());
+            eprintln!("vxmesh-netns: kept {}", self.dir.display());
         } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            eprintln!("vxmesh-testbed: cannot remove {}: {e}", self.dir.display());
+            eprintln!("vxmesh-netns: cannot remove {}: {e}", self.dir.display());
         }
     }
 }
