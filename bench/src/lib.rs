@@ -7,14 +7,15 @@
 //! by [`vxmesh_netns::Testbed`], which removes them on drop.
 //!
 //! Modules:
-//! - [`overlay`], the `overlay` command (testbed, paths, table, JSON).
+//! - [`overlay`], the `overlay` command (testbed, paths, table, JSON), a
+//!   folder of small files like [`mesh`] and [`containers`].
 //! - [`iperf`], one bounded iperf3 run (TCP or UDP) with its JSON parsed and
 //!   the CPU used meanwhile.
 //! - [`cpu`], CPU time of processes (`/proc/<pid>/stat`) and of the machine
 //!   (`/proc/stat`).
-//! - [`stats`], medians.
-//! - [`report`], the machine's description, logs and text tables shared
-//!   by the reports.
+//! - [`harness`], what every benchmark shares: the results model's
+//!   helpers (medians, ratios), the machine's description, text tables,
+//!   the chart, writing the table/chart/JSON report, starting vxmeshd.
 //! - [`mesh`], the `mesh` command: the routing mesh against nftables DNAT
 //!   and HAProxy on one testbed (iperf3 and wrk through a published port).
 //! - [`http`], the HTTP/1.1 keep-alive server the `mesh` command's tasks
@@ -23,18 +24,15 @@
 //!   containers on Docker swarm's own overlay, same hosts, one run.
 //! - [`restart`], the `restart` command: what traffic sees while vxmeshd
 //!   is handed over or crash-restarted, beside HAProxy's `-sf` reload.
-//! - [`chart`], the PNG bar chart.
 //! - [`profile`], `perf` recordings of extra runs: where the CPU and the
 //!   round-trip time go.
 
-pub mod chart;
 pub mod containers;
 pub mod cpu;
+pub mod harness;
 pub mod http;
 pub mod iperf;
 pub mod mesh;
 pub mod overlay;
 pub mod profile;
-pub mod report;
 pub mod restart;
-pub mod stats;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::stats::median;
+use crate::harness::stats::median;
 
 /// Sampling frequency of [`record_cpu`], Hz per CPU.
 const FREQ: &str = "999";

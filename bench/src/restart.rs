@@ -28,8 +28,8 @@ use serde_json::json;
 use vxmesh_netns::fdstore::FdStore;
 use vxmesh_netns::{workspace_bin, Testbed};
 
-use crate::report::{format_table, Machine};
-use crate::stats::median;
+use crate::harness::report::{format_table, Machine};
+use crate::harness::stats::median;
 
 #[derive(clap::Args, Debug)]
 pub struct RestartArgs {
@@ -590,7 +590,7 @@ fn report(
             })).collect::<Vec<_>>(),
         }));
     }
-    let commit = crate::report::commit();
+    let commit = crate::harness::report::commit();
     let text = format!(
         "vxmesh-bench restart: h1's vxmeshd handed over (SIGUSR2), crashed (SIGKILL, restarted at once with the descriptors a stand-in for systemd's store kept), and HAProxy in h1 reloaded (-sf -x), {} round(s) (medians, worst gap in brackets)\n\
          commit {commit}; machine: nproc {}, kernel {}, {}\n\

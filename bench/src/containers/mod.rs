@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use vxmesh_netns::runtime::{image_tarball, plugin_name, start_plugin_daemon, Docker, IMAGE};
 use vxmesh_netns::{workspace_bin, Testbed};
 
-use crate::report::{commit, format_table, Machine};
-use crate::stats::{median, ratio};
+use crate::harness::report::{commit, format_table, Machine};
+use crate::harness::stats::{median, ratio};
 
 #[derive(clap::Args, Debug)]
 pub struct ContainersArgs {
@@ -47,45 +47,11 @@ pub struct ContainersArgs {
 const ETCD: &str = "198.18.0.250";
 const PATHS: [&str; 3] = ["swarm", "vxmesh", "vxmesh-hosts"];
 
-/// What one path measured (all repetitions).
-#[derive(Default, Debug)]
-struct Figures {
-    tcp1: Vec<f64>,
-    tcp2: Vec<f64>,
-    ping_p50_us: Vec<f64>,
-}
+mod measure;
+mod render;
 
-fn ok(out: std::process::Output, what: &str) -> anyhow::Result<String> {
-    if !out.status.success() {
-        bail!(
-            "{what}: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Gbit/s received of an iperf3 `-J` report.
-fn iperf_gbit(json: &str) -> anyhow::Result<f64> {
-    let v: Value = serde_json::from_str(json).context("iperf3 JSON")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .with_context(|| format!("no sum_received in {}", v["error"]))
-}
-
-/// Median of the `time=X ms` lines of a ping's output, in µs.
-fn ping_p50_us(out: &str) -> Option<f64> {
-    median(out.lines().filter_map(|l| {
-        let t = l.split("time=").nth(1)?;
-        t.split_whitespace()
-            .next()?
-            .parse::<f64>()
-            .ok()
-            .map(|ms| ms * 1000.0)
-    }))
-}
+use measure::*;
+use render::*;
 
 pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
     let machine = Machine::probe();
@@ -285,91 +251,14 @@ pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
     }
     let _ = d2.docker(&["swarm", "leave", "--force"]);
     let _ = d1.docker(&["swarm", "leave", "--force"]);
-    let m = |v: &[f64]| median(v.iter().copied());
-    let f = |x: Option<f64>, d: usize| x.map_or("-".to_string(), |x| format!("{x:.d$}"));
-    let (sw, vm, ho) = (&figs[0], &figs[1], &figs[2]);
-    let run_m: Vec<Option<f64>> = run_s.iter().map(|(_, v)| m(v)).collect();
-    let headers: Vec<String> = [
-        "",
-        "swarm overlay",
-        "vxmesh",
-        "vxmesh hosts",
-        "vxmesh/swarm",
-        "vxmesh/hosts",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let row = |name: &str, a: Option<f64>, b: Option<f64>, c: Option<f64>, d: usize| {
-        vec![
-            name.to_string(),
-            f(a, d),
-            f(b, d),
-            f(c, d),
-            f(ratio(b, a), 3),
-            f(ratio(b, c), 3),
-        ]
-    };
-    let rows = vec![
-        row(
-            "TCP 1 stream, Gbit/s",
-            m(&sw.tcp1),
-            m(&vm.tcp1),
-            m(&ho.tcp1),
-            2,
-        ),
-        row("TCP -P 2, Gbit/s", m(&sw.tcp2), m(&vm.tcp2), m(&ho.tcp2), 2),
-        row(
-            "ping p50, µs",
-            m(&sw.ping_p50_us),
-            m(&vm.ping_p50_us),
-            m(&ho.ping_p50_us),
-            0,
-        ),
-        vec![
-            "docker run --rm, s".into(),
-            f(run_m[1], 3),
-            f(run_m[0], 3),
-            format!("bridge {}", f(run_m[2], 3)),
-            f(ratio(run_m[0], run_m[1]), 3),
-            format!("vs bridge {}", f(ratio(run_m[0], run_m[2]), 3)),
-        ],
-    ];
-    let head = format!(
-        "vxmesh-bench containers: container h1 -> container h2, iperf3 {} s per run, {} rep(s) (median shown), {} pings at 10 ms (busybox ping) per rep, {} docker runs per network\n\
-         commit {}; machine: nproc {}, kernel {}, {}, {}\n\
-         swarm overlay: Docker {} swarm, attachable overlay (kernel vxlan, UDP 4790); vxmesh: vxmeshd's Docker driver, etcd store; vxmesh hosts: h1 -> h2's own address on the vxmesh network\n",
-        args.secs,
-        args.reps,
-        args.pings,
-        args.runs,
-        commit(),
-        machine.nproc,
-        machine.kernel,
-        machine.cpu_model,
-        machine.iperf3,
-        ok(d1.docker(&["version", "-f", "{{.Server.Version}}"]), "docker version").unwrap_or_default(),
+    let version = ok(
+        d1.docker(&["version", "-f", "{{.Server.Version}}"]),
+        "docker version",
     );
-    let text = format!("{head}\n{}", format_table(&headers, &rows));
+    let (text, j) = render(&args, &machine, &figs, &run_s, version.unwrap_or_default());
     println!("\n{text}");
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("containers.txt"), &text)?;
-    let j = json!({
-        "commit": commit(),
-        "secs": args.secs, "reps": args.reps, "pings": args.pings,
-        "paths": PATHS.iter().zip(&figs).map(|(n, f)| json!({
-            "path": n, "tcp1_gbit": f.tcp1, "tcp2_gbit": f.tcp2, "ping_p50_us": f.ping_p50_us,
-        })).collect::<Vec<_>>(),
-        "docker_run_s": run_s.iter().map(|(n, v)| json!({"network": n, "seconds": v})).collect::<Vec<_>>(),
-        "ratios": {
-            "tcp1_vxmesh_over_swarm": ratio(m(&vm.tcp1), m(&sw.tcp1)),
-            "tcp2_vxmesh_over_swarm": ratio(m(&vm.tcp2), m(&sw.tcp2)),
-            "ping_p50_vxmesh_over_swarm": ratio(m(&vm.ping_p50_us), m(&sw.ping_p50_us)),
-            "tcp1_containers_over_hosts": ratio(m(&vm.tcp1), m(&ho.tcp1)),
-            "docker_run_vxmesh_over_swarm": ratio(run_m[0], run_m[1]),
-            "docker_run_vxmesh_over_bridge": ratio(run_m[0], run_m[2]),
-        },
-    });
     std::fs::write(
         args.out.join("containers.json"),
         serde_json::to_vec_pretty(&j)?,
@@ -379,51 +268,5 @@ pub fn run_containers(args: ContainersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One iperf3 TCP run on path `p` (0 swarm, 1 vxmesh, 2 hosts): Gbit/s.
-#[allow(clippy::too_many_arguments)]
-fn measure_tcp(
-    tb: &Testbed,
-    d1: &Docker,
-    p: usize,
-    s2: &str,
-    v2: &str,
-    host2: &str,
-    secs: &str,
-    streams: u32,
-) -> anyhow::Result<f64> {
-    let n = streams.to_string();
-    let out = match p {
-        0 => ok(
-            d1.docker(&["exec", "s1", "iperf3", "-c", s2, "-t", secs, "-P", &n, "-J"]),
-            "iperf3 swarm",
-        )?,
-        1 => ok(
-            d1.docker(&["exec", "v1", "iperf3", "-c", v2, "-t", secs, "-P", &n, "-J"]),
-            "iperf3 vxmesh",
-        )?,
-        _ => {
-            let o = tb.exec(
-                &tb.ns("h1"),
-                &["iperf3", "-c", host2, "-t", secs, "-P", &n, "-J"],
-            )?;
-            String::from_utf8_lossy(&o.stdout).to_string()
-        }
-    };
-    iperf_gbit(&out)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn busybox_ping_lines_give_the_median() {
-        let out = "PING 10.0.9.2 (10.0.9.2): 56 data bytes\n\
-                   64 bytes from 10.0.9.2: seq=0 ttl=64 time=0.300 ms\n\
-                   64 bytes from 10.0.9.2: seq=1 ttl=64 time=0.100 ms\n\
-                   64 bytes from 10.0.9.2: seq=2 ttl=64 time=0.200 ms\n\
-                   round-trip min/avg/max = 0.100/0.200/0.300 ms\n";
-        assert_eq!(ping_p50_us(out), Some(200.0));
-        assert_eq!(ping_p50_us("no replies"), None);
-    }
-}
+mod tests;

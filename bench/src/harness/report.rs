@@ -148,6 +148,18 @@ pub fn format_table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Appends the `FAILURES (n):` section of a table (the first line of each
+/// failure), if there is any.
+pub fn failures_section(out: &mut String, failures: impl Iterator<Item = String>) {
+    let failures: Vec<String> = failures.collect();
+    if !failures.is_empty() {
+        out.push_str(&format!("\nFAILURES ({}):\n", failures.len()));
+        for f in failures {
+            out.push_str(&format!("  {}\n", f.lines().next().unwrap_or("")));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

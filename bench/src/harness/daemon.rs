@@ -1,0 +1,53 @@
+//! vxmeshd on the benchmark hosts: the cluster file written into the
+//! testbed, one daemon per host started on it and waited for (READY=1),
+//! and bounded commands inside the testbed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use vxmesh_netns::{Proc, Testbed};
+
+/// Writes `cluster` to `<testbed dir>/vxmesh.toml`.
+pub fn write_cluster(tb: &Testbed, cluster: &str) -> anyhow::Result<PathBuf> {
+    let cfg = tb.dir().join("vxmesh.toml");
+    std::fs::write(&cfg, cluster).with_context(|| format!("writing {}", cfg.display()))?;
+    Ok(cfg)
+}
+
+/// Writes `cluster` and starts `vxmeshd` on it in each of `hosts` (admin
+/// socket `<testbed dir>/<host>.sock`), each waited for up to `ready`:
+/// (host, process, socket) in order.
+pub fn start_daemons(
+    tb: &mut Testbed,
+    vxmeshd: &Path,
+    cluster: &str,
+    hosts: &[&str],
+    ready: Duration,
+) -> anyhow::Result<Vec<(String, Proc, PathBuf)>> {
+    let cfg = write_cluster(tb, cluster)?;
+    let cfg_s = cfg.to_str().context("temp path is not UTF-8")?.to_string();
+    let bin = vxmeshd.to_str().context("vxmeshd path is not UTF-8")?;
+    let mut procs = Vec::new();
+    for h in hosts {
+        let sock = tb.dir().join(format!("{h}.sock"));
+        let sock_s = sock.to_str().context("temp path is not UTF-8")?;
+        let p = tb
+            .spawn_notify(
+                h,
+                &[bin, "--config", &cfg_s, "--node", h, "--socket", sock_s],
+                &[("NO_COLOR", "1")],
+                ready,
+            )
+            .with_context(|| format!("starting vxmeshd in {h}"))?;
+        eprintln!("[vxmesh] vxmeshd ready in {h} (pid {})", p.pid);
+        procs.push((h.to_string(), p, sock));
+    }
+    Ok(procs)
+}
+
+/// Runs `args` in namespace `ns`, stopped after `timeout`: its stdout.
+pub fn run(tb: &Testbed, ns: &str, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    let out = tb.exec_timeout(ns, args, timeout)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
