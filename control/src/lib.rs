@@ -15,6 +15,7 @@
 //!
 //! The control plane never touches a packet.
 
+pub mod announce;
 pub mod api;
 pub mod attach;
 pub mod cni;
@@ -23,11 +24,14 @@ pub mod daemon;
 pub mod error;
 pub mod firewall;
 pub mod handover;
+pub mod ipam;
 pub mod lab;
 pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod timing;
+pub mod unix_http;

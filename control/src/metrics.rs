@@ -89,7 +89,7 @@ impl Collector for DaemonCollector {
         let Some(st) = self.0.upgrade() else {
             return Ok(());
         };
-        let status = crate::api::server::build_status(&st);
+        let status = crate::status::build_status(&st);
         let (services, dns) = {
             let inner = st.inner.lock().expect("state lock poisoned");
             let dns: Vec<dns::DnsCounts> = inner
@@ -218,7 +218,7 @@ networks = [{ name = "front", vni = 4096, subnet = "10.0.0.0/16" }]
         assert_eq!(sample(&after, count), 2.0);
         let sum = r#"vxmesh_table_apply_seconds_sum{step="apply"}"#;
         assert!(sample(&after, sum) > sample(&before, sum));
-        let last = crate::api::server::build_status(&st).last_apply;
+        let last = crate::status::build_status(&st).last_apply;
         assert_eq!((last.endpoints, last.nodes), (2000, 2));
         assert!(last.apply_s > 0.0);
     }

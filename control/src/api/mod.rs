@@ -4,113 +4,22 @@
 //! given; see [`listen`]). It is the CLI's only way into the daemon.
 //! Resources live under `/v1/`.
 
-pub mod client;
+/// The HTTP client over a unix socket the CLI (and the Docker driver) use.
+pub use crate::unix_http as client;
 pub mod listen;
 pub mod server;
+
+pub use crate::status::{DataplaneInfo, NetworkStatus, Status, WorkerInfo};
 
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::raw::{RawHealth, RawPort};
-use vxmesh_dataplane::overlay::stats::{GlobalStatsSnapshot, NetStatsSnapshot};
 
 /// Default path of the admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/vxmesh/vxmeshd.sock";
 
-/// `GET /v1/status`: the daemon at a glance.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub node: String,
-    pub address: String,
-    pub version: String,
-    /// The daemon's process id (after a handover: the successor's).
-    #[serde(default)]
-    pub pid: u32,
-    pub uptime_s: f64,
-    pub config: String,
-    pub vxlan_port: u16,
-    /// Outer UDP source ports the node spreads its flows over.
-    pub source_ports: Vec<u16>,
-    /// Where the desired state comes from and whether it is reachable
-    /// (`connected: false`: forwarding on the last known state).
-    #[serde(default)]
-    pub store: crate::store::StoreStatus,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_reload_error: Option<String>,
-    /// The last desired state applied: how long validating and applying it
-    /// took, and its size.
-    #[serde(default)]
-    pub last_apply: crate::timing::LastApply,
-    pub networks: Vec<NetworkStatus>,
-    pub global: GlobalStatsSnapshot,
-    pub workers: Vec<WorkerInfo>,
-    /// Offloads and batching in effect.
-    #[serde(default)]
-    pub dataplane: DataplaneInfo,
-}
-
-/// What the packet path runs with and how well it batches.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct DataplaneInfo {
-    /// TAPs with a virtio-net header (TSO from the kernel).
-    pub tap_vnet_hdr: bool,
-    /// The TAPs hand over UDP super-frames (USO).
-    #[serde(default)]
-    pub tap_uso: bool,
-    /// Runs of UDP datagrams go into the TAPs as one UDP GSO frame.
-    #[serde(default)]
-    pub tap_uso_write: bool,
-    pub udp_gso: bool,
-    pub udp_gro: bool,
-    /// `[settings] busy_poll_us` in force.
-    #[serde(default)]
-    pub busy_poll_us: u64,
-    /// Underlay receiving sockets (and TAP queues per network).
-    pub queues: usize,
-    /// Means since start: frames read from a TAP per wake-up, underlay
-    /// reads per wake-up, datagrams per send to a peer.
-    pub tap_reads_per_wakeup: f64,
-    pub underlay_reads_per_wakeup: f64,
-    pub datagrams_per_send: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NetworkStatus {
-    pub name: String,
-    pub vni: u32,
-    pub subnet: String,
-    pub tap: String,
-    pub tap_mac: String,
-    pub mtu: u16,
-    pub learning: bool,
-    /// Underlay addresses of the other member nodes.
-    pub peers: Vec<String>,
-    pub endpoints: usize,
-    pub fdb_static: usize,
-    pub fdb_learned: usize,
-    /// Local workload addresses this node announces (`announce = true`).
-    #[serde(default)]
-    pub announced: usize,
-    pub stats: NetStatsSnapshot,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WorkerInfo {
-    pub name: String,
-    pub idle_ms: u64,
-    pub running: bool,
-    /// Frames read from the lane's TAP queues so far.
-    #[serde(default)]
-    pub tap_reads: u64,
-    /// Reads of the lane's underlay socket so far (each may hold several
-    /// datagrams with UDP GRO).
-    #[serde(default)]
-    pub underlay_reads: u64,
-}
-
-/// One row of `GET /v1/fdb`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FdbEntry {
     pub network: String,

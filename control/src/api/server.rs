@@ -12,11 +12,9 @@ use axum::{Json, Router};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::listen::{self, Limits, TcpAccess};
-use super::{
-    ApiError, DataplaneInfo, EndpointInfo, FdbEntry, NetworkInfo, NetworkStatus, NodeInfo, Status,
-    WorkerInfo, WriteOk,
-};
+use super::{ApiError, EndpointInfo, FdbEntry, NetworkInfo, NodeInfo, Status, WriteOk};
 use crate::state::State;
+pub use crate::status::build_status;
 use crate::store::{StoreError, Write};
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -87,83 +85,6 @@ pub async fn serve_tcp(
 
 async fn status(AxState(st): AxState<Shared>) -> Json<Status> {
     Json(build_status(&st))
-}
-
-/// The status document (also used for the systemd STATUS line).
-pub fn build_status(st: &State) -> Status {
-    let inner = st.inner.lock().expect("state lock poisoned");
-    let tables = inner.dataplane.tables();
-    let cluster = &inner.cluster;
-    let networks = tables
-        .networks
-        .iter()
-        .map(|n| {
-            let subnet = cluster
-                .network(&n.name)
-                .map(|c| c.subnet.to_string())
-                .unwrap_or_default();
-            NetworkStatus {
-                name: n.name.clone(),
-                vni: n.vni,
-                subnet,
-                tap: format!("vxm-{}", n.name),
-                tap_mac: n.tap_mac.to_string(),
-                mtu: n.mtu,
-                learning: n.learning,
-                peers: n.peers.iter().map(|p| p.to_string()).collect(),
-                endpoints: n.arp.len(),
-                fdb_static: n.fdb.len(),
-                fdb_learned: n.learned.len(),
-                announced: n.announce.as_ref().map(|a| a.len()).unwrap_or(0),
-                stats: n.stats.snapshot(),
-            }
-        })
-        .collect();
-    Status {
-        node: st.node.clone(),
-        address: tables.local.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        pid: std::process::id(),
-        uptime_s: st.started.elapsed().as_secs_f64(),
-        config: st.config_path.display().to_string(),
-        vxlan_port: inner.dataplane.underlay().port(),
-        source_ports: inner.dataplane.underlay().source_ports(),
-        store: st.store_status(),
-        reloads_ok: inner.reloads_ok,
-        reloads_failed: inner.reloads_failed,
-        last_reload_error: inner.last_reload_error.clone(),
-        last_apply: st.times.last(),
-        networks,
-        global: tables.global.snapshot(),
-        workers: inner
-            .dataplane
-            .workers()
-            .into_iter()
-            .map(|w| WorkerInfo {
-                name: w.name,
-                idle_ms: w.idle_ms,
-                running: w.running,
-                tap_reads: w.tap_reads,
-                underlay_reads: w.underlay_reads,
-            })
-            .collect(),
-        dataplane: {
-            let o = inner.dataplane.offloads();
-            let b = inner.dataplane.batches();
-            DataplaneInfo {
-                tap_vnet_hdr: o.tap_vnet_hdr,
-                tap_uso: o.tap_uso,
-                tap_uso_write: o.tap_uso_write,
-                busy_poll_us: inner.dataplane.busy_poll().as_micros() as u64,
-                udp_gso: o.udp_gso,
-                udp_gro: o.udp_gro,
-                queues: inner.dataplane.underlay().receivers(),
-                tap_reads_per_wakeup: b.tap_reads.mean(),
-                underlay_reads_per_wakeup: b.underlay_reads.mean(),
-                datagrams_per_send: b.tx_datagrams.mean(),
-            }
-        },
-    }
 }
 
 async fn networks(AxState(st): AxState<Shared>) -> Json<Vec<NetworkInfo>> {

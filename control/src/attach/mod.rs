@@ -19,7 +19,6 @@
 //!    once) and the veth is deleted.
 
 pub mod docker;
-pub mod ipam;
 mod own;
 mod plumb;
 
@@ -37,11 +36,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vxmesh_dataplane::wire::MacAddr;
 
+use crate::ipam::{self, Attachment};
 use crate::model::Network;
 pub use crate::state::attachments::Attach;
 use crate::state::State;
 use crate::store::{Store, StoreError, Write};
-use ipam::Attachment;
 
 /// Most addresses tried before an allocation gives up on lost races.
 const MAX_TRIES: usize = 64;

@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use serde_json::{json, Value};
 use vxmesh_dataplane::wire::MacAddr;
 
-use super::ipam::{self, Range};
 use super::{attachable, wait_applied, AttachError, MAX_TRIES};
+use crate::ipam::{self, Range};
 use crate::model::Network;
 use crate::state::State;
 use crate::store::{Store, StoreError, Write};

@@ -92,7 +92,7 @@ fn notify(state: &[sd_notify::NotifyState]) {
 
 /// A one-line summary for systemd's STATUS=.
 fn summary(st: &State) -> String {
-    let s = api::server::build_status(st);
+    let s = crate::status::build_status(st);
     let peers: std::collections::BTreeSet<&String> =
         s.networks.iter().flat_map(|n| n.peers.iter()).collect();
     let services = st.inner.lock().expect("state lock poisoned").mesh.status();

@@ -28,7 +28,7 @@ pub fn start(opts: &Options, mut cluster: Cluster, store: Store) -> anyhow::Resu
     let etcd = matches!(store, Store::Etcd(_));
     let attach = crate::attach::Attach::open(&opts.state_dir, &opts.node, !etcd)
         .map_err(anyhow::Error::msg)?;
-    for w in crate::attach::ipam::merge(&mut cluster, &opts.node, &attach.local_list()) {
+    for w in crate::ipam::merge(&mut cluster, &opts.node, &attach.local_list()) {
         warn!(warning = %w, "container allocation left out");
     }
     if !etcd && cluster.networks.iter().any(|n| n.announce) {
@@ -202,7 +202,7 @@ pub(super) async fn start_etcd(
     });
     let tasks = vec![
         tokio::spawn(etcd.clone().run_watch(applier, stop.clone())),
-        tokio::spawn(crate::store::announce::run(
+        tokio::spawn(crate::announce::run(
             Arc::downgrade(&state),
             etcd.clone(),
             stop.clone(),

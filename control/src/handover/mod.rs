@@ -62,14 +62,7 @@ pub fn path(socket: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-static HANDED_OVER: AtomicBool = AtomicBool::new(false);
-
-/// True once this process handed its node over: sockets it bound at a
-/// path now belong to the successor, which serves the very same socket, so
-/// nothing may remove the path on the way out.
-pub fn handed_over() -> bool {
-    HANDED_OVER.load(Ordering::Relaxed)
-}
+pub use crate::state::handed_over;
 
 /// The state worth keeping across a handover.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,7 +141,7 @@ pub fn serve(
                 match converse(&conn, &node, &collect) {
                     Ok(Some(ev)) => {
                         if matches!(ev, Event::Taken { .. }) {
-                            HANDED_OVER.store(true, Ordering::Relaxed);
+                            crate::state::set_handed_over();
                         }
                         let _ = events.send(ev);
                         return;

@@ -9,12 +9,12 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::{counters, gauges, CounterFamily, Labels};
-use crate::api::Status;
 use crate::state::State;
+use crate::status::Status;
 
 /// Per network and peer, the underlay and the workers' idle time.
 pub(super) fn networks(e: &mut DescriptorEncoder, status: &Status) -> fmt::Result {
-    let net = |n: &crate::api::NetworkStatus| vec![("network", n.name.clone())];
+    let net = |n: &crate::status::NetworkStatus| vec![("network", n.name.clone())];
     macro_rules! per_network {
         ($name:expr, $help:expr, $unit:expr, $field:ident) => {
             counters(

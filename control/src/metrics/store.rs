@@ -5,8 +5,8 @@ use std::fmt;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{counters, durations, gauges};
-use crate::api::Status;
 use crate::state::State;
+use crate::status::Status;
 
 /// Config reloads by result.
 pub(super) fn reloads(e: &mut DescriptorEncoder, status: &Status) -> fmt::Result {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::attach::ipam::{Attachment, LocalAllocations};
+use crate::ipam::{Attachment, LocalAllocations};
 
 /// The daemon's attachment state.
 pub struct Attach {

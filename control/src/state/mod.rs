@@ -6,6 +6,21 @@
 
 pub mod attachments;
 
+static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once this process handed its node over to a successor
+/// (`crate::handover`): sockets it bound at a path now belong to the
+/// successor, which serves the very same socket, so nothing may remove the
+/// path on the way out.
+pub fn handed_over() -> bool {
+    HANDED_OVER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Records that the node was handed over.
+pub fn set_handed_over() {
+    HANDED_OVER.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,9 +72,7 @@ impl State {
             Store::File(path) => {
                 let t = Instant::now();
                 let c = config::load(path).map_err(ApplyError::from).map(|mut c| {
-                    for w in
-                        crate::attach::ipam::merge(&mut c, &self.node, &self.attach.local_list())
-                    {
+                    for w in crate::ipam::merge(&mut c, &self.node, &self.attach.local_list()) {
                         warn!(warning = %w, "container allocation left out");
                     }
                     c

@@ -40,7 +40,7 @@ pub struct Doc {
     pub version: u32,
     pub spec: Value,
     /// The lease the key is attached to: node documents, and endpoints a
-    /// node announced (see [`crate::store::announce`]).
+    /// node announced (see [`crate::announce`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<i64>,
     /// The lease's TTL in seconds (node documents).

@@ -10,9 +10,8 @@
 //!
 //! Both speak the same documents ([`doc`]): each value is the JSON form of
 //! the file's table, validated by the same code. On etcd a node may also
-//! publish the addresses its workloads use ([`announce`]).
+//! publish the addresses its workloads use ([`crate::announce`]).
 
-pub mod announce;
 pub mod doc;
 pub mod etcd;
 

@@ -498,7 +498,7 @@ async fn name_endpoint(st: Weak<State>, docker: PathBuf, eid: String, net: Strin
             warn!(endpoint = %eid, "dockerd never showed the container of this endpoint; it has no DNS name or service");
             return;
         }
-        let ask = crate::api::client::get::<Value>(&docker, "/containers/json?all=1");
+        let ask = crate::unix_http::get::<Value>(&docker, "/containers/json?all=1");
         let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
             continue;
         };
@@ -575,7 +575,7 @@ pub async fn serve(
             warn!(error = %e, "docker plugin server stopped");
         }
         // A successor serves this very socket: the path stays.
-        if !crate::handover::handed_over() {
+        if !crate::state::handed_over() {
             let _ = std::fs::remove_file(&path);
         }
     });

@@ -25,10 +25,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use vxmesh_dataplane::wire::MacAddr;
 
-use super::doc::{endpoint_key, Snapshot};
-use super::etcd::EtcdStore;
-use super::StoreError;
 use crate::state::State;
+use crate::store::doc::{endpoint_key, Snapshot};
+use crate::store::etcd::EtcdStore;
+use crate::store::StoreError;
 
 /// How often the TAPs' tables are compared with the store.
 pub const PERIOD: Duration = Duration::from_millis(250);

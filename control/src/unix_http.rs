@@ -1,4 +1,5 @@
-//! A small client for the admin API over its unix socket.
+//! A small HTTP/1.1 client over a unix socket: the admin API's (for the
+//! CLI) and dockerd's (for the Docker driver).
 
 use std::path::Path;
 
