@@ -116,9 +116,18 @@ fn summary(st: &State) -> String {
 /// `WATCHDOG_PID` names another process. (The sd-notify crate also refuses
 /// an unset `WATCHDOG_PID`; libsystemd's `sd_watchdog_enabled` accepts it.)
 fn watchdog_period() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok()? != std::process::id() {
+    watchdog_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// [`watchdog_period`] from the variables' values and this process's pid.
+fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.parse().ok()?;
+    if let Some(pid) = pid {
+        if pid.parse::<u32>().ok()? != me {
             return None;
         }
     }
@@ -346,4 +355,57 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_ours_only_when_systemd_says_so() {
+        let d = |u, p| watchdog_from(u, p, 42);
+        assert_eq!(d(Some("400000"), None), Some(Duration::from_millis(400)));
+        assert_eq!(
+            d(Some("400000"), Some("42")),
+            Some(Duration::from_millis(400))
+        );
+        assert_eq!(
+            d(Some("400000"), Some("7")),
+            None,
+            "another process's watchdog"
+        );
+        assert_eq!(d(Some("0"), None), None);
+        assert_eq!(d(Some("soon"), None), None);
+        assert_eq!(d(None, Some("42")), None);
+        assert_eq!(d(Some("400000"), Some("x")), None);
+    }
+
+    #[test]
+    fn a_successor_gets_the_same_arguments_and_takeover_once() {
+        let args = |v: &[&str]| stop::successor_args(v.iter().map(std::ffi::OsString::from));
+        assert_eq!(
+            args(&["--node", "h1", "--socket", "/run/x.sock"]),
+            ["--node", "h1", "--socket", "/run/x.sock", "--takeover"]
+        );
+        assert_eq!(
+            args(&["--takeover", "--node", "h1"]),
+            ["--takeover", "--node", "h1"]
+        );
+    }
+
+    #[test]
+    fn without_takeover_or_a_store_nothing_is_inherited() {
+        let dir = std::env::temp_dir().join(format!("vxmesh-inherit-{}", std::process::id()));
+        let opts = Options::file(
+            dir.join("c.toml"),
+            "h1",
+            dir.join("h1.sock"),
+            dir.join("state"),
+        );
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            let (t, saved) = inherit(&opts).unwrap();
+            assert!(t.is_none());
+            assert_eq!(saved, handover::Saved::default());
+        }
+    }
 }

@@ -55,15 +55,23 @@ pub(super) fn handover_socket(opts: &Options) -> anyhow::Result<std::os::fd::Own
 /// an upgrade holds the new version) with this one's arguments and
 /// `--takeover` (SIGUSR2).
 pub(super) fn spawn_successor(exe: &std::path::Path) -> anyhow::Result<u32> {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if !args.iter().any(|a| a == "--takeover") {
-        args.push("--takeover".into());
-    }
+    let args = successor_args(std::env::args_os().skip(1));
     let child = std::process::Command::new(exe)
         .args(&args)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     Ok(child.id())
+}
+
+/// This daemon's arguments with `--takeover` (once).
+pub(super) fn successor_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.collect();
+    if !args.iter().any(|a| a == "--takeover") {
+        args.push("--takeover".into());
+    }
+    args
 }
 
 /// The way out, by how the loop ended. The node's devices stay in every
