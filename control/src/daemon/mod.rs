@@ -267,13 +267,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             devices = now;
         }
         if let Some(s) = fdstore {
-            // Copies, so that the state lock is not held while systemd reads.
-            let fds = handover::node::with_descriptors(state, &own, |fds| {
-                fds.iter()
-                    .filter_map(|(n, fd)| Some((n.clone(), fd.try_clone_to_owned().ok()?)))
-                    .collect::<Vec<_>>()
-            });
-            s.sync(&fds);
+            let plan = handover::node::with_descriptors(state, &own, |fds| s.plan(fds));
+            s.apply(plan);
         }
     };
     keep(&state, &mut fdstore);

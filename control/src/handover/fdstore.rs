@@ -108,32 +108,47 @@ pub struct Store {
     sent: BTreeMap<String, (u64, u64)>,
 }
 
+/// What changes in the store ([`Store::plan`]).
+pub struct Plan {
+    stale: Vec<String>,
+    new: Vec<(String, (u64, u64), OwnedFd)>,
+}
+
 /// The identity of the file a descriptor refers to.
 fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
     nix::sys::stat::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino))
 }
 
 impl Store {
-    /// Puts what is new in `fds` in the store (one message per name: FDNAME
-    /// names every descriptor of its message) and takes out names that are
-    /// gone or now stand for another socket. Nothing is sent when nothing
-    /// changed. Called without the state lock: a send may wait for the
-    /// service manager to read.
-    pub fn sync(&mut self, fds: &[(String, OwnedFd)]) {
-        let now: BTreeMap<&str, (u64, u64, BorrowedFd<'_>)> = fds
+    /// What `fds` changes in the store: names that are gone or now stand
+    /// for another socket, and copies of only the descriptors that are new
+    /// (so the periodic check costs an fstat per descriptor, no copy, when
+    /// nothing changed). Cheap enough to call under the state lock.
+    pub fn plan(&self, fds: &[(String, BorrowedFd<'_>)]) -> Plan {
+        let now: BTreeMap<&str, ((u64, u64), BorrowedFd<'_>)> = fds
             .iter()
             .filter(|(n, _)| super::valid_name(n))
-            .filter_map(|(n, fd)| {
-                identity(fd.as_fd()).map(|(d, i)| (n.as_str(), (d, i, fd.as_fd())))
-            })
+            .filter_map(|(n, fd)| identity(*fd).map(|id| (n.as_str(), (id, *fd))))
             .collect();
-        let stale: Vec<String> = self
+        let stale = self
             .sent
             .iter()
-            .filter(|(n, id)| now.get(n.as_str()).is_none_or(|(d, i, _)| (*d, *i) != **id))
+            .filter(|(n, id)| now.get(n.as_str()).is_none_or(|(now_id, _)| now_id != *id))
             .map(|(n, _)| n.clone())
             .collect();
-        for n in &stale {
+        let new = now
+            .into_iter()
+            .filter(|(n, (id, _))| self.sent.get(*n) != Some(id))
+            .filter_map(|(n, (id, fd))| Some((n.to_string(), id, fd.try_clone_to_owned().ok()?)))
+            .collect();
+        Plan { stale, new }
+    }
+
+    /// Sends a [`Store::plan`] (one message per name: FDNAME names every
+    /// descriptor of its message). Called without the state lock: a send
+    /// may wait for the service manager to read.
+    pub fn apply(&mut self, plan: Plan) {
+        for n in &plan.stale {
             if let Err(e) =
                 sd_notify::notify(false, &[NotifyState::FdStoreRemove, NotifyState::FdName(n)])
             {
@@ -141,17 +156,14 @@ impl Store {
             }
             self.sent.remove(n);
         }
-        for (name, (d, i, fd)) in now {
-            if self.sent.get(name) == Some(&(d, i)) {
-                continue;
-            }
+        for (name, id, fd) in plan.new {
             match sd_notify::notify_with_fds(
                 false,
-                &[NotifyState::FdStore, NotifyState::FdName(name)],
-                &[fd],
+                &[NotifyState::FdStore, NotifyState::FdName(&name)],
+                &[fd.as_fd()],
             ) {
                 Ok(()) => {
-                    self.sent.insert(name.to_string(), (d, i));
+                    self.sent.insert(name, id);
                 }
                 Err(e) => warn!(%name, error = %e, "FDSTORE failed"),
             }

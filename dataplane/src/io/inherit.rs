@@ -62,11 +62,6 @@ pub fn take_prefix(prefix: &str) -> Vec<(String, OwnedFd)> {
         .collect()
 }
 
-/// True while any inherited descriptor waits to be taken.
-pub fn pending() -> usize {
-    POOL.lock().expect("inherit pool poisoned").len()
-}
-
 /// Closes what nobody took (a listener of a service that no longer
 /// exists, say) and returns the names, for the log.
 pub fn close_leftovers() -> Vec<String> {

@@ -67,24 +67,6 @@ pub fn exists(name: &str) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok()
 }
 
-/// The ports of bridge `name` (empty when there is no such bridge).
-pub fn bridge_ports(name: &str) -> Vec<String> {
-    let Ok(out) = Command::new("ip")
-        .args(["-o", "link", "show", "master", name])
-        .output()
-    else {
-        return Vec::new();
-    };
-    // `7: vxh1a2b3c4d@if6: <BROADCAST,...> ...`
-    let mut ports: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .collect();
-    ports.sort();
-    ports
-}
-
 /// Makes `dev` (a TAP or a bridge) deaf to router advertisements and
 /// redirects (IPv6 and IPv4): a workload must not plant routes or
 /// addresses on the host, whatever reaches the device.
