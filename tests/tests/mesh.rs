@@ -266,20 +266,7 @@ fn a_removed_task_drains_and_its_long_transfer_completes() {
     }
     let long = long.expect("a connection to task3 started");
     // Wait until that connection is open at h1 (readiness: active count).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let ps = lab.cli_json("h1", &["service", "ps", "web"]);
-        let active: u64 = ps
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["active"].as_u64().unwrap())
-            .sum();
-        if active > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the long transfer never started");
-    }
+    lab.wait_active("h1", "web", "the long transfer");
     // The listener's socket before the reload (its inode).
     let listener = |lab: &Lab| {
         let out = lab

@@ -141,20 +141,7 @@ fn under_load(lab: &Lab, during: impl FnOnce()) -> Load {
             n
         })
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let ps = lab.cli_json("h1", &["service", "ps", "web"]);
-        let active: u64 = ps
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["active"].as_u64().unwrap())
-            .sum();
-        if active > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the long download never started");
-    }
+    lab.wait_active("h1", "web", "the long download");
     std::thread::scope(|s| {
         let pings = s.spawn(|| {
             let mut all = PingStats {

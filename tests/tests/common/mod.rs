@@ -93,6 +93,26 @@ impl Lab {
             .unwrap_or_else(|e| panic!("vxmeshd on {host} did not become ready: {e}"))
     }
 
+    /// Waits up to 5 s until `host` relays at least one connection of
+    /// `service` (readiness: the tasks' active counts); `what` names it in
+    /// the failure.
+    pub fn wait_active(&self, host: &str, service: &str, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let ps = self.cli_json(host, &["service", "ps", service]);
+            let active: u64 = ps
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["active"].as_u64().unwrap())
+                .sum();
+            if active > 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what} never started");
+        }
+    }
+
     /// The daemon of `host` among [`Lab::daemons`].
     pub fn daemon_of(&self, host: &str) -> &Proc {
         &self
