@@ -404,22 +404,7 @@ fn containers_labelled_with_a_service_are_its_tasks_and_scaling_changes_what_ans
     start_with_plugin(&mut lab, "h1", &prefix);
     start_with_plugin(&mut lab, "h2", &prefix);
     lab.attachable_network("front", 4096, "10.0.9.0/24");
-    lab.cli_json(
-        "h1",
-        &[
-            "service",
-            "create",
-            "web",
-            "--network",
-            "front",
-            "-p",
-            "8080:80/tcp",
-            "--health",
-            "tcp",
-            "--balance",
-            "round-robin",
-        ],
-    );
+    lab.create_web_service("h1");
     let image = image_tarball(lab.tb.dir(), true).expect("image");
     let d1 = Docker::start(&mut lab.tb, "h1", &image).expect("dockerd on h1");
     let d2 = Docker::start(&mut lab.tb, "h2", &image).expect("dockerd on h2");

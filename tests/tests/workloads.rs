@@ -299,22 +299,7 @@ fn a_hostile_workload_disturbs_nobody_and_every_guard_counts_what_it_stopped() {
             "h1",
         ],
     );
-    lab.cli_json(
-        "h1",
-        &[
-            "service",
-            "create",
-            "web",
-            "--network",
-            "front",
-            "-p",
-            "8080:80/tcp",
-            "--health",
-            "tcp",
-            "--balance",
-            "round-robin",
-        ],
-    );
+    lab.create_web_service("h1");
     let (a1, v1, w2, w3) = (ip(20), ip(21), ip(34), ip(50));
     attach(&mut lab, "h1", "a1", "front", a1, None);
     attach(&mut lab, "h1", "v1", "front", v1, None);

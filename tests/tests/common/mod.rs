@@ -113,6 +113,28 @@ impl Lab {
         }
     }
 
+    /// Creates the service `web` on network `front` through `host`'s CLI
+    /// (etcd store): published on 8080 to port 80, TCP health, round robin,
+    /// no task list (its tasks are containers that name it).
+    pub fn create_web_service(&self, host: &str) {
+        self.cli_json(
+            host,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "front",
+                "-p",
+                "8080:80/tcp",
+                "--health",
+                "tcp",
+                "--balance",
+                "round-robin",
+            ],
+        );
+    }
+
     /// The daemon of `host` among [`Lab::daemons`].
     pub fn daemon_of(&self, host: &str) -> &Proc {
         &self
