@@ -34,8 +34,9 @@ echo "== cargo build (binaries for the end-to-end tests)"
 cargo build --workspace --bins
 echo "== cargo test"
 # Two test threads: the machine has two cores and the end-to-end tests run
-# real traffic; more in parallel only makes them slower.
-cargo test --workspace -- --test-threads=2
+# real traffic; more in parallel only makes them slower. --no-fail-fast: one
+# failing test binary does not hide the results of the ones after it.
+cargo test --workspace --no-fail-fast -- --test-threads=2
 
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" != 0 ]; then
