@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
+use vxmesh_dataplane::crypto::{PublicKey, RekeyPolicy};
 use vxmesh_dataplane::mesh::spec::ServiceSpec;
 use vxmesh_dataplane::wire::MacAddr;
 
@@ -29,6 +30,11 @@ pub struct Settings {
     /// that is still polling when the next packet comes saves a thread
     /// wake-up, tens of microseconds on a VM.
     pub busy_poll_us: u64,
+    /// Sessions of encrypted networks are renewed after this many seconds
+    /// ...
+    pub rekey_s: u64,
+    /// ... or after this many datagrams sent with one.
+    pub rekey_messages: u64,
 }
 
 impl Settings {
@@ -43,6 +49,14 @@ impl Settings {
     /// The queue count in effect: `queues`, or with 0 the number of CPUs
     /// available to this process (its affinity mask, cgroup quota), at
     /// most [`Settings::MAX_QUEUES`].
+    /// The rekey timers these settings give.
+    pub fn rekey(&self) -> RekeyPolicy {
+        RekeyPolicy {
+            after: std::time::Duration::from_secs(self.rekey_s),
+            after_messages: self.rekey_messages,
+        }
+    }
+
     pub fn effective_queues(&self) -> usize {
         match self.queues {
             0 => std::thread::available_parallelism()
@@ -62,6 +76,8 @@ impl Default for Settings {
             offloads: true,
             queues: 0,
             busy_poll_us: Settings::DEFAULT_BUSY_POLL_US,
+            rekey_s: RekeyPolicy::DEFAULT_AFTER.as_secs(),
+            rekey_messages: RekeyPolicy::DEFAULT_AFTER_MESSAGES,
         }
     }
 }
@@ -72,6 +88,9 @@ pub struct Node {
     /// Data-path (underlay) address: bound by the VXLAN socket and always
     /// the outer source address.
     pub address: Ipv4Addr,
+    /// Its static X25519 public key: encrypted networks make sessions only
+    /// with nodes that have one.
+    pub public_key: Option<PublicKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,6 +105,9 @@ pub struct Network {
     /// Learn remote MACs from received traffic (off by default: the
     /// forwarding table comes from the endpoints, like Docker's peerdb).
     pub learning: bool,
+    /// Every datagram between member nodes is sealed; plain ones are
+    /// dropped (see `vxmesh_dataplane::crypto`).
+    pub encrypted: bool,
     /// Most learned entries kept for this network.
     pub fdb_cap: usize,
     /// Learned entries expire after this many seconds without traffic.

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vxmesh_dataplane::crypto::{Crypto, CryptoConfig, NodeKey};
 use vxmesh_dataplane::io::worker::TapSet;
 use vxmesh_dataplane::io::{addr, netdev};
 use vxmesh_dataplane::io::{Tap, TapConfig};
@@ -63,6 +64,10 @@ pub struct Reconciler {
     global: Arc<GlobalStats>,
     nets: HashMap<String, NetState>,
     firewall: Firewall,
+    /// The daemon's sessions, handed to every snapshot.
+    crypto: Arc<Crypto>,
+    /// This node's static key (encrypted networks).
+    node_key: Option<Arc<NodeKey>>,
 }
 
 /// A change the reconciler made, for the log.
@@ -100,7 +105,24 @@ impl Reconciler {
             announce: false,
             global: Arc::new(GlobalStats::default()),
             nets: HashMap::new(),
+            crypto: Arc::new(Crypto::default()),
+            node_key: None,
         }
+    }
+
+    /// This node's static key: without one, encrypted networks carry
+    /// nothing to or from this node.
+    pub fn with_node_key(mut self, key: Option<Arc<NodeKey>>) -> Reconciler {
+        self.node_key = key;
+        self
+    }
+
+    pub fn node_key(&self) -> Option<&Arc<NodeKey>> {
+        self.node_key.as_ref()
+    }
+
+    pub fn crypto(&self) -> &Arc<Crypto> {
+        &self.crypto
     }
 
     /// Lets networks with `announce = true` record local workload
@@ -274,6 +296,7 @@ impl Reconciler {
                 .with_endpoints(local, &endpoints)
                 .with_local(on_bridge)
                 .with_learning(net.learning)
+                .with_encryption(net.encrypted)
                 .with_router_traffic(net.allow_ra, net.allow_dhcp)
                 .with_announce(state.announce.clone())
                 .with_flood_limiter(state.flood.clone()),
@@ -298,8 +321,22 @@ impl Reconciler {
         let taps: TapSet = next.values().map(|s| (s.vni, s.tap.clone())).collect();
         self.nets = next;
         self.sync_firewall(cluster);
+        let keys = CryptoConfig {
+            node: self.node_key.clone(),
+            peers: cluster
+                .networks
+                .iter()
+                .filter(|n| n.encrypted)
+                .map(|n| cluster.members(n))
+                .filter(|m| m.iter().any(|n| n.address == local))
+                .flatten()
+                .filter(|n| n.address != local)
+                .map(|n| (n.address, n.public_key))
+                .collect(),
+            policy: cluster.settings.rekey(),
+        };
         Ok((
-            Tables::new(local, tables, self.global.clone()),
+            Tables::new(local, tables, self.global.clone()).with_crypto(self.crypto.clone(), keys),
             taps,
             changes,
         ))

@@ -3,6 +3,7 @@
 //! node's state, below the admin API and the metrics that both serve it.
 
 use serde::{Deserialize, Serialize};
+use vxmesh_dataplane::crypto::CryptoCounters;
 use vxmesh_dataplane::overlay::stats::{GlobalStatsSnapshot, NetStatsSnapshot};
 
 use crate::state::State;
@@ -38,6 +39,37 @@ pub struct Status {
     /// Offloads and batching in effect.
     #[serde(default)]
     pub dataplane: DataplaneInfo,
+    /// Encrypted networks: this node's key and its sessions.
+    #[serde(default)]
+    pub encryption: EncryptionStatus,
+}
+
+/// This node's key and its session with every peer of an encrypted
+/// network.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EncryptionStatus {
+    /// This node's public key (none: encrypted networks carry nothing).
+    pub public_key: Option<String>,
+    pub peers: Vec<PeerSession>,
+    pub counters: CryptoCounters,
+}
+
+/// The session with one peer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerSession {
+    pub address: String,
+    /// `established`, `no-session` (a handshake is due or under way: the
+    /// peer gets nothing until it completes), `no-peer-key` (the cluster
+    /// has no public key for it), `no-node-key` (this node has none).
+    pub state: String,
+    pub cipher: Option<String>,
+    /// Age of the session sent with, seconds.
+    pub age_s: Option<f64>,
+    /// Datagrams sealed with it / opened with it.
+    pub sent: u64,
+    pub received: u64,
+    /// This node started its handshake.
+    pub initiator: bool,
 }
 
 /// What the packet path runs with and how well it batches.
@@ -74,6 +106,9 @@ pub struct NetworkStatus {
     pub tap_mac: String,
     pub mtu: u16,
     pub learning: bool,
+    /// Datagrams between nodes are sealed.
+    #[serde(default)]
+    pub encrypted: bool,
     /// Underlay addresses of the other member nodes.
     pub peers: Vec<String>,
     pub endpoints: usize,
@@ -121,6 +156,7 @@ pub fn build_status(st: &State) -> Status {
                 tap_mac: n.tap_mac.to_string(),
                 mtu: n.mtu,
                 learning: n.learning,
+                encrypted: n.encrypted,
                 peers: n.peers.iter().map(|p| p.to_string()).collect(),
                 endpoints: n.arp.len(),
                 fdb_static: n.fdb.len(),
@@ -174,5 +210,42 @@ pub fn build_status(st: &State) -> Status {
                 datagrams_per_send: b.tx_datagrams.mean(),
             }
         },
+        encryption: encryption(&tables),
+    }
+}
+
+fn encryption(tables: &vxmesh_dataplane::overlay::Tables) -> EncryptionStatus {
+    let sessions = tables.crypto.sessions.load();
+    let now = std::time::Instant::now();
+    let mut peers: Vec<PeerSession> = tables
+        .keys
+        .peers
+        .iter()
+        .map(|(addr, key)| {
+            let k = sessions.sender(*addr, now);
+            let state = match (&tables.keys.node, key, k) {
+                (None, _, _) => "no-node-key",
+                (_, None, _) => "no-peer-key",
+                (_, _, None) => "no-session",
+                _ => "established",
+            };
+            PeerSession {
+                address: addr.to_string(),
+                state: state.into(),
+                cipher: k.map(|k| k.cipher().as_str().to_string()),
+                age_s: k.map(|k| now.saturating_duration_since(k.created).as_secs_f64()),
+                sent: k.map_or(0, |k| k.sent()),
+                received: k.map_or(0, |k| {
+                    k.rx_datagrams.load(std::sync::atomic::Ordering::Relaxed)
+                }),
+                initiator: k.is_some_and(|k| k.initiator),
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.address.cmp(&b.address));
+    EncryptionStatus {
+        public_key: tables.keys.node.as_ref().map(|k| k.public().to_string()),
+        peers,
+        counters: tables.crypto.stats.snapshot(),
     }
 }

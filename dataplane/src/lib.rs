@@ -17,6 +17,9 @@
 //!   balancing, the health state machine and its probes, the TCP and UDP
 //!   forwarders, per-source limits and the service DNS. Its pure parts
 //!   (hashing, balancing, health) are kept apart from its tokio I/O.
+//! - [`crypto`]: encrypted networks: node keys, the Noise IK handshake
+//!   and its timers (sans-io), the sessions the pipeline seals and opens
+//!   datagrams with.
 //! - [`io`]: the thin OS drivers (TAP devices, UDP sockets, lane threads)
 //!   that feed the overlay pipeline and carry out its sends and writes. The
 //!   only `unsafe` lives in `io::sys`.
@@ -24,6 +27,7 @@
 //! The design as a whole: the "Design" section of the repository's
 //! README.md.
 
+pub mod crypto;
 pub mod io;
 pub mod mesh;
 pub mod offload;

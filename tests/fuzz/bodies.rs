@@ -558,6 +558,7 @@ fn store_create(path: &str, body: &[u8]) {
     let me = Node {
         name: "h1".into(),
         address: Ipv4Addr::new(198, 18, 0, 1),
+        public_key: None,
     };
     let Ok((cluster, _)) = doc::assemble(&snap, &me, View::Declared, "fuzz") else {
         return;

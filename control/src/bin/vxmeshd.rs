@@ -109,13 +109,24 @@ struct Args {
     /// while a vxmeshd answers on --socket.
     #[arg(long, conflicts_with_all = ["check", "takeover"])]
     cleanup: bool,
+    /// This node's private key for encrypted networks (base64, mode 0600;
+    /// `vxmesh key generate` writes one). Default: the systemd credential
+    /// `vxmesh-node.key` ($CREDENTIALS_DIRECTORY), then
+    /// <state-dir>/vxmesh-node.key, if there is one.
+    #[arg(long, env = "VXMESH_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// Log filter (tracing's env-filter syntax); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
 }
 
 /// The etcd options the flags describe.
-fn etcd_options(args: &Args, node: &str, address: std::net::Ipv4Addr) -> EtcdOptions {
+fn etcd_options(
+    args: &Args,
+    node: &str,
+    address: std::net::Ipv4Addr,
+    public_key: Option<vxmesh_dataplane::crypto::PublicKey>,
+) -> EtcdOptions {
     EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: format!("/{}", args.etcd_prefix.trim_matches('/')),
@@ -129,6 +140,7 @@ fn etcd_options(args: &Args, node: &str, address: std::net::Ipv4Addr) -> EtcdOpt
         node: Node {
             name: node.to_string(),
             address,
+            public_key,
         },
         adopt_lease: None,
     }
@@ -144,7 +156,7 @@ fn check(args: &Args) -> ExitCode {
     if args.store == "etcd" {
         let node = args.node.clone().unwrap_or_default();
         let address = args.address.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        let o = etcd_options(args, &node, address);
+        let o = etcd_options(args, &node, address, None);
         return match vxmesh_control::store::etcd::check_options(&o) {
             Ok(()) => {
                 println!(
@@ -230,9 +242,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    let node_key = match daemon::Options::find_node_key(args.key_file.as_deref(), &args.state_dir) {
+        Ok(k) => k.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("vxmeshd: node key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let public_key = node_key.as_ref().map(|k| k.public());
     let etcd = match (args.store == "etcd", args.address) {
         (false, _) => None,
-        (true, Some(address)) => Some(etcd_options(&args, &node, address)),
+        (true, Some(address)) => Some(etcd_options(&args, &node, address, public_key)),
         (true, None) => {
             eprintln!("vxmeshd: --store etcd needs --address (this node's data-path address)");
             return ExitCode::from(2);
@@ -258,6 +278,7 @@ fn main() -> ExitCode {
         }),
         takeover: args.takeover,
         handover_version: args.handover_version,
+        node_key,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

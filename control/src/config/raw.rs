@@ -42,6 +42,12 @@ pub struct RawSettings {
     pub queues: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy_poll_us: Option<u64>,
+    /// Seconds after which a session of an encrypted network is renewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rekey_seconds: Option<u64>,
+    /// Datagrams after which a session is renewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rekey_messages: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +55,9 @@ pub struct RawSettings {
 pub struct RawNode {
     pub name: String,
     pub address: Ipv4Addr,
+    /// The node's X25519 public key, base64 (encrypted networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -68,6 +77,9 @@ pub struct RawNetwork {
     pub nodes: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub learning: bool,
+    /// Every datagram between nodes is sealed (Noise IK sessions).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub encrypted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fdb_cap: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

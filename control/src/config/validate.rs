@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
+use vxmesh_dataplane::crypto::{wire::DATA_OVERHEAD, PublicKey};
 use vxmesh_dataplane::wire::MacAddr;
 
 use super::mesh;
@@ -122,6 +123,24 @@ fn settings(raw: &RawSettings, errs: &mut Errs) -> Settings {
         }
         s.busy_poll_us = b;
     }
+    if let Some(r) = raw.rekey_seconds {
+        if !(1..=86_400).contains(&r) {
+            errs.at(
+                it.key("rekey_seconds"),
+                format!("rekey_seconds must be 1 to 86400 (a day), not {r}"),
+            );
+        }
+        s.rekey_s = r;
+    }
+    if let Some(m) = raw.rekey_messages {
+        if m < 1000 {
+            errs.at(
+                it.key("rekey_messages"),
+                format!("rekey_messages must be at least 1000, not {m}"),
+            );
+        }
+        s.rekey_messages = m;
+    }
     if let Some(n) = raw.source_ports {
         if !(1..=1024).contains(&n) {
             errs.at(
@@ -138,6 +157,7 @@ fn nodes(raw: &RawFile, errs: &mut Errs) -> Vec<Node> {
     let mut nodes = Vec::new();
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
+    let mut keys = HashSet::new();
     for (i, n) in raw.nodes.iter().enumerate() {
         let it = Item::new(Table::Nodes, i);
         if !valid_name(&n.name, 64) {
@@ -165,9 +185,29 @@ fn nodes(raw: &RawFile, errs: &mut Errs) -> Vec<Node> {
                 format!("address {a} is used by two nodes"),
             );
         }
+        let public_key = n
+            .public_key
+            .as_deref()
+            .and_then(|text| match PublicKey::parse(text) {
+                Ok(k) if !keys.insert(k) => {
+                    errs.at(
+                        it.key("public_key"),
+                        format!(
+                            "public_key {k} is used by two nodes (each node has a key of its own)"
+                        ),
+                    );
+                    Some(k)
+                }
+                Ok(k) => Some(k),
+                Err(e) => {
+                    errs.at(it.key("public_key"), format!("public_key: {e}"));
+                    None
+                }
+            });
         nodes.push(Node {
             name: n.name.clone(),
             address: a,
+            public_key,
         });
     }
     nodes
@@ -209,13 +249,16 @@ fn network(
             ),
         );
     }
-    let max_mtu = settings.underlay_mtu - OVERHEAD;
+    // A sealed datagram carries 32 bytes more (see `crypto::wire`).
+    let overhead = OVERHEAD + if n.encrypted { DATA_OVERHEAD as u16 } else { 0 };
+    let max_mtu = settings.underlay_mtu - overhead;
     let mtu = match n.mtu {
         Some(m) if m > max_mtu || m < 576 => {
+            let why = if n.encrypted { ", encrypted" } else { "" };
             errs.at(
                 it.key("mtu"),
                 format!(
-                    "mtu {m} must be 576 to {max_mtu} (underlay MTU {} minus {OVERHEAD})",
+                    "mtu {m} must be 576 to {max_mtu} (underlay MTU {} minus {overhead}{why})",
                     settings.underlay_mtu
                 ),
             );
@@ -286,6 +329,7 @@ fn network(
         mtu,
         extra_nodes: n.nodes.clone(),
         learning: n.learning,
+        encrypted: n.encrypted,
         fdb_cap: mesh::FDB_CAP.get(
             n.fdb_cap,
             Network::DEFAULT_FDB_CAP as u32,

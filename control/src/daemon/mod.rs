@@ -57,9 +57,37 @@ pub struct Options {
     /// [`handover::VERSION`]; another value makes a running daemon's offer
     /// unreadable, which tests use to prove the fallback).
     pub handover_version: u32,
+    /// This node's static key, for encrypted networks (see
+    /// [`Options::find_node_key`]).
+    pub node_key: Option<std::sync::Arc<vxmesh_dataplane::crypto::NodeKey>>,
 }
 
 impl Options {
+    /// Name of the key file in systemd's credentials directory
+    /// (`LoadCredential=vxmesh-node.key:/etc/vxmesh/node.key`) and in the
+    /// state directory.
+    pub const NODE_KEY_FILE: &'static str = "vxmesh-node.key";
+
+    /// The node key: `explicit` if given (an error if it cannot be read),
+    /// else the credential systemd passed (`$CREDENTIALS_DIRECTORY`), else
+    /// `<state_dir>/vxmesh-node.key` if it exists, else none (encrypted
+    /// networks then carry nothing to or from this node).
+    pub fn find_node_key(
+        explicit: Option<&std::path::Path>,
+        state_dir: &std::path::Path,
+    ) -> Result<Option<vxmesh_dataplane::crypto::NodeKey>, vxmesh_dataplane::crypto::KeyError> {
+        use vxmesh_dataplane::crypto::NodeKey;
+        if let Some(p) = explicit {
+            return NodeKey::load(p).map(Some);
+        }
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join(Self::NODE_KEY_FILE));
+        let found = creds
+            .into_iter()
+            .chain([state_dir.join(Self::NODE_KEY_FILE)])
+            .find(|p| p.exists());
+        found.map(|p| NodeKey::load(&p)).transpose()
+    }
     pub const DEFAULT_STATE_DIR: &'static str = "/var/lib/vxmesh";
     pub const DEFAULT_PLUGIN_DIR: &'static str = "/run/docker/plugins";
 
@@ -79,6 +107,7 @@ impl Options {
             docker_host: None,
             takeover: false,
             handover_version: handover::VERSION,
+            node_key: None,
         }
     }
 }

@@ -34,8 +34,22 @@ pub fn start(opts: &Options, mut cluster: Cluster, store: Store) -> anyhow::Resu
     if !etcd && cluster.networks.iter().any(|n| n.announce) {
         warn!("`announce = true` needs the etcd store; with the cluster file it does nothing");
     }
-    let mut reconciler = Reconciler::new(opts.node.clone()).with_announce(etcd);
+    let mut reconciler = Reconciler::new(opts.node.clone())
+        .with_announce(etcd)
+        .with_node_key(opts.node_key.clone());
     let local = reconciler.local_address(&cluster)?;
+    match (&opts.node_key, cluster.node(&opts.node).and_then(|n| n.public_key)) {
+        (Some(k), Some(listed)) if k.public() != listed => warn!(
+            key = %k.public(),
+            listed = %listed,
+            "this node's key is not the public key the cluster lists for it: its peers will refuse every session"
+        ),
+        (None, _) if cluster.networks.iter().any(|n| n.encrypted) => warn!(
+            "encrypted networks, but no node key (--key-file, or vxmesh-node.key in the state or credentials directory): they carry nothing to or from this node"
+        ),
+        (Some(k), _) => info!(public_key = %k.public(), "node key loaded"),
+        _ => {}
+    }
     let mut ucfg = UnderlayConfig::new(local);
     ucfg.port = cluster.settings.vxlan_port;
     ucfg.source_ports = cluster.settings.source_ports;

@@ -231,6 +231,30 @@ pub(super) fn networks(e: &mut DescriptorEncoder, status: &Status) -> fmt::Resul
         None,
         vec![(vec![], status.global.udp_rx_packets)],
     )?;
+    let enc = &status.encryption;
+    gauges(
+        e,
+        "vxmesh_peer_session_established",
+        "1 while this node has a session to send to a peer of an encrypted network with, else 0 (it gets nothing).",
+        None,
+        enc.peers
+            .iter()
+            .map(|p| {
+                let up = if p.state == "established" { 1.0 } else { 0.0 };
+                (vec![("peer", p.address.clone())], up)
+            })
+            .collect(),
+    )?;
+    let c = &enc.counters;
+    for (name, help, v) in [
+        ("vxmesh_handshake_initiations_sent", "Noise IK initiations sent to peers.", c.initiations_sent),
+        ("vxmesh_handshake_responses_sent", "Noise IK responses sent to peers.", c.responses_sent),
+        ("vxmesh_sessions_established", "Sessions made with peers, as initiator or responder (rekeys included).", c.sessions_established),
+        ("vxmesh_handshakes_refused", "Handshake messages refused: malformed, forged, from an unknown or changed key, replayed, over the rate, or answering nothing.", c.handshakes_refused),
+        ("vxmesh_handshakes_dropped", "Handshake messages dropped before the key manager read them (its queue was full).", c.handshakes_dropped),
+    ] {
+        counters(e, name, help, None, vec![(vec![], v)])?;
+    }
     gauges(
         e,
         "vxmesh_worker_idle",

@@ -357,12 +357,14 @@ fn build(
             None if *name == this.name => Some(RawNode {
                 name: this.name.clone(),
                 address: this.address,
+                public_key: this.public_key.map(|k| k.to_string()),
             }),
             None => {
                 let n = placeholders.iter().position(|p| p == name).unwrap_or(0) as u32 + 1;
                 Some(RawNode {
                     name: name.to_string(),
                     address: Ipv4Addr::from(0xf000_0000 | n),
+                    public_key: None,
                 })
             }
         };
@@ -431,6 +433,7 @@ mod tests {
         Node {
             name: "h1".into(),
             address: "198.18.0.1".parse().unwrap(),
+            public_key: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn store(tag: &str) -> (EtcdStore, PathBuf) {
         node: Node {
             name: "h1".into(),
             address: "198.18.0.1".parse().unwrap(),
+            public_key: None,
         },
     };
     (EtcdStore::new(opts).expect("options are valid"), dir)

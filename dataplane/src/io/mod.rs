@@ -12,6 +12,7 @@
 
 pub mod addr;
 pub mod inherit;
+mod keys;
 mod lane;
 pub mod netdev;
 pub mod status;

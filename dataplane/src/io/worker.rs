@@ -161,6 +161,8 @@ impl Worker {
 pub struct Dataplane {
     shared: Arc<Shared>,
     lanes: Vec<Worker>,
+    /// The key manager's thread and its stop flag (see `io::keys`).
+    keys: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 /// How long [`Dataplane::apply`] waits for every lane to take a new TAP set
@@ -198,7 +200,16 @@ impl Dataplane {
         let lanes = (0..shared.underlay.receivers())
             .map(|i| Worker::spawn(format!("vxm-lane-{i}"), &shared, i))
             .collect::<io::Result<Vec<_>>>()?;
-        let mut dp = Dataplane { shared, lanes };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sh) = (stop.clone(), shared.clone());
+        let keys = std::thread::Builder::new()
+            .name("vxm-keys".into())
+            .spawn(move || super::keys::key_loop(sh, st))?;
+        let mut dp = Dataplane {
+            shared,
+            lanes,
+            keys: Some((stop, keys)),
+        };
         dp.set_taps(taps)?;
         Ok(dp)
     }
@@ -311,6 +322,10 @@ impl Dataplane {
             w.stop();
         }
         self.lanes.clear();
+        if let Some((stop, h)) = self.keys.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
         self.shared.taps.store(Arc::new(TapSet::new()));
     }
 }

@@ -157,6 +157,30 @@ impl Core {
             g.drops.add(DropReason::UnknownPeer);
             return Verdict::Drop(DropReason::UnknownPeer);
         }
+        self.handle_vxlan(tables, src, datagram, now, false)
+    }
+
+    /// The VXLAN datagram a sealed one from `src` held, once opened (see
+    /// [`crate::crypto`]): the sender is a member whose session proved it.
+    pub fn handle_opened<'t>(
+        &self,
+        tables: &'t Tables,
+        src: Ipv4Addr,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Verdict<'t> {
+        self.handle_vxlan(tables, src, datagram, now, true)
+    }
+
+    fn handle_vxlan<'t>(
+        &self,
+        tables: &'t Tables,
+        src: Ipv4Addr,
+        datagram: &mut [u8],
+        now: Instant,
+        sealed: bool,
+    ) -> Verdict<'t> {
+        let g = &tables.global;
         let packet = match vxlan::Packet::new_checked(&*datagram) {
             Ok(p) => p,
             Err(vxlan::Error::MissingIFlag) => {
@@ -178,6 +202,12 @@ impl Core {
             // frames here (Docker's CVE-2023-28840 class of bug).
             return drop(n, DropReason::UnknownPeer);
         };
+        if n.encrypted && !sealed {
+            // Whoever sent it: a member's address proves nothing on an
+            // untrusted underlay (CVE-2023-28841: plaintext injected into
+            // an encrypted overlay).
+            return drop(n, DropReason::Plaintext);
+        }
         let datagram_len = datagram.len() as u64;
         let inner = &mut datagram[vxlan::HEADER_LEN..];
         let Some(hlen) = eth_header_len(inner) else {

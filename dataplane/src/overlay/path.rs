@@ -31,6 +31,7 @@ use std::time::Instant;
 use super::core::{Core, Verdict};
 use super::stats::{bump, DropReason, NetStats};
 use super::tables::{NetworkTable, Tables};
+use crate::crypto::wire::{self as sealed, Kind, DATA_HEADER_LEN, TAG_LEN};
 use crate::offload::{gro, gso, virtio};
 use crate::wire::{arp, vxlan};
 
@@ -128,6 +129,8 @@ struct Batch {
     dest: Option<(usize, Ipv4Addr, u32)>,
     /// One flooded frame, encapsulated once and sent to every peer.
     flood: Vec<u8>,
+    /// A copy of it sealed for one peer (encrypted networks).
+    sealed: Vec<u8>,
 }
 
 impl Default for TxPath {
@@ -139,6 +142,7 @@ impl Default for TxPath {
                 count: 0,
                 dest: None,
                 flood: Vec::with_capacity(BUF_LEN),
+                sealed: Vec::with_capacity(BUF_LEN + sealed::DATA_OVERHEAD),
             },
             scratch: vec![0u8; BUF_LEN],
             reply: [0u8; virtio::LEN + arp::REPLY_LEN],
@@ -247,7 +251,19 @@ impl Batch {
         let reply = &mut o.reply[virtio::LEN..];
         match o.core.handle_frame(tables, net, frame, reply, o.now) {
             Verdict::Unicast { peer, vni, flow } => {
-                let len = HEADROOM + frame.len();
+                // An encrypted network sends only what a valid session
+                // seals (fail closed: no session, nothing sent).
+                let sessions = nt.encrypted.then(|| tables.crypto.sessions.load());
+                let key = match &sessions {
+                    Some(s) => match s.sender(peer, o.now) {
+                        Some(k) => Some(k),
+                        None => return fail(&nt.stats, DropReason::NoSession).err(),
+                    },
+                    None => None,
+                };
+                let lead = if key.is_some() { DATA_HEADER_LEN } else { 0 };
+                let tail = if key.is_some() { TAG_LEN } else { 0 };
+                let len = lead + HEADROOM + frame.len() + tail;
                 let fits = self.dest == Some((net, peer, flow))
                     && len <= self.seg
                     && self.buf.len() == self.count * self.seg
@@ -260,8 +276,18 @@ impl Batch {
                 }
                 let at = self.buf.len();
                 self.buf.resize(at + len, 0);
-                vxlan::write_header(&mut self.buf[at..at + HEADROOM], vni);
-                self.buf[at + HEADROOM..].copy_from_slice(frame);
+                let body = at + lead;
+                vxlan::write_header(&mut self.buf[body..body + HEADROOM], vni);
+                self.buf[body + HEADROOM..at + len - tail].copy_from_slice(frame);
+                if let Some(k) = key {
+                    if !k.seal(&mut self.buf[at..]) {
+                        self.buf.truncate(at);
+                        if self.count == 0 {
+                            self.dest = None;
+                        }
+                        return fail(&nt.stats, DropReason::NoSession).err();
+                    }
+                }
                 self.count += 1;
                 None
             }
@@ -272,11 +298,29 @@ impl Batch {
                 vxlan::write_header(&mut self.flood[..HEADROOM], vni);
                 self.flood[HEADROOM..].copy_from_slice(frame);
                 let mut dropped = None;
+                let sessions = nt.encrypted.then(|| tables.crypto.sessions.load());
                 for (i, peer) in peers.iter().enumerate() {
+                    let contents: &[u8] = match &sessions {
+                        None => &self.flood,
+                        Some(s) => {
+                            // One copy sealed for each peer, with its key.
+                            let d = &mut self.sealed;
+                            d.clear();
+                            d.resize(DATA_HEADER_LEN, 0);
+                            d.extend_from_slice(&self.flood);
+                            d.resize(d.len() + TAG_LEN, 0);
+                            if !s.sender(*peer, o.now).is_some_and(|k| k.seal(d)) {
+                                nt.stats.drops.add(DropReason::NoSession);
+                                dropped = Some(DropReason::NoSession);
+                                continue;
+                            }
+                            &self.sealed
+                        }
+                    };
                     let t = Transmit {
                         peer: *peer,
                         flow,
-                        contents: &self.flood,
+                        contents,
                         segment_size: None,
                     };
                     if !send(o.io, nt, Some(i), &t) {
@@ -448,7 +492,10 @@ impl RxPath {
         dropped
     }
 
-    /// One datagram from `src`.
+    /// One datagram from `src`: a plain VXLAN one, or one of the messages
+    /// of encrypted networks (see [`crate::crypto::wire`]): a handshake
+    /// message goes to the key manager, a sealed datagram is opened in
+    /// place and what it held goes on as a VXLAN datagram.
     pub fn datagram(
         &mut self,
         core: &Core,
@@ -458,7 +505,39 @@ impl RxPath {
         now: Instant,
         io: &mut impl Taps,
     ) -> Option<DropReason> {
-        let (net, offset, mss) = match core.handle_datagram(tables, src, d, now) {
+        let kind = sealed::kind(d);
+        if kind != Kind::Vxlan {
+            let g = &tables.global;
+            bump(&g.udp_rx_packets, 1);
+            if !tables.is_member(src) {
+                g.drops.add(DropReason::UnknownPeer);
+                return Some(DropReason::UnknownPeer);
+            }
+        }
+        let (d, verdict) = match kind {
+            Kind::Vxlan => {
+                let v = core.handle_datagram(tables, src, d, now);
+                (d, v)
+            }
+            Kind::Initiation | Kind::Response => {
+                tables.crypto.handshake_in(src, d);
+                return None;
+            }
+            Kind::Data => match tables.crypto.sessions.load().open(src, d, now) {
+                Err(reason) => {
+                    tables.global.drops.add(reason);
+                    return Some(reason);
+                }
+                // A keepalive: it confirmed its session, and holds nothing.
+                Ok(r) if r.is_empty() => return None,
+                Ok(r) => {
+                    let d = &mut d[r];
+                    let v = core.handle_opened(tables, src, d, now);
+                    (d, v)
+                }
+            },
+        };
+        let (net, offset, mss) = match verdict {
             Verdict::Deliver { net, offset } => (net, offset, None),
             Verdict::DeliverSegmented { net, offset, mss } => (net, offset, Some(mss)),
             Verdict::Drop(r) => return Some(r),

@@ -47,10 +47,24 @@ pub enum DropReason {
     /// A DHCP or DHCPv6 server message from a workload of a network that
     /// does not allow them.
     RogueDhcp,
+    /// A plain VXLAN datagram for an encrypted network.
+    Plaintext,
+    /// A frame for a peer of an encrypted network with which there is no
+    /// valid session (yet, or any more): nothing goes in plaintext.
+    NoSession,
+    /// A sealed datagram for a session this node does not have (or no
+    /// longer has, or that belongs to another sender).
+    UnknownSession,
+    /// A sealed datagram that does not authenticate: tampered with, or
+    /// not sealed with the session's key.
+    BadSeal,
+    /// A sealed datagram whose counter was seen already, or lies behind
+    /// the receive window.
+    Replayed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 19;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
         DropReason::BadFlags,
@@ -66,6 +80,11 @@ impl DropReason {
         DropReason::SpoofedIp,
         DropReason::RogueRouter,
         DropReason::RogueDhcp,
+        DropReason::Plaintext,
+        DropReason::NoSession,
+        DropReason::UnknownSession,
+        DropReason::BadSeal,
+        DropReason::Replayed,
     ];
 
     /// The metric label value.
@@ -85,6 +104,11 @@ impl DropReason {
             DropReason::SpoofedIp => "spoofed_ip",
             DropReason::RogueRouter => "rogue_router",
             DropReason::RogueDhcp => "rogue_dhcp",
+            DropReason::Plaintext => "plaintext",
+            DropReason::NoSession => "no_session",
+            DropReason::UnknownSession => "unknown_session",
+            DropReason::BadSeal => "bad_seal",
+            DropReason::Replayed => "replayed",
         }
     }
 }

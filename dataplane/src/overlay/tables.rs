@@ -10,6 +10,7 @@ use super::announce::Announcements;
 use super::fdb::LearnedFdb;
 use super::limit::FloodLimiter;
 use super::stats::{GlobalStats, NetStats, PeerStats};
+use crate::crypto::{Crypto, CryptoConfig};
 use crate::wire::MacAddr;
 
 /// One endpoint of a network as the dataplane sees it.
@@ -56,6 +57,9 @@ pub struct NetworkTable {
     pub allow_dhcp: bool,
     /// Learn remote MACs from received datagrams (off by default).
     pub learning: bool,
+    /// Every datagram to and from the peers is sealed (see
+    /// [`crate::crypto`]); plain ones are dropped.
+    pub encrypted: bool,
     /// Broadcast/multicast/unknown-unicast frames per second this node
     /// replicates into the network (0: no limit); kept across snapshots
     /// while the rate stays (see [`FloodLimiter::reuse`]).
@@ -92,6 +96,7 @@ impl NetworkTable {
             allow_ra: false,
             allow_dhcp: false,
             learning: false,
+            encrypted: false,
             flood: Arc::new(FloodLimiter::new(0, 1)),
             learned,
             announce: None,
@@ -159,6 +164,12 @@ impl NetworkTable {
         self
     }
 
+    /// Seals every datagram of this network (see [`crate::crypto`]).
+    pub fn with_encryption(mut self, on: bool) -> Self {
+        self.encrypted = on;
+        self
+    }
+
     pub fn with_learning(mut self, on: bool) -> Self {
         self.learning = on;
         self
@@ -185,6 +196,10 @@ pub struct Tables {
     by_vni: HashMap<u32, usize>,
     members: HashSet<Ipv4Addr>,
     pub global: Arc<GlobalStats>,
+    /// Sessions and handshake queue, shared by every snapshot of a daemon.
+    pub crypto: Arc<Crypto>,
+    /// Keys and timers for the key manager.
+    pub keys: CryptoConfig,
 }
 
 impl Tables {
@@ -204,7 +219,17 @@ impl Tables {
             by_vni,
             members,
             global,
+            crypto: Arc::new(Crypto::default()),
+            keys: CryptoConfig::default(),
         }
+    }
+
+    /// Seals with `crypto` (the daemon's one, kept across snapshots) under
+    /// `keys`.
+    pub fn with_crypto(mut self, crypto: Arc<Crypto>, keys: CryptoConfig) -> Self {
+        self.crypto = crypto;
+        self.keys = keys;
+        self
     }
 
     /// Index of the network with this VNI.

@@ -56,6 +56,20 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: FdbCmd,
     },
+    /// Node keys for encrypted networks (no daemon needed).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Write a new private key to FILE (mode 0600, never overwriting one)
+    /// and print its public key, for the node's `public_key` in the cluster.
+    Generate { file: PathBuf },
+    /// Print the public key of the private key in FILE.
+    Public { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +127,10 @@ pub enum NetworkCmd {
         /// Let workloads answer as DHCP servers.
         #[arg(long = "allow-dhcp")]
         allow_dhcp: bool,
+        /// Seal every datagram between nodes (Noise IK sessions; every
+        /// member node needs a key). Not interoperable with kernel vxlan.
+        #[arg(long)]
+        encrypted: bool,
     },
     /// Remove a network and its endpoints (refused while a service uses it).
     Rm { name: String },

@@ -57,6 +57,7 @@ pub async fn network(sock: &Path, json: bool, cmd: &NetworkCmd) -> Option<Result
             flood_pps,
             allow_ra,
             allow_dhcp,
+            encrypted,
         } => {
             let spec = RawNetwork {
                 name: name.clone(),
@@ -65,6 +66,7 @@ pub async fn network(sock: &Path, json: bool, cmd: &NetworkCmd) -> Option<Result
                 mtu: *mtu,
                 nodes: nodes.clone(),
                 learning: *learning,
+                encrypted: *encrypted,
                 fdb_cap: *fdb_cap,
                 ageing_s: *ageing_s,
                 flood_pps: *flood_pps,

@@ -12,7 +12,8 @@ use clap::Parser;
 use vxmesh_control::api::{self, client};
 use vxmesh_control::lab;
 
-use args::{Cli, Cmd, EndpointCmd, FdbCmd, NodeCmd};
+use args::{Cli, Cmd, EndpointCmd, FdbCmd, KeyCmd, NodeCmd};
+use vxmesh_dataplane::crypto::NodeKey;
 
 /// A failed command: its exit code and message.
 pub type Failed = (u8, String);
@@ -84,7 +85,27 @@ async fn run(cli: Cli) -> Result<(), Failed> {
         Cmd::Metrics => show::metrics(sock).await,
         Cmd::Node { cmd: NodeCmd::Ls } => show::nodes(sock, json).await,
         Cmd::Fdb { cmd: FdbCmd::Show } => show::fdb(sock, json).await,
+        Cmd::Key { cmd } => key(&cmd, json),
     }
+}
+
+/// `key generate FILE`, `key public FILE`.
+fn key(cmd: &KeyCmd, json: bool) -> Result<(), Failed> {
+    let (file, key) = match cmd {
+        KeyCmd::Generate { file } => {
+            let k = NodeKey::generate();
+            k.save(file)
+                .map_err(|e| (1, format!("{}: {e}", file.display())))?;
+            (file, k)
+        }
+        KeyCmd::Public { file } => (file, NodeKey::load(file).map_err(|e| (1, e.to_string()))?),
+    };
+    if json {
+        print_json(&serde_json::json!({ "file": file, "public_key": key.public() }));
+    } else {
+        println!("{}", key.public());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -77,6 +77,31 @@ pub async fn status(sock: &Path, json: bool) -> Result<(), Failed> {
             g.join(" ")
         }
     );
+    let e = &s.encryption;
+    if !e.peers.is_empty() || e.public_key.is_some() {
+        println!(
+            "encryption: key {}",
+            e.public_key
+                .as_deref()
+                .unwrap_or("none (encrypted networks carry nothing)")
+        );
+        table(
+            &["PEER", "SESSION", "CIPHER", "AGE", "SENT", "RECEIVED"],
+            e.peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.address.clone(),
+                        p.state.clone(),
+                        p.cipher.clone().unwrap_or_else(|| "-".into()),
+                        p.age_s.map_or("-".into(), |a| format!("{a:.0}s")),
+                        p.sent.to_string(),
+                        p.received.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
     Ok(())
 }
 

@@ -146,6 +146,7 @@ mod tests {
             node: Node {
                 name: "h1".into(),
                 address: "198.18.0.1".parse().unwrap(),
+                public_key: None,
             },
             adopt_lease: None,
         }

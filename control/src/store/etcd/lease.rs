@@ -119,10 +119,18 @@ impl EtcdStore {
             lease: Some(lease),
             ttl_s: Some(self.opts.lease_ttl),
             instance: Some(self.instance.clone()),
-            ..Doc::new(serde_json::json!({
-                "name": name,
-                "address": self.opts.node.address.to_string(),
-            }))
+            ..Doc::new(match self.opts.node.public_key {
+                // Peers make sessions of encrypted networks with this key.
+                Some(k) => serde_json::json!({
+                    "name": name,
+                    "address": self.opts.node.address.to_string(),
+                    "public_key": k.to_string(),
+                }),
+                None => serde_json::json!({
+                    "name": name,
+                    "address": self.opts.node.address.to_string(),
+                }),
+            })
         };
         let put = || {
             TxnOp::put(
