@@ -12,10 +12,11 @@
 //! node at that underlay address. The split of the finished handshake gives
 //! one key per direction for the data AEAD (see [`super::aead`]).
 //!
-//! Timers, after WireGuard's: the initiator of a session starts the next one
-//! after [`RekeyPolicy::after`] or `after_messages`; the responder only
-//! after one and a half times as long (so the two do not race each other);
-//! an initiation without an answer is sent again after [`RETRY`]. A new
+//! Timers, after WireGuard's: of two nodes, the one with the lower public
+//! key starts the next session after [`RekeyPolicy::after`] or
+//! `after_messages`; the other only after one and a half times as long
+//! (so the two do not race each other); an initiation without an answer is
+//! sent again after [`RETRY`]. A new
 //! initiation must carry a newer timestamp than the last one accepted from
 //! that node, so a captured initiation cannot be replayed.
 
@@ -175,22 +176,33 @@ impl Manager {
         let addrs: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
         for addr in addrs {
             let p = self.peers.get_mut(&addr).expect("listed above");
-            for slot in [&mut p.keys.current, &mut p.keys.previous, &mut p.keys.next] {
+            for slot in [&mut p.keys.current, &mut p.keys.next] {
                 if slot.as_ref().is_some_and(|k| k.expired(&policy, now)) {
                     *slot = None;
                     changed = true;
                 }
             }
+            let before = p.keys.retired.len();
+            p.keys.retired.retain(|k| !k.expired(&policy, now));
+            changed |= p.keys.retired.len() != before;
             if p.keys.next.as_ref().is_some_and(|k| k.confirmed()) {
-                p.keys.previous = p.keys.current.take();
-                p.keys.current = p.keys.next.take();
+                let next = p.keys.next.take().expect("checked above");
+                p.keys.promote(next);
                 changed = true;
             }
+            // Of two nodes, the one with the lower public key renews their
+            // session on time; the other only if that has not happened half
+            // an interval later (it is down, say). So the two do not both
+            // start a handshake at the same moment every time.
+            let leader = self
+                .node
+                .as_ref()
+                .is_some_and(|k| k.public().0 < p.public.0);
             let due = match &p.keys.current {
                 None => true,
                 Some(c) => {
                     let age = now.saturating_duration_since(c.created);
-                    let after = if c.initiator {
+                    let after = if leader {
                         policy.after
                     } else {
                         policy.after + policy.after / 2
@@ -325,7 +337,7 @@ impl Manager {
                         msg: keepalive,
                     });
                 }
-                p.keys.previous = p.keys.current.replace(kp);
+                p.keys.promote(kp);
                 self.crypto.stats.sessions_established.fetch_add(1, Relaxed);
             }
             Kind::Data | Kind::Vxlan => return Err(Refused::Malformed),

@@ -3,11 +3,13 @@
 //! forwarding tables), whose [`Keypair`]s carry the only per-packet mutable
 //! state, an atomic send counter and the receive window.
 //!
-//! Each peer has up to three keypairs: `current` (what is sent with),
-//! `previous` (still accepted, so that datagrams in flight during a rekey
-//! are not lost) and `next` (made by this node as responder: it is sent
-//! with only once a datagram from the initiator has arrived on it, which
-//! proves the initiator has it too).
+//! Each peer has `current` (what is sent with), `next` (made by this node
+//! as responder: it is sent with only once a datagram from the initiator
+//! has arrived on it, which proves the initiator has it too) and up to
+//! [`RETIRED`] older ones, still accepted until they expire: the peer may
+//! go on sending with one of them for a moment after this node moved on
+//! (both nodes rekeying at once, a keepalive still in flight), and none of
+//! those datagrams may be lost.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -173,19 +175,37 @@ impl Keypair {
     }
 }
 
+/// Most older keypairs a peer keeps for receiving.
+pub const RETIRED: usize = 3;
+
 /// The keypairs of one peer.
 #[derive(Debug, Default, Clone)]
 pub struct PeerKeys {
     pub current: Option<Arc<Keypair>>,
-    pub previous: Option<Arc<Keypair>>,
     pub next: Option<Arc<Keypair>>,
+    /// Older keypairs, newest first: received on, never sent with.
+    pub retired: Vec<Arc<Keypair>>,
 }
 
 impl PeerKeys {
     pub fn all(&self) -> impl Iterator<Item = &Arc<Keypair>> {
-        [&self.current, &self.previous, &self.next]
+        [&self.current, &self.next]
             .into_iter()
             .flatten()
+            .chain(&self.retired)
+    }
+
+    /// Makes `k` current; the one it replaces is retired.
+    pub fn promote(&mut self, k: Arc<Keypair>) {
+        if let Some(old) = self.current.replace(k) {
+            self.retired.insert(0, old);
+            self.retired.truncate(RETIRED);
+        }
+    }
+
+    /// The newest retired keypair.
+    pub fn previous(&self) -> Option<&Arc<Keypair>> {
+        self.retired.first()
     }
 }
 
@@ -360,8 +380,8 @@ mod tests {
                 r.peer,
                 PeerKeys {
                     current: None,
-                    previous: None,
                     next: Some(r.clone()),
+                    retired: Vec::new(),
                 },
             )]),
             RekeyPolicy::default(),

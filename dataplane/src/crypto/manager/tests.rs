@@ -79,8 +79,12 @@ fn opens(
 
 type DropReasonAlias = crate::overlay::DropReason;
 
+/// Two configured nodes; `a` has the lower public key (it leads rekeys).
 fn pair(cipher_a: Cipher, cipher_b: Cipher, policy: RekeyPolicy) -> (Node, Node) {
     let (mut a, mut b) = (node(1, cipher_a), node(2, cipher_b));
+    if a.key.public().0 > b.key.public().0 {
+        std::mem::swap(&mut a.key, &mut b.key);
+    }
     let (ca, cb) = (config(&a, &[&b], policy), config(&b, &[&a], policy));
     a.m.configure(&ca);
     b.m.configure(&cb);
@@ -151,9 +155,9 @@ fn rekeying_keeps_the_old_session_for_what_is_in_flight() {
     let t1 = t0 + Duration::from_secs(2);
     let mut out = Vec::new();
     b.m.tick(t1, &mut out);
-    assert!(out.is_empty(), "the responder waits longer");
+    assert!(out.is_empty(), "the follower waits longer");
     a.m.tick(t1, &mut out);
-    assert_eq!(out.len(), 1, "the initiator rekeys");
+    assert_eq!(out.len(), 1, "the leader rekeys");
     exchange(&mut a, &mut b, out, t1);
     let old = a
         .crypto
@@ -161,8 +165,8 @@ fn rekeying_keeps_the_old_session_for_what_is_in_flight() {
         .load()
         .peer(b.addr)
         .unwrap()
-        .previous
-        .clone()
+        .previous()
+        .cloned()
         .unwrap();
     let new = a.crypto.sessions.load().sender(b.addr, t1).unwrap().clone();
     assert_ne!(old.local_index, new.local_index);
@@ -297,4 +301,64 @@ fn a_restarted_node_with_the_same_key_gets_a_session_again() {
     exchange(&mut a2, &mut b, out, later);
     let d = seal_to(&b, a2.addr, b"welcome back", later).unwrap();
     assert_eq!(opens(&a2, b.addr, d, later).unwrap(), b"welcome back");
+}
+
+#[test]
+fn both_nodes_rekeying_at_once_lose_nothing_in_flight() {
+    let policy = RekeyPolicy {
+        after: Duration::from_secs(2),
+        after_messages: 1 << 40,
+    };
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(Cipher::Aes256Gcm, Cipher::Aes256Gcm, policy);
+    let mut out = Vec::new();
+    a.m.tick(t0, &mut out);
+    exchange(&mut a, &mut b, out, t0);
+    // Late enough that both are due, and the messages cross.
+    let t1 = t0 + Duration::from_secs(3);
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    a.m.tick(t1, &mut from_a);
+    b.m.tick(t1, &mut from_b);
+    assert_eq!((from_a.len(), from_b.len()), (1, 1), "both initiate");
+    let (mut resp_b, mut resp_a) = (Vec::new(), Vec::new());
+    b.m.handshake(a.addr, &from_a[0].msg, t1, &mut resp_b)
+        .unwrap();
+    a.m.handshake(b.addr, &from_b[0].msg, t1, &mut resp_a)
+        .unwrap();
+    let early_a = seal_to(&a, b.addr, b"a before", t1).unwrap();
+    let early_b = seal_to(&b, a.addr, b"b before", t1).unwrap();
+    let (mut keep_a, mut keep_b) = (Vec::new(), Vec::new());
+    a.m.handshake(b.addr, &resp_b[0].msg, t1, &mut keep_a)
+        .unwrap();
+    b.m.handshake(a.addr, &resp_a[0].msg, t1, &mut keep_b)
+        .unwrap();
+    // Each has moved on before the other's keepalive came: what the other
+    // sealed meanwhile still opens.
+    let mid_a = seal_to(&a, b.addr, b"a between", t1).unwrap();
+    let mid_b = seal_to(&b, a.addr, b"b between", t1).unwrap();
+    for k in keep_a {
+        opens(&b, a.addr, k.msg, t1).unwrap();
+    }
+    for k in keep_b {
+        opens(&a, b.addr, k.msg, t1).unwrap();
+    }
+    let mut ignored = Vec::new();
+    a.m.tick(t1, &mut ignored);
+    b.m.tick(t1, &mut ignored);
+    let late_a = seal_to(&a, b.addr, b"a after", t1).unwrap();
+    let late_b = seal_to(&b, a.addr, b"b after", t1).unwrap();
+    for (d, text) in [
+        (early_a, "a before"),
+        (mid_a, "a between"),
+        (late_a, "a after"),
+    ] {
+        assert_eq!(opens(&b, a.addr, d, t1).unwrap(), text.as_bytes());
+    }
+    for (d, text) in [
+        (early_b, "b before"),
+        (mid_b, "b between"),
+        (late_b, "b after"),
+    ] {
+        assert_eq!(opens(&a, b.addr, d, t1).unwrap(), text.as_bytes());
+    }
 }
