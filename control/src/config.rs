@@ -404,4 +404,51 @@ ip = "10.0.9.1"
             "{errs}"
         );
     }
+
+    #[test]
+    fn encrypted_networks_take_keys_and_a_smaller_mtu_and_bad_keys_name_their_line() {
+        let key = vxmesh_dataplane::crypto::NodeKey::generate()
+            .public()
+            .to_string();
+        let keyed = BASE.replace(
+            "address = \"198.18.0.1\"",
+            &format!("address = \"198.18.0.1\"\npublic_key = \"{key}\""),
+        );
+        let sealed = keyed.replace(
+            "subnet = \"10.0.9.0/24\"",
+            "subnet = \"10.0.9.0/24\"\nencrypted = true",
+        );
+        let c = parse(
+            Path::new("t"),
+            &format!("[settings]\nrekey_seconds = 30\n{sealed}"),
+        )
+        .unwrap();
+        assert!(c.networks[0].encrypted);
+        assert_eq!(c.networks[0].mtu, 1500 - 50 - 32);
+        assert_eq!(
+            c.nodes[0].public_key.map(|k| k.to_string()),
+            Some(key.clone())
+        );
+        assert_eq!(c.settings.rekey().after, std::time::Duration::from_secs(30));
+        // A plain network keeps the full MTU; an encrypted one cannot have it.
+        assert_eq!(parse(Path::new("t"), &keyed).unwrap().networks[0].mtu, 1450);
+        let too_big = sealed.replace("encrypted = true", "encrypted = true\nmtu = 1450");
+        let errs = parse(Path::new("t"), &too_big).unwrap_err().to_string();
+        assert!(errs.contains("mtu 1450 must be 576 to 1418"), "{errs}");
+        assert!(errs.contains("minus 82, encrypted"), "{errs}");
+        let bad = keyed.replace(&key, "not-a-key");
+        let errs = parse(Path::new("t"), &bad).unwrap_err().to_string();
+        assert!(
+            errs.contains("t:5") && errs.contains("public_key"),
+            "{errs}"
+        );
+        let twice = format!(
+            "{keyed}[[nodes]]\nname = \"h2\"\naddress = \"198.18.0.2\"\npublic_key = \"{key}\"\n"
+        );
+        let errs = parse(Path::new("t"), &twice).unwrap_err().to_string();
+        assert!(errs.contains("used by two nodes"), "{errs}");
+        let fast = format!("[settings]\nrekey_seconds = 0\n{keyed}");
+        let errs = parse(Path::new("t"), &fast).unwrap_err().to_string();
+        assert!(errs.contains("rekey_seconds must be 1 to 86400"), "{errs}");
+    }
 }

@@ -554,3 +554,60 @@ fn without_a_key_an_encrypted_network_carries_nothing_and_says_so() {
     // The plain network on the same hosts is not affected.
     assert_eq!(pings(&lab, "h2", plain(1), 3), 3);
 }
+
+#[test]
+fn on_etcd_nodes_publish_their_keys_and_the_cli_creates_an_encrypted_network() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = Lab::new("encetcd", 2, "");
+    let mut etcd = common::etcd::start(&mut lab.tb);
+    let prefix = format!("/vxmesh-{}", lab.tb.suffix());
+    let mut keys = Vec::new();
+    for h in 1..=2u8 {
+        let host = format!("h{h}");
+        // The etcd daemons keep their state in `<host>-state`.
+        let file = lab
+            .tb
+            .dir()
+            .join(format!("{host}-state"))
+            .join("vxmesh-node.key");
+        keys.push(generate_key(&file));
+        lab.no_ipv6(&host);
+        lab.start_etcd(&host, &prefix, 3);
+    }
+    // Each node registered its public key with its address.
+    let nodes = lab.cli_json("h1", &["node", "ls"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 2, "{nodes}");
+    let created = lab.cli_json(
+        "h1",
+        &[
+            "network",
+            "create",
+            "sealed",
+            "--vni",
+            "4100",
+            "--subnet",
+            "10.0.10.0/24",
+            "--encrypted",
+        ],
+    );
+    assert_eq!(created["ok"], true);
+    for h in 1..=2u8 {
+        let (ip, node) = (sealed(h).to_string(), format!("h{h}"));
+        lab.cli_json("h1", &["endpoint", "add", "sealed", &ip, "--node", &node]);
+    }
+    for h in ["h1", "h2"] {
+        wait_sessions(&lab, h, 1);
+    }
+    let net = lab.cli_json("h2", &["network", "inspect", "sealed"]);
+    assert_eq!(net["encrypted"], true, "{net}");
+    assert_eq!(net["mtu"], 1418, "underlay 1500 - 50 - 32");
+    assert_eq!(pings(&lab, "h1", sealed(2), 3), 3);
+    assert_eq!(
+        lab.status("h2")["encryption"]["public_key"],
+        keys[1].as_str(),
+        "the key h2 loaded"
+    );
+    etcd.kill(&lab.tb);
+}

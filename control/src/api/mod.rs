@@ -58,6 +58,9 @@ pub struct NetworkInfo {
     pub subnet: String,
     pub mtu: u16,
     pub learning: bool,
+    /// Datagrams between its nodes are sealed (`encrypted = true`).
+    #[serde(default)]
+    pub encrypted: bool,
     /// Member nodes.
     pub nodes: Vec<String>,
     pub endpoints: Vec<EndpointInfo>,

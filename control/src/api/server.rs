@@ -101,6 +101,7 @@ async fn networks(AxState(st): AxState<Shared>) -> Json<Vec<NetworkInfo>> {
                     subnet: n.subnet.to_string(),
                     mtu: n.mtu,
                     learning: n.learning,
+                    encrypted: n.encrypted,
                     local: members.iter().any(|m| m.name == st.node),
                     nodes: members.iter().map(|m| m.name.clone()).collect(),
                     endpoints: c
