@@ -35,11 +35,17 @@ pub struct Settings {
     pub rekey_s: u64,
     /// ... or after this many datagrams sent with one.
     pub rekey_messages: u64,
+    /// TCP port of each node's mesh relay on its data-path address: the
+    /// mesh's connections to tasks on other nodes go there over the
+    /// underlay instead of through the overlay (0: off, always the overlay).
+    pub mesh_relay_port: u16,
 }
 
 impl Settings {
     /// Most queues a setting (or the CPU count) may ask for.
     pub const MAX_QUEUES: usize = 16;
+    /// The relay's port when the file does not set one.
+    pub const DEFAULT_MESH_RELAY_PORT: u16 = 7950;
     /// Busy-poll budget when the file does not set one.
     pub const DEFAULT_BUSY_POLL_US: u64 = 0;
     /// Largest busy-poll budget accepted (10 ms: beyond that a lane is
@@ -78,6 +84,7 @@ impl Default for Settings {
             busy_poll_us: Settings::DEFAULT_BUSY_POLL_US,
             rekey_s: RekeyPolicy::DEFAULT_AFTER.as_secs(),
             rekey_messages: RekeyPolicy::DEFAULT_AFTER_MESSAGES,
+            mesh_relay_port: Settings::DEFAULT_MESH_RELAY_PORT,
         }
     }
 }

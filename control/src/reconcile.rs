@@ -24,7 +24,7 @@ use crate::model::{Cluster, Network};
 
 mod desired;
 
-pub use desired::{dns_zones, mesh_desired};
+pub use desired::{dns_zones, mesh_desired, relay_policy};
 use desired::{pool_entries, port_mac, tap_mac, wanted_addresses};
 
 /// What the reconciler keeps for one network between snapshots.

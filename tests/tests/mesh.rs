@@ -311,3 +311,79 @@ fn a_removed_task_drains_and_its_long_transfer_completes() {
         "the draining task's transfer completed"
     );
 }
+
+/// Sends a relay request (see `vxmesh_dataplane::mesh::relay`) for `task`
+/// from namespace `ns` to `via`; the status byte, or None if the relay
+/// closed without one.
+fn ask_relay(lab: &Lab, ns: &str, via: SocketAddr, task: std::net::SocketAddrV4) -> Option<u8> {
+    use std::io::{Read, Write};
+    use vxmesh_dataplane::mesh::relay::Request;
+    let req = Request {
+        task,
+        client: "198.18.0.100:40000".parse().unwrap(),
+        published: node(1, 8080),
+        proxy_v2: false,
+    };
+    lab.tb
+        .in_ns(ns, move || {
+            let mut s = std::net::TcpStream::connect_timeout(&via, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = s.write_all(&req.encode());
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).ok().map(|_| b[0])
+        })
+        .unwrap()
+}
+
+#[test]
+fn connections_to_other_nodes_tasks_go_through_their_relay_and_only_there() {
+    if !require_root() {
+        return;
+    }
+    let (lab, _b2, _b3) = mesh_lab("relay", &service("round-robin", ""), false);
+    let cl = lab.tb.ns("cl");
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        let (body, _) = get(&lab.tb, &cl, node(1, 8080), "/").expect("served through h1");
+        seen.insert(who(&body));
+    }
+    assert_eq!(
+        seen,
+        HashSet::from(["task2".to_string(), "task3".to_string()])
+    );
+    // h1 has no task: every connection went over the underlay to the
+    // task's node, which connected locally.
+    let svc = lab.cli_json("h1", &["service", "inspect", "web"]);
+    assert!(svc["relayed_connections"].as_u64().unwrap() >= 6, "{svc}");
+    let served: u64 = ["h2", "h3"]
+        .iter()
+        .map(|h| common::sample(&lab.scrape(h), "vxmesh_relay_accepted_total"))
+        .sum();
+    assert!(served >= 6, "the task nodes served the relayed connections");
+    // The relay serves only member nodes, and only their tasks.
+    let task2: std::net::SocketAddrV4 = "10.0.9.2:80".parse().unwrap();
+    let refused0 = common::sample(&lab.scrape("h2"), "vxmesh_relay_refused_total");
+    assert_eq!(
+        ask_relay(&lab, &cl, node(2, 7950), task2),
+        None,
+        "not a member"
+    );
+    let h1 = lab.tb.ns("h1");
+    assert_eq!(
+        ask_relay(&lab, &h1, node(2, 7950), "10.0.9.2:22".parse().unwrap()),
+        Some(vxmesh_dataplane::mesh::relay::REFUSED),
+        "not a task port"
+    );
+    assert_eq!(
+        ask_relay(&lab, &h1, node(2, 7950), "198.18.0.100:80".parse().unwrap()),
+        Some(vxmesh_dataplane::mesh::relay::REFUSED),
+        "not a task at all"
+    );
+    assert_eq!(
+        ask_relay(&lab, &h1, node(2, 7950), task2),
+        Some(vxmesh_dataplane::mesh::relay::OK),
+        "a member asking for a task of the node"
+    );
+    let refused = common::sample(&lab.scrape("h2"), "vxmesh_relay_refused_total");
+    assert_eq!(refused, refused0 + 3);
+}

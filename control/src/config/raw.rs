@@ -48,6 +48,9 @@ pub struct RawSettings {
     /// Datagrams after which a session is renewed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rekey_messages: Option<u64>,
+    /// TCP port of the mesh relay between nodes (0: off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_relay_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 use vxmesh_dataplane::crypto::{wire::DATA_OVERHEAD, PublicKey};
+use vxmesh_dataplane::mesh::spec::Protocol;
 use vxmesh_dataplane::wire::MacAddr;
 
 use super::mesh;
@@ -66,6 +67,25 @@ fn check(raw: &RawFile) -> (Cluster, Errs) {
     }
     let endpoints = endpoints(&raw.endpoints, &networks, &node_names, &mut errs);
     let services = super::services::services(&raw.services, &networks, &endpoints, &mut errs);
+    let relay = settings.mesh_relay_port;
+    if relay != 0 {
+        // The relay listens on each node's data-path address: a published
+        // TCP port on all addresses would take it.
+        let clash = services.iter().find(|s| {
+            s.ports
+                .iter()
+                .any(|p| p.protocol == Protocol::Tcp && p.published == relay)
+        });
+        if let Some(s) = clash {
+            errs.at(
+                Item::new(Table::Settings, 0).key("mesh_relay_port"),
+                format!(
+                    "mesh_relay_port {relay} is published by service `{}` (pick another, or 0 for no relay)",
+                    s.name
+                ),
+            );
+        }
+    }
     (
         Cluster {
             settings,
@@ -140,6 +160,9 @@ fn settings(raw: &RawSettings, errs: &mut Errs) -> Settings {
             );
         }
         s.rekey_messages = m;
+    }
+    if let Some(p) = raw.mesh_relay_port {
+        s.mesh_relay_port = p;
     }
     if let Some(n) = raw.source_ports {
         if !(1..=1024).contains(&n) {

@@ -16,7 +16,7 @@ use super::Options;
 use crate::config;
 use crate::handover;
 use crate::model::Cluster;
-use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
+use crate::reconcile::{dns_zones, mesh_desired, relay_policy, Reconciler};
 use crate::state::{Inner, State};
 use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::{doc, Store, View};
@@ -70,6 +70,10 @@ pub fn start(opts: &Options, mut cluster: Cluster, store: Store) -> anyhow::Resu
         mesh_desired(&cluster, &opts.node),
         dns_zones(&cluster, &opts.node),
     )? {
+        info!(change = %c, "applied");
+    }
+    let (relay_at, relay) = relay_policy(&cluster, &opts.node);
+    if let Some(c) = mesh.set_relay(relay_at, relay)? {
         info!(change = %c, "applied");
     }
     times.applied(

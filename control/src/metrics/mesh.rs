@@ -157,5 +157,35 @@ pub(super) fn encode(
         None,
         no_backend,
     )?;
+    counters(
+        e,
+        "vxmesh_service_relayed_connections",
+        "Connections to tasks on other nodes that went through the task node's relay (underlay) instead of the overlay.",
+        None,
+        services
+            .iter()
+            .map(|s| (vec![("service", s.name.clone())], s.relayed_connections))
+            .collect(),
+    )?;
+    let relay = st
+        .inner
+        .lock()
+        .expect("state lock poisoned")
+        .mesh
+        .relay_status();
+    for (name, help, v) in [
+        ("vxmesh_relay_accepted", "Relay requests from other nodes served: connected to a local task.", relay.accepted),
+        ("vxmesh_relay_refused", "Relay requests refused: not from a member node, malformed, or not for a local task of a plain network.", relay.refused),
+        ("vxmesh_relay_unreachable", "Relay requests whose local task did not take the connection.", relay.unreachable),
+    ] {
+        counters(e, name, help, None, vec![(vec![], v)])?;
+    }
+    gauges(
+        e,
+        "vxmesh_relay_active",
+        "Relayed connections this node serves for other nodes now.",
+        None,
+        vec![(vec![], relay.active as f64)],
+    )?;
     Ok(())
 }

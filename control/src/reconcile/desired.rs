@@ -4,11 +4,12 @@
 //! container ranges and the TAP's MACs.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use vxmesh_dataplane::mesh::dns::ZoneSpec;
+use vxmesh_dataplane::mesh::relay::Policy;
 use vxmesh_dataplane::mesh::runtime::Desired;
-use vxmesh_dataplane::mesh::spec::Mode;
+use vxmesh_dataplane::mesh::spec::{Mode, Protocol};
 use vxmesh_dataplane::overlay::EndpointEntry;
 use vxmesh_dataplane::wire::MacAddr;
 
@@ -31,10 +32,28 @@ pub(super) fn tap_mac(cluster: &Cluster, net: &Network, node: &str, underlay: Ip
 /// service's network listens and forwards to every task; in host mode only
 /// a node with a local task listens, and only to its local tasks.
 pub fn mesh_desired(cluster: &Cluster, node: &str) -> Vec<Desired> {
+    let owners = owners(cluster);
+    let addresses = cluster.addresses();
+    let port = cluster.settings.mesh_relay_port;
     cluster
         .services
         .iter()
         .map(|s| {
+            // TCP to a task on another node goes through that node's relay
+            // (plain networks only: the relay leg is the underlay's TCP).
+            let plain = cluster.network(&s.network).is_some_and(|n| !n.encrypted);
+            let relays: HashMap<Ipv4Addr, SocketAddr> = if port != 0 && plain {
+                s.tasks
+                    .iter()
+                    .filter_map(|t| {
+                        let owner = *owners.get(&(s.network.as_str(), *t))?;
+                        let at = *addresses.get(owner)?;
+                        (owner != node).then(|| (*t, SocketAddr::new(at.into(), port)))
+                    })
+                    .collect()
+            } else {
+                HashMap::new()
+            };
             let member = cluster.networks_of(node).any(|n| n.name == s.network);
             let local: Vec<Ipv4Addr> = s
                 .tasks
@@ -57,16 +76,70 @@ pub fn mesh_desired(cluster: &Cluster, node: &str) -> Vec<Desired> {
                     tasks: s.tasks.clone(),
                     listen: member,
                     extra_listen,
+                    relays,
                 },
                 Mode::Host => Desired {
                     spec: s.clone(),
                     listen: !local.is_empty(),
                     tasks: local,
                     extra_listen,
+                    relays: HashMap::new(),
                 },
             }
         })
         .collect()
+}
+
+/// The node owning each endpoint, by (network, address).
+fn owners(cluster: &Cluster) -> HashMap<(&str, Ipv4Addr), &str> {
+    cluster
+        .endpoints
+        .iter()
+        .map(|e| ((e.network.as_str(), e.ip), e.node.as_str()))
+        .collect()
+}
+
+/// This node's relay (see `vxmesh_dataplane::mesh::relay`): where it
+/// listens (its data-path address, `[settings] mesh_relay_port`; none when
+/// the port is 0) and what it serves: requests from the other nodes, for
+/// its own tasks of services on plain networks, at their target ports.
+pub fn relay_policy(cluster: &Cluster, node: &str) -> (Option<SocketAddr>, Policy) {
+    let port = cluster.settings.mesh_relay_port;
+    let Some(me) = cluster.node(node).filter(|_| port != 0) else {
+        return (None, Policy::default());
+    };
+    let owners = owners(cluster);
+    let targets = cluster
+        .services
+        .iter()
+        .filter(|s| cluster.network(&s.network).is_some_and(|n| !n.encrypted))
+        .flat_map(|s| {
+            let mine: Vec<Ipv4Addr> = s
+                .tasks
+                .iter()
+                .copied()
+                .filter(|t| owners.get(&(s.network.as_str(), *t)) == Some(&node))
+                .collect();
+            s.ports
+                .iter()
+                .filter(|p| p.protocol == Protocol::Tcp)
+                .flat_map(move |p| {
+                    mine.clone()
+                        .into_iter()
+                        .map(move |t| SocketAddrV4::new(t, p.target))
+                })
+        })
+        .collect();
+    let peers = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != node)
+        .map(|n| n.address)
+        .collect();
+    (
+        Some(SocketAddr::new(me.address.into(), port)),
+        Policy { peers, targets },
+    )
 }
 
 /// The DNS zones this node serves: one per network it is a member of.

@@ -32,7 +32,7 @@ use vxmesh_dataplane::mesh::runtime::Mesh;
 use crate::config;
 use crate::error::ApplyError;
 use crate::model::Cluster;
-use crate::reconcile::{dns_zones, mesh_desired, Reconciler};
+use crate::reconcile::{dns_zones, mesh_desired, relay_policy, Reconciler};
 use crate::store::etcd::EtcdStore;
 use crate::store::{doc, Store, StoreStatus, View};
 use crate::timing::ApplyTimes;
@@ -131,10 +131,12 @@ impl State {
             }
             let (tables, taps, changes) = inner.reconciler.plan(&next)?;
             // Bind new listeners first: if one fails, nothing changes.
-            let mesh_changes = inner.mesh.apply(
+            let mut mesh_changes = inner.mesh.apply(
                 mesh_desired(&next, &self.node),
                 dns_zones(&next, &self.node),
             )?;
+            let (relay_at, relay) = relay_policy(&next, &self.node);
+            mesh_changes.extend(inner.mesh.set_relay(relay_at, relay)?);
             inner
                 .dataplane
                 .apply(tables, taps)

@@ -15,6 +15,7 @@ pub mod health;
 pub mod limits;
 pub mod maglev;
 pub mod probe;
+pub mod relay;
 pub mod runtime;
 pub mod service;
 pub mod spec;

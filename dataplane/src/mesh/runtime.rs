@@ -21,6 +21,7 @@ use tracing::info;
 use super::dns;
 use super::limits::{Budget, Resources};
 use super::probe;
+use super::relay;
 use super::service::{Service, ServiceStatus, Task};
 use super::spec::{Protocol, ServiceSpec};
 use super::tcp::{self, Route};
@@ -43,6 +44,18 @@ pub struct Desired {
     /// `VIP:target` for each port. Bound with `IP_FREEBIND`, so they do not
     /// wait for the address to be on an interface.
     pub extra_listen: Vec<(Protocol, SocketAddr, u16)>,
+    /// Tasks on other nodes whose TCP connections go through the relay of
+    /// their node (see [`super::relay`]): task address -> relay address.
+    pub relays: HashMap<Ipv4Addr, SocketAddr>,
+}
+
+/// This node's relay listener (see [`super::relay`]).
+struct RelayListener {
+    addr: SocketAddr,
+    /// The listening socket, kept to hand it over.
+    fd: OwnedFd,
+    stop: watch::Sender<bool>,
+    _task: JoinHandle<()>,
 }
 
 /// The DNS responder of one network.
@@ -90,6 +103,9 @@ pub struct Mesh {
     dns: HashMap<SocketAddr, DnsServer>,
     /// The node-wide budget and accept counters of every listener.
     res: Arc<Resources>,
+    relay: Option<RelayListener>,
+    /// What the relay serves; its policy is swapped on every change.
+    relay_serve: Arc<relay::Serve>,
 }
 
 impl Mesh {
@@ -101,6 +117,7 @@ impl Mesh {
 
     pub fn with_budget(handle: Handle, budget: Budget) -> Mesh {
         let b = budget.status();
+        let res = Arc::new(Resources::new(budget));
         info!(
             descriptors = b.fds_limit,
             memory_bytes = b.bytes_limit,
@@ -112,8 +129,71 @@ impl Mesh {
             probes: HashMap::new(),
             listeners: HashMap::new(),
             dns: HashMap::new(),
-            res: Arc::new(Resources::new(budget)),
+            relay: None,
+            relay_serve: Arc::new(relay::Serve {
+                policy: Arc::default(),
+                res: res.clone(),
+                stats: Arc::default(),
+                connect_timeout: ServiceSpec::DEFAULT_CONNECT_TIMEOUT,
+                idle: ServiceSpec::DEFAULT_IDLE,
+                write_timeout: super::spec::ClientLimits::default().write_timeout,
+            }),
+            res,
         }
+    }
+
+    /// Listens for relay requests on `addr` (this node's data-path address
+    /// and the relay port; `None`: no relay) and serves them under
+    /// `policy`. A listener that stays is kept; its policy is swapped.
+    pub fn set_relay(
+        &mut self,
+        addr: Option<SocketAddr>,
+        policy: relay::Policy,
+    ) -> Result<Option<String>, MeshError> {
+        let _rt = self.handle.enter();
+        self.relay_serve.policy.store(Arc::new(policy));
+        if self.relay.as_ref().map(|r| r.addr) == addr {
+            return Ok(None);
+        }
+        let mut change = None;
+        if let Some(old) = self.relay.take() {
+            let _ = old.stop.send(true);
+            change = Some(format!("relay on {} stopped", old.addr));
+        }
+        let Some(addr) = addr else {
+            return Ok(change);
+        };
+        let bound = bind(Protocol::Tcp, addr, false).and_then(|b| Ok((b.dup()?, b)));
+        let (fd, l) = match bound {
+            Ok((fd, Bound::Tcp(l))) => (fd, l),
+            Ok(_) => unreachable!("a TCP bind gives a listener"),
+            Err(error) => {
+                return Err(MeshError::Bind {
+                    service: "the mesh relay".into(),
+                    proto: "tcp",
+                    addr,
+                    error,
+                })
+            }
+        };
+        let l = tokio::net::TcpListener::from_std(l).expect("inside the runtime");
+        let (stop, rx) = watch::channel(false);
+        let task = self
+            .handle
+            .spawn(relay::serve(l, self.relay_serve.clone(), rx));
+        info!(%addr, "mesh relay listening");
+        self.relay = Some(RelayListener {
+            addr,
+            fd,
+            stop,
+            _task: task,
+        });
+        Ok(Some(format!("relay on {addr}")))
+    }
+
+    /// The relay's counters.
+    pub fn relay_status(&self) -> relay::RelayCounters {
+        self.relay_serve.stats.snapshot()
     }
 
     /// The node-wide budget and accept counters.
@@ -233,6 +313,7 @@ impl Mesh {
         for d in &desired {
             match self.services.get(&d.spec.name) {
                 Some(s) => {
+                    s.relays.store(Arc::new(d.relays.clone()));
                     for t in s.update(d.spec.clone(), &d.tasks) {
                         changes.push(format!("service {}: task {} draining", d.spec.name, t.addr));
                         self.schedule_cut(t, d.spec.drain);
@@ -240,10 +321,9 @@ impl Mesh {
                     s.reap();
                 }
                 None => {
-                    self.services.insert(
-                        d.spec.name.clone(),
-                        Arc::new(Service::new(d.spec.clone(), &d.tasks)),
-                    );
+                    let s = Service::new(d.spec.clone(), &d.tasks);
+                    s.relays.store(Arc::new(d.relays.clone()));
+                    self.services.insert(d.spec.name.clone(), Arc::new(s));
                     changes.push(format!("service {} added", d.spec.name));
                 }
             }

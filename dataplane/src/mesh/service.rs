@@ -180,6 +180,11 @@ pub struct Service {
     pub write_timeouts: AtomicU64,
     /// The limit is being hit now (for one log line per change).
     at_limit: std::sync::atomic::AtomicBool,
+    /// Tasks on other nodes reached through their node's relay (see
+    /// [`super::relay`]), by task address: the relay's address.
+    pub relays: ArcSwap<std::collections::HashMap<Ipv4Addr, std::net::SocketAddr>>,
+    /// Connections that went through a relay.
+    pub relayed_connections: AtomicU64,
 }
 
 fn health_config(spec: &ServiceSpec) -> HealthConfig {
@@ -224,6 +229,8 @@ impl Service {
             first_byte_timeouts: AtomicU64::new(0),
             write_timeouts: AtomicU64::new(0),
             at_limit: std::sync::atomic::AtomicBool::new(false),
+            relays: ArcSwap::default(),
+            relayed_connections: AtomicU64::new(0),
         };
         s.rebuild();
         s
@@ -406,6 +413,7 @@ impl Service {
             budget_refused_sessions: self.budget_refused_sessions.load(Relaxed),
             first_byte_timeouts: self.first_byte_timeouts.load(Relaxed),
             write_timeouts: self.write_timeouts.load(Relaxed),
+            relayed_connections: self.relayed_connections.load(Relaxed),
             tasks,
         }
     }
@@ -446,6 +454,9 @@ pub struct ServiceStatus {
     pub budget_refused_sessions: u64,
     pub first_byte_timeouts: u64,
     pub write_timeouts: u64,
+    /// Connections relayed through a task node's relay (the underlay leg)
+    /// rather than over the overlay.
+    pub relayed_connections: u64,
     pub tasks: Vec<TaskStatus>,
 }
 

@@ -10,7 +10,7 @@
 //! where splice is refused or the budget has no descriptors for the pipes.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::limits::{self, Backoff, Budget, Cost, Resources};
+use super::relay;
 use super::service::{ActiveGuard, OpenGuard, Service, Task};
 use crate::wire::proxy_v2;
 
@@ -96,8 +97,43 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
     }
     let mut cands = Vec::with_capacity(3);
     svc.candidates(peer, &mut cands);
+    let relays = svc.relays.load();
     for task in cands {
         let addr = SocketAddr::new(task.addr.into(), route.target);
+        // A task on another node, with a relay there: through it, over the
+        // underlay (see `relay`); otherwise over the overlay.
+        if let Some(via) = relays.get(&task.addr) {
+            let req = relay::Request {
+                task: SocketAddrV4::new(task.addr, route.target),
+                client: peer,
+                published: client.local_addr().unwrap_or(peer),
+                proxy_v2: spec.proxy_protocol,
+            };
+            match relay::connect(*via, &req, spec.connect_timeout).await {
+                Ok(up) => {
+                    svc.observe_connect(&task, true);
+                    svc.relayed_connections.fetch_add(1, Relaxed);
+                    let _active = ActiveGuard::new(task.clone());
+                    let r = relay(
+                        client,
+                        up,
+                        task_leg(&task),
+                        spec.idle_timeout,
+                        &route.res.budget,
+                        lim.write_timeout,
+                    )
+                    .await;
+                    if r.as_ref().is_err_and(is_write_stall) {
+                        svc.write_timeouts.fetch_add(1, Relaxed);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    svc.observe_connect(&task, false);
+                    continue;
+                }
+            }
+        }
         match timeout(spec.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(mut up)) => {
                 svc.observe_connect(&task, true);
@@ -115,10 +151,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
                         }
                     }
                 }
+                let _active = ActiveGuard::new(task.clone());
                 let r = relay(
                     client,
                     up,
-                    &task,
+                    task_leg(&task),
                     spec.idle_timeout,
                     &route.res.budget,
                     lim.write_timeout,
@@ -133,6 +170,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
         }
     }
     svc.no_backend.fetch_add(1, Relaxed);
+}
+
+/// A relay to `task`: its byte counters and its cut signal.
+fn task_leg(task: &Task) -> Leg<'_> {
+    Leg {
+        bytes_in: &task.bytes_in,
+        bytes_out: &task.bytes_out,
+        cut: Some(task.cut.subscribe()),
+    }
 }
 
 /// The error of a write that stayed blocked past the write timeout.
@@ -296,18 +342,26 @@ async fn pump(r: &TcpStream, w: &TcpStream, d: &Dir<'_>) -> io::Result<()> {
     }
 }
 
+/// Where a relay counts its bytes (client to task, and back) and what cuts
+/// it short.
+pub(super) struct Leg<'a> {
+    pub bytes_in: &'a AtomicU64,
+    pub bytes_out: &'a AtomicU64,
+    /// Set to true when the connection must end (the task's cut).
+    pub cut: Option<watch::Receiver<bool>>,
+}
+
 /// Relays until both directions ended, one failed (then both sockets are
 /// reset; a write blocked for `write_timeout` fails with [`WriteStall`]),
-/// the connection was idle for `idle`, or the task's connections are cut.
-async fn relay(
+/// the connection was idle for `idle`, or `leg.cut` turns true.
+pub(super) async fn relay(
     client: TcpStream,
     up: TcpStream,
-    task: &Arc<Task>,
+    leg: Leg<'_>,
     idle: Duration,
     budget: &Arc<Budget>,
     write_timeout: Duration,
 ) -> io::Result<()> {
-    let _active = ActiveGuard::new(task.clone());
     let _ = client.set_nodelay(true);
     let _ = up.set_nodelay(true);
     let epoch = Instant::now();
@@ -320,7 +374,7 @@ async fn relay(
             write_timeout,
             budget,
         };
-        let (d_in, d_out) = (dir(&task.bytes_in), dir(&task.bytes_out));
+        let (d_in, d_out) = (dir(leg.bytes_in), dir(leg.bytes_out));
         let to_task = pump(&client, &up, &d_in);
         let to_client = pump(&up, &client, &d_out);
         tokio::pin!(to_task, to_client);
@@ -342,11 +396,16 @@ async fn relay(
             tokio::time::sleep(idle - since).await;
         }
     };
-    let mut cut = task.cut.subscribe();
+    let mut cut = leg.cut;
     let r = tokio::select! {
         r = both => r,
         _ = idle_watch => Ok(()),
-        _ = async { let _ = cut.wait_for(|c| *c).await; } => Ok(()),
+        _ = async {
+            match cut.as_mut() {
+                Some(c) => { let _ = c.wait_for(|c| *c).await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => Ok(()),
     };
     if r.is_err() {
         // Pass the failure on as a reset, so that a transfer cut short

@@ -110,7 +110,13 @@ impl Mesh {
             .dns
             .values()
             .flat_map(|d| d.fds.iter().map(|(n, fd)| (n.clone(), fd.as_fd())));
-        listeners.chain(dns).collect()
+        let relay = self.relay.iter().map(|r| {
+            (
+                crate::io::inherit::listener_name("tcp", r.addr),
+                r.fd.as_fd(),
+            )
+        });
+        listeners.chain(dns).chain(relay).collect()
     }
 
     /// The tasks that take no new connections now (down or ejected), by
@@ -188,6 +194,9 @@ impl Mesh {
         }
         for (_, d) in self.dns.drain() {
             let _ = d.stop.send(true);
+        }
+        if let Some(r) = self.relay.take() {
+            let _ = r.stop.send(true);
         }
     }
 }
