@@ -93,6 +93,27 @@ pub struct Outcome {
     pub iperf3_end: Value,
 }
 
+/// A made-up 10 s run for the report tests: `gbit` Gbit/s received, `pps`
+/// datagrams per second without loss (UDP), the machine's CPU seconds.
+#[cfg(test)]
+pub(crate) fn test_outcome(gbit: f64, pps: Option<f64>, host_cpu_s: f64) -> Outcome {
+    Outcome {
+        figures: Figures {
+            bytes: (gbit * 1e9 / 8.0 * 10.0) as u64,
+            seconds: 10.0,
+            gbit_per_s: gbit,
+            packets: pps.map(|p| (p * 10.0) as u64),
+            lost_packets: pps.map(|_| 0),
+            lost_percent: pps.map(|_| 0.0),
+            rx_pps: pps,
+        },
+        wall_s: 10.0,
+        host_cpu_s,
+        watched_cpu_s: None,
+        iperf3_end: Value::Null,
+    }
+}
+
 /// Parses an iperf3 `-J` client report. TCP: `end.sum_received`. UDP:
 /// `end.sum_received` when it has packet counts (the receiver's view, iperf3
 /// 3.10 and later), else `end.sum` (packets sent, loss as the receiver

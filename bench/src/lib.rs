@@ -24,11 +24,15 @@
 //!   containers on Docker swarm's own overlay, same hosts, one run.
 //! - [`restart`], the `restart` command: what traffic sees while vxmeshd
 //!   is handed over or crash-restarted, beside HAProxy's `-sf` reload.
+//! - [`encryption`], the `encryption` command: a plain and an encrypted
+//!   vxmesh network on the same daemons against userspace WireGuard
+//!   (wireguard-go), same hosts, one run.
 //! - [`profile`], `perf` recordings of extra runs: where the CPU and the
 //!   round-trip time go.
 
 pub mod containers;
 pub mod cpu;
+pub mod encryption;
 pub mod harness;
 pub mod http;
 pub mod iperf;

@@ -38,6 +38,11 @@ enum Cmd {
     /// stream, a 50 kpps UDP stream and an HTTP loop, beside HAProxy's
     /// `-sf` reload of a published port, in one run.
     Restart(vxmesh_bench::restart::RestartArgs),
+    /// h1 -> h2 on a plain vxmesh network, on an encrypted one (same
+    /// daemons) and through userspace WireGuard (wireguard-go), in one run:
+    /// iperf3 TCP, UDP 64 B at a fixed rate, ping, CPU; encrypted/plain and
+    /// encrypted/wireguard-go ratios beside the goals.
+    Encryption(vxmesh_bench::encryption::EncryptionArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Mesh(args) => run_mesh(args),
         Cmd::Containers(args) => vxmesh_bench::containers::run_containers(args),
         Cmd::Restart(args) => vxmesh_bench::restart::run_restart(args),
+        Cmd::Encryption(args) => vxmesh_bench::encryption::run_encryption(args),
     }
 }

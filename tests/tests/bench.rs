@@ -4,6 +4,7 @@
 //! here (speed is measured in `bench/`, never in tests): the test checks
 //! that it measures every path, profiles the kernel's vxlan and vxmesh,
 //! writes its table, JSON, chart and profile, and removes its namespaces.
+//! `containers` and `encryption` follow, each in miniature too.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,37 +21,78 @@ impl Drop for OutDir {
     }
 }
 
-#[test]
-fn overlay_benchmark_measures_every_path_and_writes_its_report() {
+/// Runs `vxmesh-bench <args> --out <dir>` (bounded by `timeout` s as a
+/// whole; every step of a benchmark is bounded too) into a fresh `dir`
+/// named after `tag`, asserts that it succeeded, and returns the directory
+/// (removed when dropped) and its stderr; `None` when not root (outside CI
+/// only: there it panics).
+fn run_bench(tag: &str, args: &[&str], timeout: u32) -> Option<(OutDir, String)> {
     if !require_root() {
-        return;
+        return None;
     }
-    let out =
-        OutDir(std::env::temp_dir().join(format!("vxmesh-bench-smoke-{}", std::process::id())));
-    let bench = workspace_bin("vxmesh-bench");
-    // Every step of the benchmark is bounded; `timeout` bounds the whole.
+    let out = OutDir(
+        std::env::temp_dir().join(format!("vxmesh-bench-{tag}-smoke-{}", std::process::id())),
+    );
     let run = Command::new("timeout")
-        .arg("600")
-        .arg(&bench)
-        .args([
-            "overlay", "--secs", "1", "--reps", "1", "--pings", "20", "--out",
-        ])
+        .arg(timeout.to_string())
+        .arg(workspace_bin("vxmesh-bench"))
+        .args(args)
+        .arg("--out")
         .arg(&out.0)
         .output()
         .expect("run vxmesh-bench");
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(
         run.status.success(),
-        "vxmesh-bench overlay failed: {}\n{stderr}",
+        "vxmesh-bench {} failed: {}\n{stderr}",
+        args[0],
         run.status
     );
+    Some((out, stderr))
+}
 
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.0.join("overlay.json")).expect("overlay.json"))
-            .expect("overlay.json is JSON");
+/// The `paths` of a report, asserted to be named `names` (under `key`) in
+/// that order.
+fn paths<'a>(report: &'a Value, key: &str, names: &[&str]) -> &'a [Value] {
     let paths = report["paths"].as_array().expect("paths");
-    let names: Vec<&str> = paths.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, ["underlay", "kernel", "kernel-nooffload", "vxmesh"]);
+    let got: Vec<&str> = paths.iter().filter_map(|p| p[key].as_str()).collect();
+    assert_eq!(got, names);
+    paths
+}
+
+/// The JSON report `<bench>.json` in `out`.
+fn report(out: &OutDir, bench: &str) -> Value {
+    let path = out.0.join(format!("{bench}.json"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Asserts that the namespaces of the testbed the benchmark named on
+/// stderr (`testbed <suffix> ...`) are gone; returns the suffix.
+fn assert_testbed_gone(stderr: &str) -> String {
+    let suffix = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("testbed "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the benchmark names its testbed");
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !left.contains(suffix),
+        "namespaces of {suffix} left: {left}"
+    );
+    suffix.to_string()
+}
+
+#[test]
+fn overlay_benchmark_measures_every_path_and_writes_its_report() {
+    let args = ["overlay", "--secs", "1", "--reps", "1", "--pings", "20"];
+    let Some((out, stderr)) = run_bench("ovl", &args, 600) else {
+        return;
+    };
+    let report = report(&out, "overlay");
+    let names = ["underlay", "kernel", "kernel-nooffload", "vxmesh"];
+    let paths = paths(&report, "name", &names);
     for p in paths {
         let name = &p["name"];
         let tcp1 = p["tests"]
@@ -107,18 +149,7 @@ fn overlay_benchmark_measures_every_path_and_writes_its_report() {
         );
     }
 
-    // The testbed the benchmark named on stderr is gone.
-    let suffix = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("testbed "))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("the benchmark names its testbed");
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let left = String::from_utf8_lossy(&netns.stdout);
-    assert!(
-        !left.contains(suffix),
-        "namespaces of {suffix} left: {left}"
-    );
+    assert_testbed_gone(&stderr);
 }
 
 /// `vxmesh-bench containers` in miniature (1 s runs, one round): swarm's
@@ -127,43 +158,22 @@ fn overlay_benchmark_measures_every_path_and_writes_its_report() {
 /// written with its commit. Figures are not judged.
 #[test]
 fn containers_benchmark_measures_swarm_and_vxmesh_and_writes_its_report() {
-    if !require_root() {
+    let args = [
+        "containers",
+        "--secs",
+        "1",
+        "--reps",
+        "1",
+        "--pings",
+        "10",
+        "--runs",
+        "1",
+    ];
+    let Some((out, _)) = run_bench("ctr", &args, 600) else {
         return;
-    }
-    let out =
-        OutDir(std::env::temp_dir().join(format!("vxmesh-bench-ctr-smoke-{}", std::process::id())));
-    let run = Command::new("timeout")
-        .arg("600")
-        .arg(workspace_bin("vxmesh-bench"))
-        .args([
-            "containers",
-            "--secs",
-            "1",
-            "--reps",
-            "1",
-            "--pings",
-            "10",
-            "--runs",
-            "1",
-            "--out",
-        ])
-        .arg(&out.0)
-        .output()
-        .expect("run vxmesh-bench");
-    assert!(
-        run.status.success(),
-        "vxmesh-bench containers failed: {}\n{}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let j: Value = serde_json::from_slice(
-        &std::fs::read(out.0.join("containers.json")).expect("containers.json"),
-    )
-    .expect("containers.json is JSON");
-    let paths = j["paths"].as_array().expect("paths");
-    let names: Vec<&str> = paths.iter().filter_map(|p| p["path"].as_str()).collect();
-    assert_eq!(names, ["swarm", "vxmesh", "vxmesh-hosts"]);
-    for p in paths {
+    };
+    let j = report(&out, "containers");
+    for p in paths(&j, "path", &["swarm", "vxmesh", "vxmesh-hosts"]) {
         assert!(p["tcp1_gbit"][0].as_f64().unwrap_or(0.0) > 0.0, "{p}");
         assert!(p["ping_p50_us"][0].as_f64().unwrap_or(0.0) > 0.0, "{p}");
     }
@@ -176,4 +186,77 @@ fn containers_benchmark_measures_swarm_and_vxmesh_and_writes_its_report() {
         text.contains("commit ") && text.contains("vxmesh/swarm"),
         "{text}"
     );
+}
+
+/// `vxmesh-bench encryption` in miniature (1 s runs, one round, 20 pings):
+/// the plain and the encrypted vxmesh network and the wireguard-go tunnel
+/// each carry TCP (1 stream and -P 2) and UDP and answer pings, the
+/// sessions were established and the cipher is named, the report is
+/// written with its commit and its ratios, and the namespaces are gone.
+/// Figures are not judged.
+#[test]
+fn encryption_benchmark_measures_plain_encrypted_and_wireguard_and_writes_its_report() {
+    let tiny = ["encryption", "--secs", "1", "--reps", "1", "--pings", "20"];
+    let Some((out, stderr)) = run_bench("enc", &tiny, 300) else {
+        return;
+    };
+    let j = report(&out, "encryption");
+    let paths = paths(&j, "name", &["plain", "encrypted", "wireguard-go"]);
+    for p in paths {
+        let name = &p["name"];
+        for key in ["tcp1", "tcp2"] {
+            let gbit = p[key][0]["gbit_per_s"].as_f64().unwrap_or(0.0);
+            assert!(gbit > 0.0, "{name}: no {key} figure: {}", p[key]);
+        }
+        let pps = p["udp64"][0]["rx_pps"].as_f64().unwrap_or(0.0);
+        assert!(pps > 0.0, "{name}: no UDP figure: {}", p["udp64"]);
+        assert!(
+            p["ping"][0]["received"].as_u64().unwrap_or(0) > 0,
+            "{name}: no ping replies: {}",
+            p["ping"][0]
+        );
+        assert_eq!(p["errors"], Value::Array(vec![]), "{name}");
+    }
+    assert_eq!(
+        paths[1]["mtu"], paths[2]["mtu"],
+        "WireGuard's MTU is the encrypted network's"
+    );
+    let cipher = j["in_effect"]["cipher"]
+        .as_str()
+        .expect("a cipher in effect");
+    assert!(
+        ["aes-256-gcm", "chacha20-poly1305"].contains(&cipher),
+        "{cipher}"
+    );
+    assert!(j["commit"].as_str().is_some_and(|c| !c.is_empty()));
+    let cost = &j["encryption_cpu_cost_cores_per_gbit_per_s"];
+    assert!(cost.as_f64().is_some(), "CPU cost of encryption: {cost}");
+    let goals = j["goals"].as_array().expect("goals");
+    assert!(
+        goals.iter().all(|g| g["ratio"].as_f64().is_some()),
+        "every goal has its ratio: {goals:?}"
+    );
+    let text = std::fs::read_to_string(out.0.join("encryption.txt")).expect("encryption.txt");
+    for want in [
+        "commit ",
+        "encrypted/plain",
+        "encrypted/wireguard-go",
+        "in effect: cipher ",
+        "encryption's CPU cost: ",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+
+    // The testbed is gone, and so are wireguard-go's control sockets.
+    let suffix = assert_testbed_gone(&stderr);
+    let tail = suffix.split_once('-').map_or(&*suffix, |(_, t)| t);
+    let sockets = std::fs::read_dir("/var/run/wireguard")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("wg{tail}h")))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(sockets.is_empty(), "wireguard-go sockets left: {sockets:?}");
 }

@@ -15,9 +15,16 @@ pub fn write_cluster(tb: &Testbed, cluster: &str) -> anyhow::Result<PathBuf> {
     Ok(cfg)
 }
 
+/// The state directory of `host`'s vxmeshd, `<testbed dir>/state-<host>`
+/// (removed with the testbed): where it keeps its records and finds its
+/// node key (`vxmesh-node.key`).
+pub fn state_dir(tb: &Testbed, host: &str) -> PathBuf {
+    tb.dir().join(format!("state-{host}"))
+}
+
 /// Writes `cluster` and starts `vxmeshd` on it in each of `hosts` (admin
-/// socket `<testbed dir>/<host>.sock`), each waited for up to `ready`:
-/// (host, process, socket) in order.
+/// socket `<testbed dir>/<host>.sock`, state in [`state_dir`]), each waited
+/// for up to `ready`: (host, process, socket) in order.
 pub fn start_daemons(
     tb: &mut Testbed,
     vxmeshd: &Path,
@@ -32,10 +39,22 @@ pub fn start_daemons(
     for h in hosts {
         let sock = tb.dir().join(format!("{h}.sock"));
         let sock_s = sock.to_str().context("temp path is not UTF-8")?;
+        let state = state_dir(tb, h);
+        let state_s = state.to_str().context("temp path is not UTF-8")?;
         let p = tb
             .spawn_notify(
                 h,
-                &[bin, "--config", &cfg_s, "--node", h, "--socket", sock_s],
+                &[
+                    bin,
+                    "--config",
+                    &cfg_s,
+                    "--node",
+                    h,
+                    "--socket",
+                    sock_s,
+                    "--state-dir",
+                    state_s,
+                ],
                 &[("NO_COLOR", "1")],
                 ready,
             )

@@ -4,12 +4,47 @@
 //! (the report), then the notes and what was written.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::chart::{self, Panel};
+use super::report::Machine;
+
+/// What a benchmark takes down before its first namespace.
+pub struct Start {
+    /// The machine, its load average at the start.
+    pub machine: Machine,
+    /// Seconds since the epoch, for the report's `started_unix`.
+    pub started_unix: u64,
+    /// Clock ticks per second, for the CPU figures.
+    pub clk_tck: f64,
+    /// When the measuring began, for the report's `elapsed_s`.
+    pub t0: Instant,
+}
+
+impl Start {
+    /// At the end of the measuring: takes down the load average and
+    /// returns the time it took.
+    pub fn ended(&mut self) -> Duration {
+        self.machine.loadavg_end = super::report::loadavg();
+        self.t0.elapsed()
+    }
+}
+
+/// Makes the output directory `out` and takes down the machine, the time
+/// and the clock ticks.
+pub fn start(out: &Path) -> anyhow::Result<Start> {
+    let clk_tck = crate::cpu::clock_ticks()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(Start {
+        machine: Machine::probe(),
+        started_unix: started_unix(),
+        clk_tck,
+        t0: Instant::now(),
+    })
+}
 
 /// Seconds since the epoch, for a report's `started_unix`.
 pub fn started_unix() -> u64 {
@@ -64,18 +99,17 @@ pub fn json(out: &Path, bench: &str, report: &Value) -> anyhow::Result<PathBuf> 
 /// an error when some of the compared things gave no figure at all.
 pub fn finish(
     notes: &[String],
-    (txt, jp, png): (&Path, &Path, &Path),
+    files: &[&Path],
     elapsed: Duration,
     broken: &[&str],
 ) -> anyhow::Result<()> {
     for n in notes {
         eprintln!("note: {n}");
     }
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     eprintln!(
-        "wrote {}, {} and {} in {:.0} s",
-        txt.display(),
-        jp.display(),
-        png.display(),
+        "wrote {} in {:.0} s",
+        names.join(", "),
         elapsed.as_secs_f64()
     );
     if !broken.is_empty() {

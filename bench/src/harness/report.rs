@@ -5,23 +5,46 @@ use std::path::Path;
 
 use serde::Serialize;
 
-/// The commit the binaries come from, and whether the tree had changes.
+/// The commit the binaries come from, and whether the tree had changes
+/// (with the folders they are in, so that a reader can tell whether they
+/// touch what was measured).
 pub fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
             .output()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_string())
             .unwrap_or_default()
     };
     let head = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    if dirty {
-        format!("{head} (with uncommitted changes)")
-    } else {
-        head
+    let status = git(&["status", "--porcelain", "--untracked-files=no"]);
+    match changed_folders(&status) {
+        Some(folders) => format!("{head} (with uncommitted changes in {folders})"),
+        None => head,
     }
+}
+
+/// The folders (first two path components) of the files `git status
+/// --porcelain` lists, comma-separated; `None` when it lists none.
+pub fn changed_folders(porcelain: &str) -> Option<String> {
+    let mut folders: Vec<String> = Vec::new();
+    for line in porcelain.lines() {
+        // "XY path" or "XY old -> new"; the file as it is now is the last.
+        let Some(path) = line.get(3..).and_then(|p| p.rsplit(" -> ").next()) else {
+            continue;
+        };
+        let parts: Vec<&str> = path.trim_matches('"').split('/').collect();
+        let folder = match parts.len() {
+            1 => ".".to_string(),
+            2 => parts[0].to_string(),
+            _ => format!("{}/{}", parts[0], parts[1]),
+        };
+        if !folders.contains(&folder) {
+            folders.push(folder);
+        }
+    }
+    (!folders.is_empty()).then(|| folders.join(", "))
 }
 
 /// What the machine is, for the report.
@@ -41,6 +64,22 @@ pub struct Machine {
     pub loadavg_end: String,
     /// `git describe` of the workspace the binary was built in, if known.
     pub git: Option<String>,
+}
+
+impl Machine {
+    /// `nproc 2, kernel <release> (<cpu>), <iperf3>, load avg <start> at
+    /// start, <end> at end`, for a report's header.
+    pub fn describe(&self) -> String {
+        format!(
+            "nproc {}, kernel {} ({}), {}, load avg {} at start, {} at end",
+            self.nproc,
+            self.kernel,
+            self.cpu_model,
+            self.iperf3,
+            self.loadavg_start,
+            self.loadavg_end,
+        )
+    }
 }
 
 /// The first line of `s`, trimmed.
@@ -163,6 +202,17 @@ pub fn failures_section(out: &mut String, failures: impl Iterator<Item = String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_folders_of_a_status() {
+        assert_eq!(changed_folders(""), None);
+        let st = " M tests/fuzz/Cargo.toml\n M tests/fuzz/bodies.rs\nM  bench/src/lib.rs\n\
+                  R  a/b/c.rs -> d/e/f.rs\n M Cargo.lock\n";
+        assert_eq!(
+            changed_folders(st).as_deref(),
+            Some("tests/fuzz, bench/src, d/e, .")
+        );
+    }
 
     #[test]
     fn tables_align() {

@@ -24,6 +24,30 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// A figure of each result, in the `order` of their names: `None` where
+/// no result has the name or the result has no such figure.
+pub fn by_name<R>(
+    order: &[&str],
+    results: &[R],
+    name: impl Fn(&R) -> &str,
+    get: impl Fn(&R) -> Option<f64>,
+) -> Vec<Option<f64>> {
+    order
+        .iter()
+        .map(|n| results.iter().find(|r| name(r) == *n).and_then(&get))
+        .collect()
+}
+
+/// `{name: value}` for the names in `order` and the values of `v`: the
+/// per-path part of a figure in a JSON summary.
+pub fn named(order: &[&str], v: &[Option<f64>]) -> serde_json::Map<String, serde_json::Value> {
+    order
+        .iter()
+        .zip(v)
+        .map(|(n, x)| ((*n).to_string(), serde_json::json!(x)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,6 +59,18 @@ mod tests {
         assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median([4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median([f64::NAN, 1.0]), Some(1.0));
+    }
+
+    #[test]
+    fn figures_by_name() {
+        let results = [("b", Some(2.0)), ("a", None), ("c", Some(3.0))];
+        let v = by_name(&["a", "b", "x"], &results, |r| r.0, |r| r.1);
+        assert_eq!(v, [None, Some(2.0), None]);
+        let m = named(&["a", "b", "x"], &v);
+        assert_eq!(
+            serde_json::Value::Object(m),
+            serde_json::json!({"a": null, "b": 2.0, "x": null})
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ use crate::harness::chart::Panel;
 use crate::harness::report::{
     append_log, command_line, failures_section, format_table, loadavg, Machine,
 };
-use crate::harness::stats::{median, ratio};
+use crate::harness::stats::{by_name, median, named, ratio};
 use crate::harness::{daemon, output};
 use crate::iperf::{self, Mode};
 
@@ -354,7 +354,7 @@ pub fn run_mesh(args: MeshArgs) -> anyhow::Result<()> {
         .filter(|r| s.wants(r.name) && r.no_data())
         .map(|r| r.name)
         .collect();
-    output::finish(&notes, (&txt, &jp, &png), elapsed, &broken)
+    output::finish(&notes, &[&txt, &jp, &png], elapsed, &broken)
 }
 
 #[cfg(test)]

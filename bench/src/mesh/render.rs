@@ -5,10 +5,7 @@ use super::*;
 
 /// The value of a metric per system, in [`SYSTEMS`] order.
 pub(crate) fn row(m: &Metric, results: &[SystemResult]) -> Vec<Option<f64>> {
-    SYSTEMS
-        .iter()
-        .map(|name| results.iter().find(|r| r.name == *name).and_then(m.get))
-        .collect()
+    by_name(&SYSTEMS, results, |r| r.name, m.get)
 }
 
 /// The value of system `name` in a row.
@@ -122,10 +119,7 @@ pub(crate) fn summary(results: &[SystemResult]) -> Value {
     let mut map = serde_json::Map::new();
     for m in &METRICS {
         let v = row(m, results);
-        let mut e = serde_json::Map::new();
-        for (p, x) in SYSTEMS.iter().zip(&v) {
-            e.insert((*p).into(), json!(x));
-        }
+        let mut e = named(&SYSTEMS, &v);
         if m.ratio {
             for vx in VXMESH {
                 for b in BASELINES {

@@ -3,33 +3,6 @@
 
 use super::*;
 
-/// `pings` echo requests from h1 to `dst` at [`PING_INTERVAL`].
-pub(crate) fn ping_rep(tb: &Testbed, dst: Ipv4Addr, pings: u32, round: u32) -> PingRep {
-    let timeout = PING_INTERVAL * pings + Duration::from_secs(15);
-    match icmp_ping(tb, "h1", dst, pings, PING_INTERVAL, timeout) {
-        Ok(p) => PingRep {
-            rep: round,
-            error: (p.received == 0).then(|| "no reply".to_string()),
-            sent: p.sent,
-            received: p.received,
-            p50_us: p.p50(),
-            p99_us: p.p99(),
-            avg_us: p.avg(),
-            rtt_us: p.rtt_us,
-        },
-        Err(e) => PingRep {
-            rep: round,
-            error: Some(e.to_string()),
-            sent: 0,
-            received: 0,
-            p50_us: None,
-            p99_us: None,
-            avg_us: None,
-            rtt_us: Vec::new(),
-        },
-    }
-}
-
 /// The busy-poll budget of the extra vxmesh pings: above the 1 ms ping
 /// interval, so that the lanes are still polling when the next echo comes.
 pub const BUSY_POLL_PING_US: u64 = 2000;
@@ -90,23 +63,10 @@ impl Ctx<'_> {
         watch: &[u32],
     ) {
         let (name, dst, s) = (r.name, r.dst, self.s);
-        if let Err(e) = reachable(tb, dst) {
-            r.fail(round, format!("{e:#}"));
-            return;
+        match reach_and_ping(tb, name, dst, s.pings, (round, s.reps)) {
+            Ok(p) => r.ping.push(p),
+            Err(e) => return r.fail(round, e),
         }
-        let p = ping_rep(tb, dst, s.pings, round);
-        eprintln!(
-            "[{name}] ping {round}/{}: {}/{} replies, p50 {} µs, p99 {} µs{}",
-            s.reps,
-            p.received,
-            p.sent,
-            p.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
-            p.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
-            p.error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" ERROR {e}")),
-        );
-        r.ping.push(p);
         if name == "kernel" {
             self.paced_bps = None;
         }
@@ -125,7 +85,7 @@ impl Ctx<'_> {
             }
             let res = self.iperf(tb, dst, &t.mode, watch);
             let line = match &res {
-                Ok(o) => describe(o),
+                Ok(o) => describe(o, "vxmeshd"),
                 Err(e) => format!("ERROR {e:#}"),
             };
             eprintln!("[{name}] {} {round}/{}: {line}", spec.label, s.reps);
@@ -133,18 +93,7 @@ impl Ctx<'_> {
                 // iperf3's -b counts payload bits.
                 self.paced_bps = o.figures.rx_pps.map(|pps| pps * 64.0 * 8.0);
             }
-            t.reps.push(match res {
-                Ok(o) => Rep {
-                    rep: round,
-                    error: None,
-                    outcome: Some(o),
-                },
-                Err(e) => Rep {
-                    rep: round,
-                    error: Some(format!("{e:#}")),
-                    outcome: None,
-                },
-            });
+            t.reps.push(Rep::new(round, res));
         }
     }
 }
@@ -163,7 +112,11 @@ impl Ctx<'_> {
                 let o = self.iperf(tb, dst, &spec.mode(&s.udp_rate), watch)?;
                 let data = rec.finish()?;
                 let text = profile::report(&data)?;
-                Ok(CpuProfile::from_report(spec.label, describe(&o), &text))
+                Ok(CpuProfile::from_report(
+                    spec.label,
+                    describe(&o, "vxmeshd"),
+                    &text,
+                ))
             });
             let _ = std::fs::remove_file(&data);
             match res {
@@ -276,21 +229,6 @@ pub(crate) fn busy_poll_pings(
         ping,
         vxmeshd_cpu_percent: daemons_s.map(|c| 100.0 * c / wall),
     })
-}
-
-/// What the daemons say about themselves (`vxmesh --json status`), if the
-/// CLI is next to vxmeshd.
-pub(crate) fn daemon_status(tb: &Testbed, cli: &Path, h: &str, sock: &Path) -> Value {
-    if !cli.is_file() {
-        return Value::Null;
-    }
-    let (Some(cli), Some(sock)) = (cli.to_str(), sock.to_str()) else {
-        return Value::Null;
-    };
-    match run(tb, h, &[cli, "--socket", sock, "--json", "status"]) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        Err(e) => Value::String(format!("{e:#}")),
-    }
 }
 
 /// Builds the testbed and measures every path, in rounds: each round

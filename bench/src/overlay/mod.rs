@@ -20,11 +20,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
-use vxmesh_netns::{icmp_ping, require_root, workspace_bin, Proc, Testbed};
+use vxmesh_netns::{require_root, workspace_bin, Proc, Testbed};
 
 use crate::harness::chart::{self, Panel};
-use crate::harness::report::{append_log, failures_section, format_table, loadavg, Machine};
-use crate::harness::stats::{median, ratio};
+use crate::harness::report::{append_log, failures_section, format_table, Machine};
+use crate::harness::runs::{
+    daemon_status, describe, gbits, offloads, ping_median, ping_rep, reach_and_ping, rep_median,
+    PingRep, Rep, RoundArgs, CMD_TIMEOUT, PING_INTERVAL,
+};
+use crate::harness::stats::{by_name, median, named, ratio};
 use crate::harness::{daemon, output};
 use crate::iperf::{self, Mode, Outcome};
 use crate::profile::{self, kind, CpuProfile, PathProfile, WakeProfile};
@@ -37,14 +41,10 @@ const OV: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 9, 1), Ipv4Addr::new(10, 0, 9, 2
 const UNDERLAY_MTU: u32 = 1500;
 /// The paths, in table order.
 pub const PATHS: [&str; 4] = ["underlay", "kernel", "kernel-nooffload", "vxmesh"];
-/// Bound on setup commands (`ip`, `bridge`, `ethtool`, `vxmesh status`).
-const CMD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long vxmeshd gets to send READY=1.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between two runs, so one's tail does not overlap the next.
 const SETTLE: Duration = Duration::from_millis(500);
-/// Interval of the latency pings.
-const PING_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The cluster file for the two hosts: `config/lab.toml` without h3.
 pub const CLUSTER: &str = vxmesh_netns::fixtures::TWO_HOSTS;
@@ -52,17 +52,9 @@ pub const CLUSTER: &str = vxmesh_netns::fixtures::TWO_HOSTS;
 /// Arguments of `vxmesh-bench overlay`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OverlayArgs {
-    /// Seconds of each iperf3 run [default: 10; 2 with --quick].
-    #[arg(long)]
-    pub secs: Option<u32>,
-    /// Repetitions of each measurement; the table shows the median
-    /// [default: 3; 1 with --quick].
-    #[arg(long)]
-    pub reps: Option<u32>,
-    /// Pings (at 1 ms intervals) per repetition [default: 1000; 200 with
-    /// --quick].
-    #[arg(long)]
-    pub pings: Option<u32>,
+    /// Seconds, repetitions, pings, --quick.
+    #[command(flatten)]
+    pub rounds: RoundArgs,
     /// Offered rate of the UDP runs (iperf3 -b): above what any path
     /// carries, so the figure is what the receiver got.
     #[arg(long, default_value = "2G")]
@@ -71,9 +63,6 @@ pub struct OverlayArgs {
     /// logs.
     #[arg(long, default_value = "bench/out")]
     pub out: PathBuf,
-    /// Smoke run: 2 s runs, 1 repetition, 200 pings.
-    #[arg(long)]
-    pub quick: bool,
     /// vxmeshd's `[settings] queues` (workers per side) [default: the
     /// daemon's, one per CPU].
     #[arg(long)]
@@ -112,11 +101,11 @@ pub struct Settings {
 impl Settings {
     /// Resolves defaults: explicit values win over `--quick`.
     pub fn from_args(a: &OverlayArgs) -> Settings {
-        let (secs, reps, pings) = if a.quick { (2, 1, 200) } else { (10, 3, 1000) };
+        let (secs, reps, pings) = a.rounds.resolve();
         Settings {
-            secs: a.secs.unwrap_or(secs).max(1),
-            reps: a.reps.unwrap_or(reps).max(1),
-            pings: a.pings.unwrap_or(pings).max(1),
+            secs,
+            reps,
+            pings,
             udp_rate: a.udp_rate.clone(),
             out: a.out.clone(),
             queues: a.queues,
@@ -193,10 +182,8 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
     }
     // Panics with a clear message when missing, before any namespace exists.
     let vxmeshd = workspace_bin("vxmeshd");
-    let clk_tck = crate::cpu::clock_ticks()?;
-    std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
-    let mut machine = Machine::probe();
-    let started = output::started_unix();
+    let mut start = output::start(&s.out)?;
+    let clk_tck = start.clk_tck;
     eprintln!(
         "vxmesh-bench overlay: {} s runs, {} rep(s), {} pings; about {} min; vxmeshd {}",
         s.secs,
@@ -205,12 +192,11 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
         s.estimate().as_secs().div_ceil(60),
         vxmeshd.display()
     );
-    let t0 = Instant::now();
     let results = measure_all(&s, clk_tck, &vxmeshd, &mut notes)?;
-    machine.loadavg_end = loadavg();
-    let elapsed = t0.elapsed();
+    let elapsed = start.ended();
+    let machine = &start.machine;
 
-    let text = table(&s, &machine, &results);
+    let text = table(&s, machine, &results);
     let txt = output::table(&s.out, "overlay", &text)?;
 
     let profiled: Vec<(&str, &PathProfile)> = results
@@ -236,7 +222,7 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
     )?;
     let report = json!({
         "bench": "overlay",
-        "started_unix": started,
+        "started_unix": start.started_unix,
         "elapsed_s": elapsed.as_secs_f64(),
         "machine": machine,
         "settings": s,
@@ -251,7 +237,7 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
         .filter(|r| r.no_data())
         .map(|r| r.name)
         .collect();
-    output::finish(&notes, (&txt, &jp, &png), elapsed, &broken)
+    output::finish(&notes, &[&txt, &jp, &png], elapsed, &broken)
 }
 
 #[cfg(test)]

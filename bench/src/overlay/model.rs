@@ -68,19 +68,6 @@ impl TestSpec {
     }
 }
 
-/// One repetition of an iperf3 run: its outcome or why it failed.
-#[derive(Debug, Serialize)]
-pub struct Rep {
-    /// 1-based repetition number.
-    pub rep: u32,
-    /// The error, when the run failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The outcome, when it succeeded.
-    #[serde(flatten)]
-    pub outcome: Option<Outcome>,
-}
-
 /// All repetitions of one kind of run on one path.
 #[derive(Debug, Serialize)]
 pub struct TestResult {
@@ -92,28 +79,6 @@ pub struct TestResult {
     pub secs: u32,
     /// The repetitions.
     pub reps: Vec<Rep>,
-}
-
-/// One repetition of the latency pings.
-#[derive(Debug, Serialize)]
-pub struct PingRep {
-    /// 1-based repetition number.
-    pub rep: u32,
-    /// The error, when ping could not run or its output was not understood.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Echo requests sent.
-    pub sent: u32,
-    /// Replies received.
-    pub received: u32,
-    /// Median RTT, µs.
-    pub p50_us: Option<f64>,
-    /// 99th percentile RTT, µs.
-    pub p99_us: Option<f64>,
-    /// Mean RTT, µs.
-    pub avg_us: Option<f64>,
-    /// Every RTT, µs, in arrival order.
-    pub rtt_us: Vec<f64>,
 }
 
 /// Everything measured on one path.
@@ -181,17 +146,12 @@ impl PathResult {
     /// Median over the successful repetitions of run `key` of `f`.
     pub(crate) fn med(&self, key: &str, f: impl Fn(&Outcome) -> Option<f64>) -> Option<f64> {
         let t = self.tests.iter().find(|t| t.key == key)?;
-        median(
-            t.reps
-                .iter()
-                .filter_map(|r| r.outcome.as_ref())
-                .filter_map(f),
-        )
+        rep_median(&t.reps, f)
     }
 
     /// Median over the ping repetitions of `f`.
     pub(crate) fn ping_med(&self, f: impl Fn(&PingRep) -> Option<f64>) -> Option<f64> {
-        median(self.ping.iter().filter(|p| p.error.is_none()).filter_map(f))
+        ping_median(&self.ping, f)
     }
 
     /// Every failed repetition, as text.
@@ -215,11 +175,6 @@ impl PathResult {
         }
         v
     }
-}
-
-/// Gbit received in a run (10^9 bits).
-pub(crate) fn gbits(o: &Outcome) -> f64 {
-    o.figures.bytes as f64 * 8.0 / 1e9
 }
 
 /// One row of the table.

@@ -3,41 +3,6 @@
 
 use super::*;
 
-/// A one-line summary of a run for the progress log.
-pub(crate) fn describe(o: &Outcome) -> String {
-    let f = &o.figures;
-    let mut s = format!("{:.2} Gbit/s", f.gbit_per_s);
-    if let (Some(pps), Some(loss)) = (f.rx_pps, f.lost_percent) {
-        let _ = write!(s, ", {:.1} kpps received, {loss:.1} % lost", pps / 1e3);
-    }
-    let _ = write!(s, ", machine CPU {:.1} s", o.host_cpu_s);
-    if let Some(c) = o.watched_cpu_s {
-        let _ = write!(s, ", vxmeshd CPU {c:.1} s");
-    }
-    s
-}
-
-/// Pings `dst` from h1 until a reply comes (ARP, a daemon's first packets),
-/// up to about 10 s.
-pub(crate) fn reachable(tb: &Testbed, dst: Ipv4Addr) -> anyhow::Result<()> {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let p = icmp_ping(
-            tb,
-            "h1",
-            dst,
-            5,
-            Duration::from_millis(200),
-            Duration::from_secs(5),
-        )?;
-        if p.received > 0 {
-            return Ok(());
-        }
-        last = format!("{}/{} replies", p.received, p.sent);
-    }
-    bail!("h1 cannot ping {dst} ({last})")
-}
-
 /// Runs a bounded command in a host and returns its stdout.
 pub(crate) fn run(tb: &Testbed, ns: &str, args: &[&str]) -> anyhow::Result<String> {
     daemon::run(tb, ns, args, CMD_TIMEOUT)
@@ -82,26 +47,6 @@ pub(crate) fn kernel_up(tb: &Testbed) -> anyhow::Result<serde_json::Map<String, 
         offloads(tb, "h1", "vxk0")?.into(),
     );
     Ok(setup)
-}
-
-/// The segmentation and receive offload lines of `ethtool -k dev`.
-pub(crate) fn offloads(tb: &Testbed, ns: &str, dev: &str) -> anyhow::Result<String> {
-    let text = run(tb, ns, &["ethtool", "-k", dev])?;
-    Ok(text
-        .lines()
-        .filter(|l| {
-            [
-                "tcp-segmentation-offload:",
-                "generic-segmentation-offload:",
-                "generic-receive-offload:",
-                "tx-checksumming:",
-            ]
-            .iter()
-            .any(|k| l.starts_with(k))
-        })
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; "))
 }
 
 /// `ethtool -K vxk0 tso off gso off gro off` in both hosts.

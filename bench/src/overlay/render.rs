@@ -5,10 +5,7 @@ use super::*;
 
 /// The value of a metric per path, in [`PATHS`] order.
 pub(crate) fn row(m: &Metric, results: &[PathResult]) -> Vec<Option<f64>> {
-    PATHS
-        .iter()
-        .map(|name| results.iter().find(|r| r.name == *name).and_then(m.get))
-        .collect()
+    by_name(&PATHS, results, |r| r.name, m.get)
 }
 
 /// vxmesh/kernel and vxmesh/kernel-nooffload of a row.
@@ -79,13 +76,8 @@ pub(crate) fn table(s: &Settings, machine: &Machine, results: &[PathResult]) -> 
     );
     let _ = writeln!(
         out,
-        "machine: nproc {}, kernel {} ({}), {}, load avg {} at start, {} at end{}",
-        machine.nproc,
-        machine.kernel,
-        machine.cpu_model,
-        machine.iperf3,
-        machine.loadavg_start,
-        machine.loadavg_end,
+        "machine: {}{}",
+        machine.describe(),
         machine
             .git
             .as_ref()
@@ -125,10 +117,7 @@ pub(crate) fn summary(results: &[PathResult]) -> Value {
     let mut map = serde_json::Map::new();
     for m in &METRICS {
         let v = row(m, results);
-        let mut e = serde_json::Map::new();
-        for (p, x) in PATHS.iter().zip(&v) {
-            e.insert((*p).into(), json!(x));
-        }
+        let mut e = named(&PATHS, &v);
         let [k, kn] = ratios(m, &v);
         e.insert("vxmesh/kernel".into(), json!(k));
         e.insert("vxmesh/kernel-nooffload".into(), json!(kn));

@@ -2,12 +2,12 @@ use super::*;
 
 fn args(quick: bool) -> OverlayArgs {
     OverlayArgs {
-        secs: None,
-        reps: None,
-        pings: None,
+        rounds: RoundArgs {
+            quick,
+            ..Default::default()
+        },
         udp_rate: "2G".into(),
         out: "x".into(),
-        quick,
         queues: None,
         busy_poll_us: None,
         no_profile: false,
@@ -38,10 +38,8 @@ fn quick_and_explicit_settings() {
     assert_eq!((s.secs, s.reps, s.pings), (10, 3, 1000));
     let s = Settings::from_args(&args(true));
     assert_eq!((s.secs, s.reps, s.pings), (2, 1, 200));
-    let a = OverlayArgs {
-        secs: Some(5),
-        ..args(true)
-    };
+    let mut a = args(true);
+    a.rounds.secs = Some(5);
     assert_eq!(Settings::from_args(&a).secs, 5);
 }
 
@@ -53,24 +51,6 @@ fn cluster_file_has_two_nodes_on_the_bench_addresses() {
     assert!(CLUSTER.contains("198.18.0.1") && CLUSTER.contains("198.18.0.2"));
     assert!(CLUSTER.contains("vni = 4096") && CLUSTER.contains("10.0.9.0/24"));
     assert!(!CLUSTER.contains("name = \"h3\""));
-}
-
-fn outcome(gbit: f64, pps: Option<f64>) -> Outcome {
-    Outcome {
-        figures: iperf::Figures {
-            bytes: (gbit * 1e9 / 8.0 * 10.0) as u64,
-            seconds: 10.0,
-            gbit_per_s: gbit,
-            packets: pps.map(|p| (p * 10.0) as u64),
-            lost_packets: pps.map(|_| 0),
-            lost_percent: pps.map(|_| 0.0),
-            rx_pps: pps,
-        },
-        wall_s: 10.0,
-        host_cpu_s: 10.0,
-        watched_cpu_s: None,
-        iperf3_end: Value::Null,
-    }
 }
 
 fn path(name: &'static str, gbit: [f64; 3]) -> PathResult {
@@ -85,7 +65,7 @@ fn path(name: &'static str, gbit: [f64; 3]) -> PathResult {
             .map(|(i, g)| Rep {
                 rep: i as u32 + 1,
                 error: None,
-                outcome: Some(outcome(*g, None)),
+                outcome: Some(iperf::test_outcome(*g, None, 10.0)),
             })
             .chain(std::iter::once(Rep {
                 rep: 4,
