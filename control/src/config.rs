@@ -451,4 +451,22 @@ ip = "10.0.9.1"
         let errs = parse(Path::new("t"), &fast).unwrap_err().to_string();
         assert!(errs.contains("rekey_seconds must be 1 to 86400"), "{errs}");
     }
+
+    #[test]
+    fn the_relay_port_cannot_be_published() {
+        let text = format!(
+            "[settings]\nmesh_relay_port = 8080\n{BASE}{}",
+            svc(
+                "web",
+                "tasks = [\"10.0.9.1\"]\nports = [{ published = 8080, target = 80 }]"
+            )
+        );
+        let errs = parse(Path::new("t"), &text).unwrap_err().to_string();
+        assert!(
+            errs.contains("mesh_relay_port 8080 is published by service `web`"),
+            "{errs}"
+        );
+        let off = text.replace("mesh_relay_port = 8080", "mesh_relay_port = 0");
+        assert!(parse(Path::new("t"), &off).is_ok());
+    }
 }

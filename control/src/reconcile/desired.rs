@@ -324,6 +324,40 @@ ports = [{ published = 9090, target = 90 }]
     }
 
     #[test]
+    fn tasks_on_other_nodes_go_through_their_relay_which_serves_only_its_own() {
+        let c = cluster();
+        let h1 = mesh_desired(&c, "h1");
+        let relay = |n: u8| SocketAddr::new(Ipv4Addr::new(198, 18, 0, n).into(), 7950);
+        assert_eq!(
+            h1[0].relays,
+            HashMap::from([(ip("10.0.9.2"), relay(2))]),
+            "h1's own task is reached directly"
+        );
+        let (at, policy) = relay_policy(&c, "h2");
+        assert_eq!(at, Some(relay(2)));
+        assert_eq!(
+            policy.targets,
+            HashSet::from([
+                SocketAddrV4::new(ip("10.0.9.2"), 80),
+                SocketAddrV4::new(ip("10.0.9.2"), 90)
+            ])
+        );
+        assert_eq!(
+            policy.peers,
+            HashSet::from([ip("198.18.0.1"), ip("198.18.0.3")])
+        );
+        // Off, and never for an encrypted network.
+        let mut off = c.clone();
+        off.settings.mesh_relay_port = 0;
+        assert!(mesh_desired(&off, "h1")[0].relays.is_empty());
+        assert_eq!(relay_policy(&off, "h2").0, None);
+        let mut sealed = c.clone();
+        sealed.networks[0].encrypted = true;
+        assert!(mesh_desired(&sealed, "h1")[0].relays.is_empty());
+        assert!(relay_policy(&sealed, "h2").1.targets.is_empty());
+    }
+
+    #[test]
     fn each_member_serves_its_networks_zone_with_names_and_vips() {
         let c = cluster();
         let zones = dns_zones(&c, "h3");
