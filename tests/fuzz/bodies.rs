@@ -34,11 +34,15 @@ use vxmesh_dataplane::overlay::{
 use vxmesh_dataplane::wire::{arp, proxy_v2, MacAddr};
 
 // The offload paths, in files of their own: the USO and TSO cuts and TAP
-// reads with a virtio-net header (`cut.rs`), GRO (`gro.rs`).
+// reads with a virtio-net header (`cut.rs`), GRO (`gro.rs`); and encrypted
+// networks, sealed datagrams and handshake messages (`crypto.rs`).
+#[path = "bodies/crypto.rs"]
+pub mod crypto;
 #[path = "bodies/cut.rs"]
 mod cut;
 #[path = "bodies/gro.rs"]
 mod gro_runs;
+pub use crypto::{handshake, sealed_datagram};
 pub use cut::{udp_gso, virtio_hdr};
 pub use gro_runs::gro;
 
@@ -60,6 +64,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("gro", gro),
     ("udp_gso", udp_gso),
     ("virtio_hdr", virtio_hdr),
+    ("sealed_datagram", sealed_datagram),
+    ("handshake", handshake),
 ];
 
 /// What the pipeline segments into (`dataplane/src/overlay/path.rs`).

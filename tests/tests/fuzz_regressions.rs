@@ -116,6 +116,16 @@ fn virtio_hdr() {
     replay("virtio_hdr");
 }
 
+#[test]
+fn sealed_datagram() {
+    replay("sealed_datagram");
+}
+
+#[test]
+fn handshake() {
+    replay("handshake");
+}
+
 /// A target added to `tests/fuzz/Cargo.toml` gets a replay here too.
 #[test]
 fn every_fuzz_target_is_replayed() {

@@ -18,15 +18,30 @@
 //! - for the admin API, the requests the `vxmesh` CLI sends (see
 //!   `control/src/bin/vxmesh.rs`), each as a method byte, the target, a
 //!   newline and the body.
+//! - for the encrypted-network targets (`sealed_datagram`, `handshake`),
+//!   the handshake messages and sealed datagrams of sessions made here, in
+//!   memory, between the fuzz bodies' nodes (`bodies::crypto`, fixed node
+//!   keys). Their ephemeral keys are random, so these seeds are the one
+//!   exception: they differ on every run, and are written only into a
+//!   corpus directory that is not there yet (remove it for new ones).
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use etherparse::PacketBuilder;
+use vxmesh_dataplane::crypto::wire::{DATA_OVERHEAD, INITIATION_LEN, RESPONSE_LEN};
 use vxmesh_dataplane::offload::csum::{fold, sum};
+use vxmesh_dataplane::offload::{gso, virtio};
 use vxmesh_dataplane::wire::proxy_v2::{self, Transport};
 use vxmesh_dataplane::wire::vxlan::{self, testdata};
-use vxmesh_dataplane::offload::{gso, virtio};
+
+// The fuzz bodies, for the nodes and sessions of the encrypted-network
+// targets: the seeds are made with the very keys the bodies use.
+#[allow(dead_code)]
+#[path = "../bodies.rs"]
+mod bodies;
 
 const MAC_H1: [u8; 6] = [0x02, 0x42, 10, 0, 9, 1];
 const MAC_H2: [u8; 6] = [0x02, 0x42, 10, 0, 9, 2];
@@ -38,6 +53,11 @@ const IP6_B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const VNI_FRONT: u32 = 4096;
 const VNI_BACK: u32 = 4097;
 const VNI_TINY: u32 = 4098;
+
+/// The nodes of the encrypted-network bodies (and a stranger).
+const IP_NODE1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const IP_NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const IP_NODE3: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 
 /// A VXLAN datagram from a kernel capture: outer IPv4 and UDP removed.
 fn captured(datagram: &[u8]) -> Vec<u8> {
@@ -794,10 +814,158 @@ fn main() {
         fs::write(fuzz.join("corpus").join(&target).join(&name), bytes).expect("write seed");
         count += 1;
     }
+    // The encrypted-network targets: written only where there are none
+    // yet, since they differ on every run (see the top of this file).
+    for (target, list) in [
+        ("sealed_datagram", sealed_seeds()),
+        ("handshake", handshake_seeds()),
+    ] {
+        let dir = fuzz.join("corpus").join(target);
+        if dir.exists() {
+            println!(
+                "kept the seeds in {} (remove it for new ones)",
+                dir.display()
+            );
+            continue;
+        }
+        fs::create_dir_all(&dir).expect("corpus directory");
+        for (name, bytes) in list {
+            fs::write(dir.join(name), bytes).expect("write seed");
+            count += 1;
+        }
+    }
     println!(
         "wrote {count} seeds under {}",
         fuzz.join("corpus").display()
     );
+}
+
+/// A frame of node 1's workload 10.0.9.1 for node 2's 10.0.9.2: `frame`
+/// (built the other way round) with its Ethernet and IPv4 addresses
+/// swapped, which leaves both checksums as they were (the sums do not
+/// depend on the order of the words).
+fn from_h1(mut frame: Vec<u8>) -> Vec<u8> {
+    let (dst, src) = frame.split_at_mut(6);
+    dst.swap_with_slice(&mut src[..6]);
+    if frame[12..14] == [0x08, 0x00] {
+        let (a, b) = frame[26..34].split_at_mut(4);
+        a.swap_with_slice(b);
+    }
+    frame
+}
+
+fn flipped(d: &[u8], at: usize, bit: u8) -> Vec<u8> {
+    let mut d = d.to_vec();
+    d[at] ^= bit;
+    d
+}
+
+/// `sealed_datagram`: VXLAN datagrams from node 1 (the body seals each as
+/// it is; these reach node 2's TAP), datagrams sealed by node 1 over a
+/// session made here (in the fuzzer they find no session, but have the
+/// layout), damaged copies of them, and an initiation (queued for the key
+/// manager).
+fn sealed_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let pair = bodies::crypto::sealed_pair();
+    let icmp = captured(testdata::KERNEL_ICMP_DATAGRAM);
+    let arp = captured(testdata::KERNEL_ARP_REQUEST_DATAGRAM);
+    let sealed_icmp = pair.seal(&icmp);
+    let last = sealed_icmp.len() - 1;
+    let keepalive = pair.seal(&[]);
+    let (_, mut m1) = bodies::crypto::key_manager(1, 2);
+    let mut out = Vec::new();
+    m1.tick(Instant::now(), &mut out);
+    let initiation = bodies::crypto::only(out, IP_NODE2, INITIATION_LEN, "an initiation");
+    vec![
+        ("kernel-icmp-echo.vxlan", icmp.clone()),
+        ("kernel-arp-request.vxlan", arp.clone()),
+        (
+            "udp-partial-csum.vxlan",
+            vxlan(VNI_FRONT, &from_h1(partial(udp_v4(64)))),
+        ),
+        (
+            "tcp-super-frame-mtu1450.vxlan",
+            vxlan(VNI_FRONT, &from_h1(partial(tcp_v4(false, 3000)))),
+        ),
+        (
+            "tcp-super-frame-tiny.vxlan",
+            vxlan(VNI_TINY, &from_h1(tcp_v4(false, 200))),
+        ),
+        // The source MAC of 10.0.9.2, which lives on node 2 itself.
+        ("spoofed-mac.vxlan", vxlan(VNI_FRONT, &tcp_v4(false, 40))),
+        ("unknown-vni.vxlan", vxlan(VNI_BACK, &from_h1(udp_v4(20)))),
+        ("sealed-icmp.bin", sealed_icmp.clone()),
+        ("sealed-arp.bin", pair.seal(&arp)),
+        ("sealed-keepalive.bin", keepalive.clone()),
+        ("sealed-truncated.bin", sealed_icmp[..last].to_vec()),
+        ("sealed-header-only.bin", sealed_icmp[..16].to_vec()),
+        ("sealed-reserved-set.bin", flipped(&sealed_icmp, 1, 0x01)),
+        ("sealed-counter-flipped.bin", flipped(&sealed_icmp, 8, 0x01)),
+        ("sealed-tag-flipped.bin", flipped(&sealed_icmp, last, 0x80)),
+        (
+            "keepalive-truncated.bin",
+            keepalive[..DATA_OVERHEAD - 1].to_vec(),
+        ),
+        ("initiation.bin", initiation),
+    ]
+}
+
+/// `handshake`: node 1's initiation to node 2 (a new node 2 accepts it),
+/// node 1's response to an initiation of node 2's, and what must be
+/// refused: damaged copies of both, an initiation with a stranger's key
+/// from node 1's address, one for another node's key, a keepalive.
+fn handshake_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use bodies::crypto::{key_manager, only, sealed_pair};
+    let now = Instant::now();
+    let initiation = |me: u8, peer: u8, to: Ipv4Addr| {
+        let (_, mut m) = key_manager(me, peer);
+        let mut out = Vec::new();
+        m.tick(now, &mut out);
+        only(out, to, INITIATION_LEN, "an initiation")
+    };
+    let init = initiation(1, 2, IP_NODE2);
+    let init2 = initiation(2, 1, IP_NODE1);
+    let (_, mut m1) = key_manager(1, 2);
+    let mut out = Vec::new();
+    m1.handshake(IP_NODE2, &init2, now, &mut out)
+        .expect("node 1 answers node 2");
+    let resp = only(out, IP_NODE2, RESPONSE_LEN, "node 1's response");
+    vec![
+        ("initiation.bin", init.clone()),
+        ("initiation-other-index.bin", flipped(&init, 4, 0x01)),
+        ("initiation-reserved-set.bin", flipped(&init, 2, 0x01)),
+        (
+            "initiation-ephemeral-flipped.bin",
+            flipped(&init, 8 + 5, 0x01),
+        ),
+        (
+            "initiation-static-flipped.bin",
+            flipped(&init, 8 + 40, 0x01),
+        ),
+        (
+            "initiation-payload-flipped.bin",
+            flipped(&init, 8 + 90, 0x01),
+        ),
+        (
+            "initiation-truncated.bin",
+            init[..INITIATION_LEN - 1].to_vec(),
+        ),
+        ("initiation-extended.bin", [&init[..], &[0]].concat()),
+        ("initiation-wrong-key.bin", initiation(3, 2, IP_NODE2)),
+        ("initiation-for-node3.bin", initiation(1, 3, IP_NODE3)),
+        ("response.bin", resp.clone()),
+        ("response-reserved-set.bin", flipped(&resp, 1, 0x01)),
+        (
+            "response-ephemeral-flipped.bin",
+            flipped(&resp, 12 + 3, 0x01),
+        ),
+        (
+            "response-tag-flipped.bin",
+            flipped(&resp, RESPONSE_LEN - 1, 0x01),
+        ),
+        ("response-truncated.bin", resp[..RESPONSE_LEN - 1].to_vec()),
+        ("keepalive.bin", sealed_pair().seal(&[])),
+    ]
 }
 
 fn dns_seeds() -> Vec<(&'static str, Vec<u8>)> {
