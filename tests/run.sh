@@ -15,11 +15,13 @@ fi
 
 . tests/deps.sh
 # wireguard-go and wg: the userspace WireGuard reference of `vxmesh-bench
-# encryption` and its smoke test (this kernel has no WireGuard module).
+# encryption` and its smoke test (this kernel has no WireGuard module); wrk
+# and haproxy: the load generator and a reference of `vxmesh-bench mesh`.
 install_missing systemd-analyze:systemd ip:iproute2 bridge:iproute2 ping:iputils-ping \
     iperf3:iperf3 ethtool:ethtool ss:iproute2 sysctl:procps python3:python3 \
     etcd:etcd-server protoc:protobuf-compiler perf:linux-perf nft:nftables \
-    openssl:openssl unshare:util-linux wireguard-go:wireguard-go wg:wireguard-tools
+    openssl:openssl unshare:util-linux wireguard-go:wireguard-go wg:wireguard-tools \
+    wrk:wrk haproxy:haproxy
 # Real container runtimes for the container tests (tests/tests/containers.rs):
 # Debian's dockerd and podman (CNI backend), busybox for the image.
 install_missing_no_recommends dockerd:docker.io podman:podman runc:runc \

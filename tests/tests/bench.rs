@@ -4,7 +4,7 @@
 //! here (speed is measured in `bench/`, never in tests): the test checks
 //! that it measures every path, profiles the kernel's vxlan and vxmesh,
 //! writes its table, JSON, chart and profile, and removes its namespaces.
-//! `containers` and `encryption` follow, each in miniature too.
+//! `containers`, `encryption` and `mesh` follow, each in miniature too.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -259,4 +259,69 @@ fn encryption_benchmark_measures_plain_encrypted_and_wireguard_and_writes_its_re
         })
         .unwrap_or_default();
     assert!(sockets.is_empty(), "wireguard-go sockets left: {sockets:?}");
+}
+
+/// `vxmesh-bench mesh` in miniature (1 s runs, one round, no warm-up) on
+/// the systems that share the overlay's port and addresses: nft's DNAT over
+/// the kernel's vxlan, and the mesh as deployed (the relay) and without the
+/// relay. Each serves every run; the deployed mesh sends its connections
+/// through the task nodes' relays and the other does not; the goals are
+/// reported; the testbed is gone. Figures are not judged.
+#[test]
+fn mesh_benchmark_measures_nft_over_the_kernel_vxlan_and_the_mesh_with_and_without_the_relay() {
+    let names = ["nft-overlay", "vxmesh-overlay-norelay", "vxmesh-overlay"];
+    let systems = names.join(",");
+    let args = [
+        "mesh",
+        "--systems",
+        &systems,
+        "--secs",
+        "1",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let Some((out, stderr)) = run_bench("mesh", &args, 500) else {
+        return;
+    };
+    let j = report(&out, "mesh");
+    let all = j["systems"].as_array().expect("systems");
+    let find = |name: &str| {
+        all.iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no system {name}"))
+    };
+    for name in names {
+        let s = find(name);
+        assert_eq!(s["errors"], Value::Array(vec![]), "{name}");
+        for t in s["tests"].as_array().expect("tests") {
+            let v = t["reps"][0]["value"].as_f64().unwrap_or(0.0);
+            assert!(v > 0.0, "{name}: no figure: {t}");
+        }
+    }
+    let relayed = |name: &str| {
+        find(name)["setup"]["h1: connections relayed through the task nodes in round 1"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: no relay count"))
+    };
+    assert!(relayed("vxmesh-overlay") > 0);
+    assert_eq!(relayed("vxmesh-overlay-norelay"), 0);
+    let dev = find("nft-overlay")["setup"]["h1: ip -d link show vxk0"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(dev.contains("vxlan id 4096"), "{dev}");
+    for key in ["iperf_gbit_per_s", "keepalive_1m_mb_per_s"] {
+        let g = &j["summary"][key]["vxmesh-overlay goal"];
+        assert_eq!(g["of"], "nft-overlay", "{key}");
+        assert!(g["ratio"].as_f64().is_some(), "{key}: {g}");
+    }
+    let text = std::fs::read_to_string(out.0.join("mesh.txt")).expect("mesh.txt");
+    for want in [
+        "iperf3 TCP 1 stream, Gbit/s: vxmesh-overlay / nft-overlay",
+        "the relay, vxmesh-overlay / vxmesh-overlay-norelay",
+    ] {
+        assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    assert_testbed_gone(&stderr);
 }

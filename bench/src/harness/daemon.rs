@@ -24,7 +24,8 @@ pub fn state_dir(tb: &Testbed, host: &str) -> PathBuf {
 
 /// Writes `cluster` and starts `vxmeshd` on it in each of `hosts` (admin
 /// socket `<testbed dir>/<host>.sock`, state in [`state_dir`]), each waited
-/// for up to `ready`: (host, process, socket) in order.
+/// for up to `ready`: (host, process, socket) in order. When one fails, the
+/// ones started are stopped.
 pub fn start_daemons(
     tb: &mut Testbed,
     vxmeshd: &Path,
@@ -41,28 +42,68 @@ pub fn start_daemons(
         let sock_s = sock.to_str().context("temp path is not UTF-8")?;
         let state = state_dir(tb, h);
         let state_s = state.to_str().context("temp path is not UTF-8")?;
-        let p = tb
-            .spawn_notify(
+        let started = tb.spawn_notify(
+            h,
+            &[
+                bin,
+                "--config",
+                &cfg_s,
+                "--node",
                 h,
-                &[
-                    bin,
-                    "--config",
-                    &cfg_s,
-                    "--node",
-                    h,
-                    "--socket",
-                    sock_s,
-                    "--state-dir",
-                    state_s,
-                ],
-                &[("NO_COLOR", "1")],
-                ready,
-            )
-            .with_context(|| format!("starting vxmeshd in {h}"))?;
+                "--socket",
+                sock_s,
+                "--state-dir",
+                state_s,
+            ],
+            &[("NO_COLOR", "1")],
+            ready,
+        );
+        let p = match started {
+            Ok(p) => p,
+            Err(e) => {
+                // None of them is left running.
+                for (_, p, _) in &procs {
+                    tb.stop(p);
+                }
+                return Err(anyhow::Error::from(e).context(format!("starting vxmeshd in {h}")));
+            }
+        };
         eprintln!("[vxmesh] vxmeshd ready in {h} (pid {})", p.pid);
         procs.push((h.to_string(), p, sock));
     }
     Ok(procs)
+}
+
+/// `vxmeshd --cleanup` in each of `hosts` (daemons started by
+/// [`start_daemons`] and stopped): removes the devices the daemon leaves
+/// for its next start (its persistent TAPs, with their addresses) and its
+/// nftables tables. Every host is tried; the first error is returned.
+pub fn cleanup(tb: &Testbed, vxmeshd: &Path, hosts: &[&str]) -> anyhow::Result<()> {
+    let bin = vxmeshd.to_str().context("vxmeshd path is not UTF-8")?;
+    let results: Vec<anyhow::Result<String>> = hosts
+        .iter()
+        .map(|h| {
+            let sock = tb.dir().join(format!("{h}.sock"));
+            let state = state_dir(tb, h);
+            let (sock, state) = (
+                sock.to_str().context("temp path is not UTF-8")?,
+                state.to_str().context("temp path is not UTF-8")?,
+            );
+            let args = [
+                bin,
+                "--node",
+                h,
+                "--socket",
+                sock,
+                "--state-dir",
+                state,
+                "--cleanup",
+            ];
+            run(tb, h, &args, Duration::from_secs(10))
+                .with_context(|| format!("vxmeshd --cleanup in {h}"))
+        })
+        .collect();
+    results.into_iter().try_for_each(|r| r.map(drop))
 }
 
 /// Runs `args` in namespace `ns`, stopped after `timeout`: its stdout.

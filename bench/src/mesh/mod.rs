@@ -15,17 +15,32 @@
 //! - `nft`: nftables DNAT in h1 (`numgen random` for HTTP, `jhash ip saddr`
 //!   for iperf3, so its two connections meet one server) with masquerade,
 //!   `ip_forward=1` in h1 while it runs;
+//! - `nft-overlay`: the same rules to the tasks' overlay addresses
+//!   (`10.0.9.2`, `10.0.9.3`), reached over the kernel's vxlan between h1,
+//!   h2 and h3 (`vxk0`: VNI, port and addresses as vxmesh's `front`, static
+//!   FDB, MTU 1450; see [`crate::harness::kvxlan`]). vxmeshd binds the same
+//!   port and puts the same addresses on its TAPs, so the devices are made
+//!   for this system only, last in a round after every vxmeshd has stopped
+//!   and `vxmeshd --cleanup` has removed its TAPs (they are persistent), and
+//!   deleted after it (a failed deletion ends the benchmark); they are not
+//!   made while any address of the overlay is on a device;
 //! - `haproxy`, `haproxy-splice`: HAProxy `mode tcp` in h1 (`roundrobin` for
 //!   HTTP, `balance source` for iperf3), without and with `option
 //!   splice-auto`;
-//! - `vxmesh-underlay`: vxmeshd on h1..h3 with two services (`web`,
-//!   round-robin; `iperf`, maglev: client-address affinity) whose tasks are
-//!   h2's and h3's overlay addresses, with host routes in h1 that send those
-//!   two addresses over the underlay (`10.0.9.2/32 via 198.18.0.2`): the mesh
-//!   proxy relays exactly as HAProxy does, like for like;
-//! - `vxmesh-overlay`: the same daemons without the routes, the mesh
-//!   proxy's upstream going through h1's TAP, VXLAN, and the task host's
-//!   TAP: the full path as the mesh is meant to run.
+//! - `vxmesh-overlay`: vxmeshd on h1..h3 as deployed (the default
+//!   `mesh_relay_port`) with two services (`web`, round-robin; `iperf`,
+//!   maglev: client-address affinity) whose tasks are h2's and h3's overlay
+//!   addresses: h1 sends each connection over the underlay to the task
+//!   node's relay, which connects to the task locally;
+//! - `vxmesh-overlay-norelay`: daemons on the same cluster file with
+//!   `mesh_relay_port = 0`: the mesh proxy's upstream goes through h1's TAP,
+//!   VXLAN and the task host's TAP (the deployed path before the relay);
+//! - `vxmesh-underlay`: the `norelay` daemons with host routes in h1 that
+//!   send the tasks' two overlay addresses over the underlay (`10.0.9.2/32
+//!   via 198.18.0.2`): the mesh proxy relays exactly as HAProxy does, like
+//!   for like. It runs without the relay because with it the routes would
+//!   change nothing for the upstream (it goes to the relay's underlay
+//!   address either way), only for the health probes.
 //!
 //! Each system gets, per round, a warm-up iperf3 run (HAProxy's splice-auto
 //! takes seconds to engage) and then: iperf3 TCP 1 stream, new connections
@@ -102,20 +117,39 @@ const SYSCTLS: [&str; 2] = [
 ];
 
 /// The systems, in table order.
-pub const SYSTEMS: [&str; 6] = [
+pub const SYSTEMS: [&str; 8] = [
     "direct",
     "nft",
+    "nft-overlay",
     "haproxy",
     "haproxy-splice",
     "vxmesh-underlay",
+    "vxmesh-overlay-norelay",
     "vxmesh-overlay",
 ];
 /// Short names for the chart, in [`SYSTEMS`] order.
-const SHORT: [&str; 6] = ["direct", "nft", "haproxy", "hap+splice", "vxm-ul", "vxm-ov"];
+const SHORT: [&str; 8] = [
+    "direct",
+    "nft",
+    "nft-ov",
+    "haproxy",
+    "hap+splice",
+    "vxm-ul",
+    "vxm-ov-norelay",
+    "vxm-ov",
+];
 /// The vxmesh systems, each compared with [`BASELINES`].
-const VXMESH: [&str; 2] = ["vxmesh-underlay", "vxmesh-overlay"];
+const VXMESH: [&str; 3] = [
+    "vxmesh-underlay",
+    "vxmesh-overlay-norelay",
+    "vxmesh-overlay",
+];
+/// The mesh as deployed: the system the goals ([`Metric::goal`]) are for.
+const DEPLOYED: &str = "vxmesh-overlay";
 /// What the vxmesh figures are divided by.
-const BASELINES: [&str; 3] = ["haproxy-splice", "haproxy", "nft"];
+const BASELINES: [&str; 4] = ["haproxy-splice", "haproxy", "nft", "nft-overlay"];
+/// The kernel's vxlan device of `nft-overlay` in h1, h2 and h3.
+const KERNEL_DEV: &str = "vxk0";
 
 /// The cluster file: three nodes, the overlay `front`, two services on the
 /// tasks of h2 and h3. Probes go to the HTTP port (a bare connect to an
@@ -124,19 +158,39 @@ const BASELINES: [&str; 3] = ["haproxy-splice", "haproxy", "nft"];
 /// (clients come in through the published ports only).
 pub const CLUSTER: &str = vxmesh_netns::fixtures::MESH_BENCH;
 
-/// The nftables ruleset loaded in h1 for `nft`.
-pub const NFT_RULES: &str = r#"table ip vxbench {
-  chain pre {
-    type nat hook prerouting priority dstnat; policy accept;
-    ip daddr 198.18.0.1 tcp dport 8080 dnat to numgen random mod 2 map { 0 : 198.18.0.2, 1 : 198.18.0.3 } : 8000
-    ip daddr 198.18.0.1 tcp dport 5201 dnat to jhash ip saddr mod 2 map { 0 : 198.18.0.2, 1 : 198.18.0.3 } : 5301
-  }
-  chain post {
-    type nat hook postrouting priority srcnat; policy accept;
-    ip daddr { 198.18.0.2, 198.18.0.3 } oifname "eth0" masquerade
-  }
+/// [`CLUSTER`] with `mesh_relay_port = 0`: no relay, the mesh's upstream
+/// through the overlay (`vxmesh-overlay-norelay`, `vxmesh-underlay`).
+pub fn cluster_norelay() -> String {
+    CLUSTER.replacen("[settings]\n", "[settings]\nmesh_relay_port = 0\n", 1)
 }
-"#;
+
+/// The nftables ruleset loaded in h1 for `nft` (tasks at their underlay
+/// addresses, out of `eth0`) and `nft-overlay` (at their overlay addresses,
+/// out of the kernel's vxlan device).
+pub fn nft_rules(overlay: bool) -> String {
+    let (t, oif) = if overlay {
+        (&OV[1..], KERNEL_DEV)
+    } else {
+        (&UL[1..], "eth0")
+    };
+    format!(
+        r#"table ip vxbench {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {h1} tcp dport {HTTP_PUB} dnat to numgen random mod 2 map {{ 0 : {a}, 1 : {b} }} : {HTTP_TASK}
+    ip daddr {h1} tcp dport {IPERF_PUB} dnat to jhash ip saddr mod 2 map {{ 0 : {a}, 1 : {b} }} : {IPERF_TASK}
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip daddr {{ {a}, {b} }} oifname "{oif}" masquerade
+  }}
+}}
+"#,
+        h1 = UL[0],
+        a = t[0],
+        b = t[1],
+    )
+}
 
 /// HAProxy's configuration; `splice` adds `option splice-auto`.
 pub fn haproxy_cfg(splice: bool) -> String {
@@ -216,8 +270,9 @@ pub struct MeshArgs {
     #[arg(long)]
     pub quick: bool,
     /// Measure only these systems (comma-separated; the order stays the
-    /// table's): direct, nft, haproxy, haproxy-splice, vxmesh-underlay,
-    /// vxmesh-overlay [default: all].
+    /// table's): direct, nft, nft-overlay, haproxy, haproxy-splice,
+    /// vxmesh-underlay, vxmesh-overlay-norelay, vxmesh-overlay [default:
+    /// all].
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
 }
@@ -271,7 +326,8 @@ impl Settings {
             0.0
         };
         let per_system = TESTS.len() as f64 * per_run + warm + 2.0;
-        let per_round = self.systems.len() as f64 * per_system + 8.0;
+        // Two sets of daemons to start, and TIME_WAIT waits.
+        let per_round = self.systems.len() as f64 * per_system + 16.0;
         Duration::from_secs_f64(f64::from(self.reps) * per_round + 5.0)
     }
 }

@@ -208,7 +208,8 @@ impl SystemResult {
     }
 }
 
-/// A goal a vxmesh figure is held to: at least `min` × the `of` system.
+/// A goal the mesh as deployed ([`DEPLOYED`]) is held to (issue 20): at
+/// least `min` × the `of` system.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Goal {
     pub(crate) of: &'static str,
@@ -222,6 +223,7 @@ pub(crate) struct Metric {
     pub(crate) decimals: usize,
     /// Whether the vxmesh/baseline ratios mean something for this row.
     pub(crate) ratio: bool,
+    /// What [`DEPLOYED`] is held to on this row.
     pub(crate) goal: Option<Goal>,
     pub(crate) get: fn(&SystemResult) -> Option<f64>,
 }
@@ -246,7 +248,7 @@ pub(crate) const METRICS: [Metric; 12] = [
         decimals: 2,
         ratio: true,
         goal: Some(Goal {
-            of: "haproxy-splice",
+            of: "nft-overlay",
             min: 1.0,
         }),
         get: |s| s.med("iperf", |r| r.value),
@@ -276,7 +278,7 @@ pub(crate) const METRICS: [Metric; 12] = [
         decimals: 0,
         ratio: true,
         goal: Some(Goal {
-            of: "haproxy-splice",
+            of: "nft-overlay",
             min: 1.0,
         }),
         get: |s| s.med("ka1m", |r| r.value),

@@ -58,7 +58,38 @@ fn configs() {
     assert!(haproxy_cfg(false).contains("balance source"));
     assert!(CLUSTER.contains("balance = \"maglev\""));
     assert!(CLUSTER.contains("port = 8000"));
-    assert!(NFT_RULES.contains("jhash ip saddr mod 2"));
+    // As deployed: the default relay port, nothing set.
+    assert!(!CLUSTER.contains("mesh_relay_port"));
+    let norelay = cluster_norelay();
+    assert!(
+        norelay.contains("[settings]\nmesh_relay_port = 0\n"),
+        "{norelay}"
+    );
+    assert_eq!(norelay.replace("mesh_relay_port = 0\n", ""), CLUSTER);
+    let (ul, ov) = (nft_rules(false), nft_rules(true));
+    for rules in [&ul, &ov] {
+        assert!(rules.contains("jhash ip saddr mod 2"), "{rules}");
+        assert!(
+            rules.contains("ip daddr 198.18.0.1 tcp dport 8080 dnat to numgen random mod 2"),
+            "{rules}"
+        );
+    }
+    assert!(
+        ul.contains("{ 0 : 198.18.0.2, 1 : 198.18.0.3 } : 5301"),
+        "{ul}"
+    );
+    assert!(ul.contains("oifname \"eth0\" masquerade"), "{ul}");
+    assert!(ov.contains("{ 0 : 10.0.9.2, 1 : 10.0.9.3 } : 8000"), "{ov}");
+    assert!(
+        ov.contains("ip daddr { 10.0.9.2, 10.0.9.3 } oifname \"vxk0\" masquerade"),
+        "{ov}"
+    );
+    assert_eq!(
+        ul.replace("198.18.0.2", "10.0.9.2")
+            .replace("198.18.0.3", "10.0.9.3")
+            .replace("\"eth0\"", "\"vxk0\""),
+        ov
+    );
     assert!(WRK_LUA.contains("WRKJSON "));
 }
 
@@ -90,9 +121,11 @@ fn system(name: &'static str, base: f64) -> SystemResult {
 
 #[test]
 fn medians_ratios_goals_and_table() {
+    // Bases in SYSTEMS order: direct, nft, nft-overlay, haproxy,
+    // haproxy-splice, vxmesh-underlay, vxmesh-overlay-norelay, vxmesh-overlay.
     let results: Vec<SystemResult> = SYSTEMS
         .iter()
-        .zip([10.0, 8.0, 4.0, 5.0, 6.0, 3.0])
+        .zip([10.0, 8.0, 5.0, 4.0, 5.0, 6.0, 2.0, 3.0])
         .map(|(n, b)| system(n, b))
         .collect();
     let sum = summary(&results);
@@ -100,13 +133,15 @@ fn medians_ratios_goals_and_table() {
     assert_eq!(t["haproxy-splice"], json!(10.0));
     assert_eq!(t["vxmesh-underlay/haproxy-splice"], json!(1.2));
     assert_eq!(t["vxmesh-overlay/haproxy"], json!(0.75));
-    assert_eq!(t["vxmesh-underlay goal"]["met"], json!(true));
+    assert_eq!(t["vxmesh-overlay/nft-overlay"], json!(0.6));
+    assert_eq!(t["vxmesh-overlay/vxmesh-overlay-norelay"], json!(1.5));
+    // The goals are the deployed mesh's: 3/5 of nft-overlay < 1.0.
+    assert_eq!(t["vxmesh-overlay goal"]["of"], json!("nft-overlay"));
     assert_eq!(t["vxmesh-overlay goal"]["met"], json!(false));
-    // new conn/s: vxmesh-underlay 6/4 = 1.5 of haproxy >= 1.2.
-    assert_eq!(
-        sum["new_conn_per_s"]["vxmesh-underlay goal"]["met"],
-        json!(true)
-    );
+    assert!(t.get("vxmesh-underlay goal").is_none());
+    // new conn/s: 3/4 of haproxy < 1.2.
+    let c = &sum["new_conn_per_s"]["vxmesh-overlay goal"];
+    assert_eq!((&c["of"], &c["met"]), (&json!("haproxy"), &json!(false)));
     assert_eq!(sum["iperf_balancer_cpu_percent"]["haproxy"], json!(50.0));
     assert!(sum["iperf_machine_busy_percent"]
         .get("vxmesh-underlay/nft")
@@ -123,15 +158,28 @@ fn medians_ratios_goals_and_table() {
         &tools,
         &results,
     );
-    assert!(
-        text.contains("iperf3 TCP 1 stream, Gbit/s, vxmesh-underlay"),
-        "{text}"
-    );
-    assert!(text.contains("NOT met") && text.contains(" met"), "{text}");
-    assert!(text.contains("FAILURES (24)"), "{text}");
-    let p = panels(&results);
+    for want in [
+        "iperf3 TCP 1 stream, Gbit/s, vxmesh-underlay",
+        "keep-alive MB/s (1 MiB), vxmesh-overlay-norelay",
+        "/nft-overlay",
+        "iperf3 TCP 1 stream, Gbit/s: vxmesh-overlay / nft-overlay",
+        "new conn/s (close, 1 KiB): vxmesh-overlay / haproxy",
+        "keep-alive MB/s (1 MiB): vxmesh-overlay / nft-overlay",
+        "the relay, vxmesh-overlay / vxmesh-overlay-norelay: iperf3 TCP 1 stream, Gbit/s 1.500",
+        "FAILURES (32)",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    assert_eq!(text.matches("not met").count(), 3, "{text}");
+    // A goal met: the deployed mesh at 7.2 x haproxy's 6 new conn/s.
+    let mut better = results;
+    better[7] = system("vxmesh-overlay", 6.0);
+    let text = table(&Settings::from_args(&args(true)), &machine, &tools, &better);
+    assert_eq!(text.matches("goal met").count(), 3, "{text}");
+    let p = panels(&better);
     assert_eq!(p.len(), 4);
-    assert_eq!(p[0].groups[4], ("vxm-ul".to_string(), vec![Some(12.0)]));
+    assert_eq!(p[0].groups[5], ("vxm-ul".to_string(), vec![Some(12.0)]));
+    assert_eq!(p[0].groups[2].0, "nft-ov");
     assert!(legend(&p).contains("bottom right panel: keep-alive MB/s"));
-    serde_json::to_string(&results).unwrap();
+    serde_json::to_string(&better).unwrap();
 }

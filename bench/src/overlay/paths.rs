@@ -2,37 +2,17 @@
 //! kernel's vxlan (with and without offloads) and vxmeshd.
 
 use super::*;
+use crate::harness::kvxlan;
 
 /// Runs a bounded command in a host and returns its stdout.
 pub(crate) fn run(tb: &Testbed, ns: &str, args: &[&str]) -> anyhow::Result<String> {
     daemon::run(tb, ns, args, CMD_TIMEOUT)
 }
 
-/// Creates `vxk0` in h1 and h2: kernel vxlan, VNI 4096, port 4789, static
-/// FDB (an all-zero entry for flooding to the other host, and its MAC).
-/// Returns the devices' details for the report.
+/// Creates `vxk0` in h1 and h2 (see [`kvxlan::up`]: VNI 4096, port 4789,
+/// static FDB). Returns the devices' details for the report.
 pub(crate) fn kernel_up(tb: &Testbed) -> anyhow::Result<serde_json::Map<String, Value>> {
-    for (me, other) in [(0usize, 1usize), (1, 0)] {
-        let h = format!("h{}", me + 1);
-        let (local, remote) = (UL[me].to_string(), UL[other].to_string());
-        let mac = format!("02:42:0a:00:09:{:02x}", me + 1);
-        let other_mac = format!("02:42:0a:00:09:{:02x}", other + 1);
-        let addr = format!("{}/24", OV[me]);
-        let steps = [
-            format!(
-                "ip link add vxk0 type vxlan id 4096 dstport 4789 local {local} dev eth0 nolearning"
-            ),
-            format!("ip link set dev vxk0 mtu 1450 address {mac}"),
-            format!("ip addr add {addr} dev vxk0"),
-            "ip link set dev vxk0 up".to_string(),
-            format!("bridge fdb append 00:00:00:00:00:00 dev vxk0 dst {remote}"),
-            format!("bridge fdb add {other_mac} dev vxk0 dst {remote} static"),
-        ];
-        for step in &steps {
-            let args: Vec<&str> = step.split_whitespace().collect();
-            run(tb, &h, &args).with_context(|| format!("kernel vxlan setup in {h}"))?;
-        }
-    }
+    kvxlan::up(tb, "vxk0", 24, &MEMBERS)?;
     let mut setup = serde_json::Map::new();
     setup.insert(
         "h1: ip -d link show vxk0".into(),
@@ -71,15 +51,22 @@ pub(crate) fn kernel_offloads_off(tb: &Testbed) -> anyhow::Result<serde_json::Ma
 
 /// Deletes `vxk0` in both hosts (both tried; the first error is returned).
 pub(crate) fn kernel_down(tb: &Testbed) -> anyhow::Result<()> {
-    let results: Vec<_> = ["h1", "h2"]
-        .iter()
-        .map(|h| run(tb, h, &["ip", "link", "del", "dev", "vxk0"]))
-        .collect();
-    for r in results {
-        r.context("deleting vxk0")?;
-    }
-    Ok(())
+    kvxlan::down(tb, "vxk0", &MEMBERS)
 }
+
+/// h1 and h2 as members of the kernel's overlay.
+const MEMBERS: [kvxlan::Member<'static>; 2] = [
+    kvxlan::Member {
+        ns: "h1",
+        underlay: UL[0],
+        overlay: OV[0],
+    },
+    kvxlan::Member {
+        ns: "h2",
+        underlay: UL[1],
+        overlay: OV[1],
+    },
+];
 
 /// Writes the cluster file and starts vxmeshd in h1 and h2, each waited for
 /// until READY=1.
