@@ -101,15 +101,16 @@ fn owners(cluster: &Cluster) -> HashMap<(&str, Ipv4Addr), &str> {
 
 /// This node's relay (see `vxmesh_dataplane::mesh::relay`): where it
 /// listens (its data-path address, `[settings] mesh_relay_port`; none when
-/// the port is 0) and what it serves: requests from the other nodes, for
-/// its own tasks of services on plain networks, at their target ports.
+/// the port is 0 or the node has no task to serve: nothing listens that
+/// has nothing to do) and what it serves: requests from the other nodes,
+/// for its own tasks of services on plain networks, at their target ports.
 pub fn relay_policy(cluster: &Cluster, node: &str) -> (Option<SocketAddr>, Policy) {
     let port = cluster.settings.mesh_relay_port;
     let Some(me) = cluster.node(node).filter(|_| port != 0) else {
         return (None, Policy::default());
     };
     let owners = owners(cluster);
-    let targets = cluster
+    let targets: HashSet<SocketAddrV4> = cluster
         .services
         .iter()
         .filter(|s| cluster.network(&s.network).is_some_and(|n| !n.encrypted))
@@ -130,6 +131,9 @@ pub fn relay_policy(cluster: &Cluster, node: &str) -> (Option<SocketAddr>, Polic
                 })
         })
         .collect();
+    if targets.is_empty() {
+        return (None, Policy::default());
+    }
     let peers = cluster
         .nodes
         .iter()
@@ -354,7 +358,9 @@ ports = [{ published = 9090, target = 90 }]
         let mut sealed = c.clone();
         sealed.networks[0].encrypted = true;
         assert!(mesh_desired(&sealed, "h1")[0].relays.is_empty());
-        assert!(relay_policy(&sealed, "h2").1.targets.is_empty());
+        assert_eq!(relay_policy(&sealed, "h2"), (None, Policy::default()));
+        // A node with no task of its own does not listen.
+        assert_eq!(relay_policy(&c, "h3"), (None, Policy::default()));
     }
 
     #[test]
