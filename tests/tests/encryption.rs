@@ -10,7 +10,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Lab;
 use nix::sys::signal::Signal;
@@ -97,20 +97,6 @@ fn keyed_lab(tag: &str, hosts: u8, settings: &str) -> (Lab, Vec<String>) {
     (lab, keys)
 }
 
-/// Polls `f` (every 20 ms, at most `limit`); the time it took, or None.
-fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return Some(t0.elapsed());
-        }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Peers of `host` whose session is established.
 fn established(lab: &Lab, host: &str) -> Vec<String> {
     lab.status(host)["encryption"]["peers"]
@@ -123,7 +109,7 @@ fn established(lab: &Lab, host: &str) -> Vec<String> {
 }
 
 fn wait_sessions(lab: &Lab, host: &str, peers: usize) {
-    until(Duration::from_secs(10), || {
+    lab.until(Duration::from_secs(10), || {
         established(lab, host).len() == peers
     })
     .unwrap_or_else(|| {
@@ -196,7 +182,7 @@ fn capture(lab: &mut Lab, host: &str, name: &str) -> Capture {
             &[],
         )
         .unwrap();
-    until(Duration::from_secs(10), || {
+    lab.until(Duration::from_secs(10), || {
         proc.log_tail(5).contains("ready")
     })
     .expect("the capture starts");
@@ -207,7 +193,8 @@ fn capture(lab: &mut Lab, host: &str, name: &str) -> Capture {
 fn finish(lab: &Lab, c: Capture) -> Vec<(Ipv4Addr, Vec<u8>)> {
     let stop = PathBuf::from(format!("{}.stop", c.out.display()));
     std::fs::write(stop, b"").unwrap();
-    until(Duration::from_secs(10), || c.out.exists()).expect("the capture ends");
+    lab.until(Duration::from_secs(10), || c.out.exists())
+        .expect("the capture ends");
     lab.tb.stop(&c.proc);
     std::fs::read_to_string(&c.out)
         .unwrap()
@@ -372,7 +359,7 @@ fn replayed_forged_and_plaintext_datagrams_are_dropped_and_counted() {
     let plain0 = lab.net_drops("h2", "sealed", "plaintext");
     // The captured datagram again, from h1's address.
     send(&lab, "h1", underlay(1), data.clone());
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.global_drops("h2", "replayed") > replayed0
     })
     .expect("a replayed datagram is counted");
@@ -380,7 +367,7 @@ fn replayed_forged_and_plaintext_datagrams_are_dropped_and_counted() {
     let mut flipped = data.clone();
     flipped[40] ^= 0x01;
     send(&lab, "h1", underlay(1), flipped);
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.global_drops("h2", "bad_seal") > bad0
     })
     .expect("a forged datagram is counted");
@@ -394,12 +381,12 @@ fn replayed_forged_and_plaintext_datagrams_are_dropped_and_counted() {
     frame.resize(60, 0);
     vx.extend_from_slice(&frame);
     send(&lab, "h3", underlay(3), vx.clone());
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.net_drops("h2", "sealed", "plaintext") > plain0
     })
     .expect("plaintext for the encrypted network is counted");
     send(&lab, "evil", Ipv4Addr::new(198, 18, 0, 66), vx);
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.global_drops("h2", "unknown_peer") > unknown0
     })
     .expect("a non-member's datagram is counted");
@@ -465,7 +452,8 @@ fn restart(lab: &mut Lab, host: &str, peers: usize) -> Duration {
     let (_, old) = lab.daemons.remove(i);
     assert!(lab.tb.stop(&old));
     lab.start(host);
-    until(Duration::from_secs(10), || {
+    let lab = &*lab;
+    lab.until(Duration::from_secs(10), || {
         established(lab, host).len() == peers
     })
     .expect("sessions after the restart")
@@ -475,7 +463,7 @@ fn reload(lab: &Lab, host: &str, text: &str) {
     std::fs::write(&lab.config, text).unwrap();
     let ok = lab.status(host)["reloads_ok"].as_u64().unwrap();
     lab.tb.signal(lab.daemon_of(host), Signal::SIGHUP).unwrap();
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.status(host)["reloads_ok"].as_u64().unwrap() > ok
     })
     .unwrap_or_else(|| panic!("{host} did not reload: {}", lab.status(host)));
@@ -500,7 +488,7 @@ fn a_changed_or_removed_key_is_refused_and_a_restarted_node_comes_back() {
     let other = generate_key(&lab.tb.dir().join("other.key"));
     let changed = cluster(&[(1, &keys[0]), (2, &keys[1]), (3, &other)], "");
     reload(&lab, "h1", &changed);
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         !established(&lab, "h1").contains(&underlay(3).to_string())
     })
     .expect("h1 ends its session with h3");
@@ -511,7 +499,7 @@ fn a_changed_or_removed_key_is_refused_and_a_restarted_node_comes_back() {
         0,
         "h3's old key is refused"
     );
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.global_drops("h1", "unknown_session") > stale0
             || counter(&lab, "h1", "handshakes_refused") > refused0
     })
@@ -522,7 +510,7 @@ fn a_changed_or_removed_key_is_refused_and_a_restarted_node_comes_back() {
     reload(&lab, "h1", &without);
     let unknown0 = lab.global_drops("h1", "unknown_peer");
     assert_eq!(pings(&lab, "h3", sealed(1), 3), 0);
-    until(Duration::from_secs(5), || {
+    lab.until(Duration::from_secs(5), || {
         lab.global_drops("h1", "unknown_peer") > unknown0
     })
     .expect("a removed node's datagrams are refused");
@@ -576,9 +564,12 @@ fn on_etcd_nodes_publish_their_keys_and_the_cli_creates_an_encrypted_network() {
         lab.no_ipv6(&host);
         lab.start_etcd(&host, &prefix, 3);
     }
-    // Each node registered its public key with its address.
-    let nodes = lab.cli_json("h1", &["node", "ls"]);
-    assert_eq!(nodes.as_array().unwrap().len(), 2, "{nodes}");
+    // Both nodes registered (with their keys): h1's watch has seen them.
+    lab.until(Duration::from_secs(5), || {
+        let nodes = lab.cli_json("h1", &["node", "ls"]);
+        nodes.as_array().unwrap().len() == 2
+    })
+    .unwrap_or_else(|| panic!("{}", lab.cli_json("h1", &["node", "ls"])));
     let created = lab.cli_json(
         "h1",
         &[

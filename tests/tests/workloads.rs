@@ -256,6 +256,14 @@ fn a_hostile_workload_disturbs_nobody_and_every_guard_counts_what_it_stopped() {
         let state = lab.tb.dir().join(format!("state-{h}"));
         lab.start_etcd_args(h, &prefix, 5, &["--state-dir", state.to_str().unwrap()]);
     }
+    // h1 validates the network against the nodes it has seen: wait until
+    // its watch has all three (h3 registers last).
+    let all_up = lab.until(Duration::from_secs(5), || {
+        let nodes = lab.cli_json("h1", &["node", "ls"]);
+        let nodes = nodes.as_array().unwrap();
+        nodes.len() == 3 && nodes.iter().all(|n| n["state"] == "up")
+    });
+    assert!(all_up.is_some(), "{}", lab.cli_json("h1", &["node", "ls"]));
     let stop = Arc::new(AtomicBool::new(false));
     let resolver = big_resolver(&lab, "h1", stop.clone());
     lab.cli_json(

@@ -26,6 +26,7 @@ use tokio::time::timeout;
 use super::limits::{self, Backoff, Budget, Cost, Resources};
 use super::relay;
 use super::service::{ActiveGuard, OpenGuard, Service, Task};
+use super::spec::ServiceSpec;
 use crate::wire::proxy_v2;
 
 /// Where a listener sends its connections; swapped on reload so a kept
@@ -99,77 +100,90 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
     svc.candidates(peer, &mut cands);
     let relays = svc.relays.load();
     for task in cands {
-        let addr = SocketAddr::new(task.addr.into(), route.target);
-        // A task on another node, with a relay there: through it, over the
-        // underlay (see `relay`); otherwise over the overlay.
-        if let Some(via) = relays.get(&task.addr) {
-            let req = relay::Request {
-                task: SocketAddrV4::new(task.addr, route.target),
-                client: peer,
-                published: client.local_addr().unwrap_or(peer),
-                proxy_v2: spec.proxy_protocol,
-            };
-            match relay::connect(*via, &req, spec.connect_timeout).await {
-                Ok(up) => {
-                    svc.observe_connect(&task, true);
-                    svc.relayed_connections.fetch_add(1, Relaxed);
-                    let _active = ActiveGuard::new(task.clone());
-                    let r = relay(
-                        client,
-                        up,
-                        task_leg(&task),
-                        spec.idle_timeout,
-                        &route.res.budget,
-                        lim.write_timeout,
-                    )
-                    .await;
-                    if r.as_ref().is_err_and(is_write_stall) {
-                        svc.write_timeouts.fetch_add(1, Relaxed);
-                    }
-                    return;
-                }
-                Err(_) => {
-                    svc.observe_connect(&task, false);
-                    continue;
-                }
+        let up = match upstream(&client, peer, &route, &spec, &task, relays.get(&task.addr)).await {
+            Upstream::Ready(up) => up,
+            Upstream::Failed => {
+                svc.observe_connect(&task, false);
+                continue;
             }
+            Upstream::Abandoned => return,
+        };
+        let _active = ActiveGuard::new(task.clone());
+        let r = relay(
+            client,
+            up,
+            task_leg(&task),
+            spec.idle_timeout,
+            &route.res.budget,
+            lim.write_timeout,
+        )
+        .await;
+        if r.as_ref().is_err_and(is_write_stall) {
+            svc.write_timeouts.fetch_add(1, Relaxed);
         }
-        match timeout(spec.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(mut up)) => {
-                svc.observe_connect(&task, true);
-                if spec.proxy_protocol {
-                    // The address the client connected to: asked only here,
-                    // one syscall fewer per connection without the header.
-                    let local = client.local_addr().unwrap_or(peer);
-                    let (hdr, n) = proxy_v2::encode(peer, local, proxy_v2::Transport::Stream);
-                    match timeout(lim.write_timeout, up.write_all(&hdr[..n])).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            svc.write_timeouts.fetch_add(1, Relaxed);
-                            return;
-                        }
-                    }
-                }
-                let _active = ActiveGuard::new(task.clone());
-                let r = relay(
-                    client,
-                    up,
-                    task_leg(&task),
-                    spec.idle_timeout,
-                    &route.res.budget,
-                    lim.write_timeout,
-                )
-                .await;
-                if r.as_ref().is_err_and(is_write_stall) {
-                    svc.write_timeouts.fetch_add(1, Relaxed);
-                }
-                return;
-            }
-            _ => svc.observe_connect(&task, false),
-        }
+        return;
     }
     svc.no_backend.fetch_add(1, Relaxed);
+}
+
+/// What connecting to one candidate task gave.
+enum Upstream {
+    /// Connected (and the PROXY v2 header, if asked for, sent).
+    Ready(TcpStream),
+    /// The task did not take the connection: try the next one.
+    Failed,
+    /// Connected, but the header could not be written: the client goes.
+    Abandoned,
+}
+
+/// Connects to `task` for `client`: through the relay of its node at
+/// `via` (a task on another node, see [`relay`]: the task node writes the
+/// header), or straight over the overlay.
+async fn upstream(
+    client: &TcpStream,
+    peer: SocketAddr,
+    route: &Route,
+    spec: &ServiceSpec,
+    task: &Arc<Task>,
+    via: Option<&SocketAddr>,
+) -> Upstream {
+    let svc = &route.service;
+    if let Some(via) = via {
+        let req = relay::Request {
+            task: SocketAddrV4::new(task.addr, route.target),
+            client: peer,
+            published: client.local_addr().unwrap_or(peer),
+            proxy_v2: spec.proxy_protocol,
+        };
+        return match relay::connect(*via, &req, spec.connect_timeout).await {
+            Ok(up) => {
+                svc.observe_connect(task, true);
+                svc.relayed_connections.fetch_add(1, Relaxed);
+                Upstream::Ready(up)
+            }
+            Err(_) => Upstream::Failed,
+        };
+    }
+    let addr = SocketAddr::new(task.addr.into(), route.target);
+    let Ok(Ok(mut up)) = timeout(spec.connect_timeout, TcpStream::connect(addr)).await else {
+        return Upstream::Failed;
+    };
+    svc.observe_connect(task, true);
+    if spec.proxy_protocol {
+        // The address the client connected to: asked only here, one
+        // syscall fewer per connection without the header.
+        let local = client.local_addr().unwrap_or(peer);
+        let (hdr, n) = proxy_v2::encode(peer, local, proxy_v2::Transport::Stream);
+        match timeout(spec.limits.write_timeout, up.write_all(&hdr[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Upstream::Abandoned,
+            Err(_) => {
+                svc.write_timeouts.fetch_add(1, Relaxed);
+                return Upstream::Abandoned;
+            }
+        }
+    }
+    Upstream::Ready(up)
 }
 
 /// A relay to `task`: its byte counters and its cut signal.

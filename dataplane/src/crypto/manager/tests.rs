@@ -79,6 +79,13 @@ fn opens(
 
 type DropReasonAlias = crate::overlay::DropReason;
 
+/// `a` starts a handshake at `at` and every message goes across.
+fn handshake_at(a: &mut Node, b: &mut Node, at: Instant) {
+    let mut out = Vec::new();
+    a.m.tick(at, &mut out);
+    exchange(a, b, out, at);
+}
+
 /// Two configured nodes; `a` has the lower public key (it leads rekeys).
 fn pair(cipher_a: Cipher, cipher_b: Cipher, policy: RekeyPolicy) -> (Node, Node) {
     let (mut a, mut b) = (node(1, cipher_a), node(2, cipher_b));
@@ -128,9 +135,7 @@ fn chacha_is_used_when_one_side_lacks_aes() {
         Cipher::ChaCha20Poly1305,
         RekeyPolicy::default(),
     );
-    let mut out = Vec::new();
-    a.m.tick(now, &mut out);
-    exchange(&mut a, &mut b, out, now);
+    handshake_at(&mut a, &mut b, now);
     let d = seal_to(&a, b.addr, b"frame", now).unwrap();
     assert_eq!(opens(&b, a.addr, d, now).unwrap(), b"frame");
     let k = b.crypto.sessions.load();
@@ -148,9 +153,7 @@ fn rekeying_keeps_the_old_session_for_what_is_in_flight() {
     };
     let t0 = Instant::now();
     let (mut a, mut b) = pair(Cipher::Aes256Gcm, Cipher::Aes256Gcm, policy);
-    let mut out = Vec::new();
-    a.m.tick(t0, &mut out);
-    exchange(&mut a, &mut b, out, t0);
+    handshake_at(&mut a, &mut b, t0);
     let in_flight = seal_to(&a, b.addr, b"sent before the rekey", t0).unwrap();
     let t1 = t0 + Duration::from_secs(2);
     let mut out = Vec::new();
@@ -183,9 +186,7 @@ fn rekeying_keeps_the_old_session_for_what_is_in_flight() {
         after_messages: 3,
     };
     let (mut a, mut b) = pair(Cipher::Aes256Gcm, Cipher::Aes256Gcm, volume);
-    let mut out = Vec::new();
-    a.m.tick(t0, &mut out);
-    exchange(&mut a, &mut b, out, t0);
+    handshake_at(&mut a, &mut b, t0);
     for _ in 0..3 {
         seal_to(&a, b.addr, b"x", t0).unwrap();
     }
@@ -240,9 +241,7 @@ fn a_removed_node_or_a_changed_key_ends_its_sessions_at_once() {
     let now = Instant::now();
     let policy = RekeyPolicy::default();
     let (mut a, mut b) = pair(Cipher::Aes256Gcm, Cipher::Aes256Gcm, policy);
-    let mut out = Vec::new();
-    a.m.tick(now, &mut out);
-    exchange(&mut a, &mut b, out, now);
+    handshake_at(&mut a, &mut b, now);
     let d = seal_to(&a, b.addr, b"x", now).unwrap();
     // B learns that A's key changed.
     let other = NodeKey::generate();
@@ -282,9 +281,7 @@ fn a_restarted_node_with_the_same_key_gets_a_session_again() {
     let now = Instant::now();
     let policy = RekeyPolicy::default();
     let (mut a, mut b) = pair(Cipher::Aes256Gcm, Cipher::Aes256Gcm, policy);
-    let mut out = Vec::new();
-    a.m.tick(now, &mut out);
-    exchange(&mut a, &mut b, out, now);
+    handshake_at(&mut a, &mut b, now);
     // A restarts: same key, no sessions, a newer timestamp.
     let key = a.key.clone();
     let crypto = Arc::new(Crypto::default());
@@ -296,9 +293,7 @@ fn a_restarted_node_with_the_same_key_gets_a_session_again() {
     };
     a2.m.configure(&config(&a2, &[&b], policy));
     let later = now + Duration::from_millis(5);
-    let mut out = Vec::new();
-    a2.m.tick(later, &mut out);
-    exchange(&mut a2, &mut b, out, later);
+    handshake_at(&mut a2, &mut b, later);
     let d = seal_to(&b, a2.addr, b"welcome back", later).unwrap();
     assert_eq!(opens(&a2, b.addr, d, later).unwrap(), b"welcome back");
 }
@@ -311,9 +306,7 @@ fn both_nodes_rekeying_at_once_lose_nothing_in_flight() {
     };
     let t0 = Instant::now();
     let (mut a, mut b) = pair(Cipher::Aes256Gcm, Cipher::Aes256Gcm, policy);
-    let mut out = Vec::new();
-    a.m.tick(t0, &mut out);
-    exchange(&mut a, &mut b, out, t0);
+    handshake_at(&mut a, &mut b, t0);
     // Late enough that both are due, and the messages cross.
     let t1 = t0 + Duration::from_secs(3);
     let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
