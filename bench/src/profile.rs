@@ -60,6 +60,9 @@ pub fn record_cpu(data: &Path, secs: u32) -> anyhow::Result<Recording> {
             "cpu-clock",
             "-F",
             FREQ,
+            // Call graphs (frame pointers; the kernel's are reliable), for
+            // [`CpuProfile::calls`]. The flat report ignores them.
+            "-g",
             "--delay",
             "1000",
         ])
@@ -123,6 +126,157 @@ pub fn report(data: &Path) -> anyhow::Result<String> {
     ])
 }
 
+/// `perf report --children` of a [`record_cpu`] file: per (command,
+/// symbol), the share of all samples spent in the symbol and below it,
+/// then in it alone.
+pub fn report_children(data: &Path) -> anyhow::Result<String> {
+    let data_s = data.to_str().context("profile path is not UTF-8")?;
+    perf_stdout(&[
+        "report",
+        "-i",
+        data_s,
+        "--stdio",
+        "--children",
+        "-g",
+        "none",
+        "--sort",
+        "comm,sym",
+        "-t",
+        "|",
+    ])
+}
+
+/// One line of [`report_children`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inclusive {
+    /// % of all samples in the symbol and what it called.
+    pub children: f64,
+    /// % of all samples in the symbol itself.
+    pub own: f64,
+    pub comm: String,
+    /// With perf's `[k]` or `[.]` mark.
+    pub sym: String,
+}
+
+/// Parses [`report_children`]'s lines (`36.68% | 0.51% |vxm-lane-0 |[k]
+/// do_syscall_64`); anything else is skipped.
+pub fn parse_children(text: &str) -> Vec<Inclusive> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('|').map(str::trim);
+            let children = f.next()?.strip_suffix('%')?.parse().ok()?;
+            let own = f.next()?.strip_suffix('%')?.parse().ok()?;
+            let (comm, sym) = (f.next()?, f.next()?);
+            Some(Inclusive {
+                children,
+                own,
+                comm: comm.into(),
+                sym: sym.into(),
+            })
+        })
+        .collect()
+}
+
+/// A kind of system call, by the kernel functions that carry it: each
+/// counted with everything the kernel did inside it (softirqs run at its
+/// end included).
+pub type CallKind = (&'static str, &'static [&'static str]);
+
+/// vxmeshd's overlay syscalls: where batching them (io_uring) or bypassing
+/// the underlay's stack (AF_XDP) could save, and where they could not.
+pub const OVERLAY_CALLS: &[CallKind] = &[
+    (
+        "TAP writes (the inner packet up the receiving stack, to the socket)",
+        &["tun_chr_write_iter"],
+    ),
+    (
+        "underlay sends (outer UDP/IP, veth, the peer's receive in softirq)",
+        &["__sys_sendmsg", "__sys_sendmmsg", "__sys_sendto"],
+    ),
+    ("TAP reads", &["tun_chr_read_iter"]),
+    ("underlay receives", &["__sys_recvmsg", "__sys_recvmmsg"]),
+    ("poll", &["do_sys_poll"]),
+];
+
+/// vxmeshd's mesh syscalls: what a relayed connection costs.
+pub const MESH_CALLS: &[CallKind] = &[
+    ("accept", &["do_accept", "__sys_accept4"]),
+    ("connect", &["__sys_connect"]),
+    (
+        "reads and writes (the request, small bodies, the relay's header)",
+        &[
+            "ksys_read",
+            "ksys_write",
+            "__sys_recvfrom",
+            "__sys_sendto",
+            "do_writev",
+        ],
+    ),
+    (
+        "splice and its pipes",
+        &["do_splice", "__do_splice", "do_pipe2"],
+    ),
+    (
+        "close (with the FIN/RST it sends)",
+        &["__x64_sys_close", "__fput"],
+    ),
+    ("epoll", &["do_epoll_wait", "do_epoll_ctl"]),
+    (
+        "socket options",
+        &[
+            "__sys_setsockopt",
+            "__sys_getsockopt",
+            "__sys_getsockname",
+            "__sys_getpeername",
+        ],
+    ),
+];
+
+/// Label of every syscall together, in [`CpuProfile::calls`].
+pub const ALL_CALLS: &str = "all system calls";
+/// Label of the syscalls' own entry and exit, in [`CpuProfile::calls`].
+pub const ENTRY_EXIT: &str = "syscall entry, exit, descriptor lookup (their own time)";
+/// The symbols of a syscall's way in and out (not its work).
+const ENTRY_EXIT_SYMS: &[&str] = &[
+    "entry_SYSCALL_64",
+    "entry_SYSCALL_64_after_hwframe",
+    "do_syscall_64",
+    "syscall_exit_to_user_mode",
+    "exit_to_user_mode_loop",
+    "syscall_return_via_sysret",
+    "fdget",
+    "__fget_light",
+    "fput",
+];
+
+/// The kinds of `table`, [`ALL_CALLS`] and [`ENTRY_EXIT`] summed over
+/// vxmeshd's threads, % of the machine, in that order.
+pub fn calls(lines: &[Inclusive], table: &[CallKind]) -> Vec<(String, f64)> {
+    let ours: Vec<&Inclusive> = lines.iter().filter(|l| is_vxmeshd(&l.comm)).collect();
+    let sym = |l: &Inclusive| l.sym.trim_start_matches("[k] ").to_string();
+    let children = |names: &[&str]| -> f64 {
+        ours.iter()
+            .filter(|l| names.contains(&sym(l).as_str()))
+            .map(|l| l.children)
+            .sum()
+    };
+    let mut out: Vec<(String, f64)> = table
+        .iter()
+        .map(|(label, names)| (label.to_string(), children(names)))
+        .collect();
+    out.push((
+        ALL_CALLS.into(),
+        children(&["entry_SYSCALL_64_after_hwframe"]),
+    ));
+    let own: f64 = ours
+        .iter()
+        .filter(|l| ENTRY_EXIT_SYMS.contains(&sym(l).as_str()))
+        .map(|l| l.own)
+        .fold(0.0, |a, b| a + b);
+    out.push((ENTRY_EXIT.into(), own));
+    out
+}
+
 /// What `perf args` prints on stdout, or why it failed.
 fn perf_stdout(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("perf")
@@ -172,6 +326,9 @@ pub mod kind {
     pub const IDLE: &str = "idle";
     pub const KSOFTIRQD: &str = "ksoftirqd";
     pub const OTHER: &str = "other";
+    pub const HAPROXY: &str = "haproxy";
+    pub const WRK: &str = "wrk (the client)";
+    pub const TASKS: &str = "the tasks (vxmesh-bench-backend)";
     pub const KERNEL_COPIES: &str = "kernel: copies to and from vxmeshd (TAP, socket)";
     pub const KERNEL_REST: &str = "kernel: the rest (stack, syscalls, scheduling)";
     pub const LIBC_COPIES: &str = "vxmeshd: copies in its buffers (libc)";
@@ -179,17 +336,30 @@ pub mod kind {
     pub const OTHER_USER: &str = "vxmeshd: other user space";
 }
 
+/// vxmeshd's threads: its main thread, `vxm-lane-<i>`, `vxm-keys` and the
+/// runtime's `vxm-rt` (not `vxmesh-bench-ba...`, the tasks).
+fn is_vxmeshd(comm: &str) -> bool {
+    comm == "vxmeshd" || comm.starts_with("vxm-")
+}
+
 /// Which program a sample belongs to, for [`CpuProfile::by_program`].
 fn program(s: &Sample) -> &'static str {
-    if s.comm.starts_with("vxm") {
-        // vxmeshd's threads: vxm-lane-<i> and the runtime's.
+    let c = s.comm.as_str();
+    if is_vxmeshd(c) {
         kind::VXMESHD
-    } else if s.comm == "iperf3" {
+    } else if c == "iperf3" {
         kind::IPERF3
-    } else if s.comm == "swapper" {
+    } else if c == "swapper" {
         kind::IDLE
-    } else if s.comm.starts_with("ksoftirqd") {
+    } else if c.starts_with("ksoftirqd") {
         kind::KSOFTIRQD
+    } else if c == "haproxy" {
+        kind::HAPROXY
+    } else if c == "wrk" {
+        kind::WRK
+    } else if c.starts_with("http-") {
+        // vxmesh-bench-backend's workers (`vxmesh_bench::http::serve`).
+        kind::TASKS
     } else {
         kind::OTHER
     }
@@ -238,6 +408,11 @@ pub struct CpuProfile {
     pub vxmeshd: Vec<(String, f64)>,
     /// The symbols that took most, % of the machine, with their command.
     pub top: Vec<(String, f64)>,
+    /// vxmeshd's system calls by what they do, each with what the kernel
+    /// did inside it, % of the machine ([`calls`]); empty without call
+    /// graphs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<(String, f64)>,
 }
 
 /// Sums `pct` per key, largest first.
@@ -280,7 +455,23 @@ impl CpuProfile {
             by_program,
             vxmeshd,
             top,
+            calls: Vec::new(),
         }
+    }
+
+    /// The profile of a [`record_cpu`] file: [`report`] summarised, and
+    /// vxmeshd's system calls from [`report_children`] when it ran.
+    pub fn from_data(
+        run: &str,
+        figure: String,
+        data: &Path,
+        table: &[CallKind],
+    ) -> anyhow::Result<CpuProfile> {
+        let mut p = CpuProfile::from_report(run, figure, &report(data)?);
+        if p.by_program.iter().any(|(k, _)| k == kind::VXMESHD) {
+            p.calls = calls(&parse_children(&report_children(data)?), table);
+        }
+        Ok(p)
     }
 }
 
@@ -402,6 +593,15 @@ pub fn render(paths: &[(&str, &PathProfile)]) -> String {
             if !c.vxmeshd.is_empty() {
                 let _ = writeln!(s, "  vxmeshd by kind of work:");
                 for (k, v) in &c.vxmeshd {
+                    let _ = writeln!(s, "    {v:6.1} %  {k}");
+                }
+            }
+            if !c.calls.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  vxmeshd's system calls, each with the kernel's work inside it:"
+                );
+                for (k, v) in &c.calls {
                     let _ = writeln!(s, "    {v:6.1} %  {k}");
                 }
             }
@@ -542,5 +742,40 @@ mod tests {
             },
         )]);
         assert!(text.contains("vxm-lane   1.5 runs per echo"), "{text}");
+    }
+
+    #[test]
+    fn syscalls_are_summed_over_vxmeshd_threads_with_what_ran_inside() {
+        let text = "\
+ 36.68% | 0.51%  |vxm-lane-0     |[k] do_syscall_64
+ 36.68% | 0.00%  |vxm-lane-0     |[k] entry_SYSCALL_64_after_hwframe
+ 13.68% | 0.04%  |vxm-lane-0     |[k] __sys_sendmsg
+ 11.41% | 0.19%  |vxm-lane-0     |[k] tun_chr_write_iter
+  2.00% | 0.00%  |vxm-lane-1     |[k] tun_chr_write_iter
+  1.24% | 0.13%  |vxm-lane-0     |[k] do_sys_poll
+  0.29% | 0.24%  |vxm-lane-0     |[k] fdget
+ 20.00% | 0.10%  |iperf3         |[k] __sys_sendmsg
+  5.00% | 0.00%  |http-3         |[k] do_syscall_64
+";
+        let lines = parse_children(text);
+        assert_eq!(lines.len(), 9);
+        let c = calls(&lines, OVERLAY_CALLS);
+        let get = |k: &str| {
+            c.iter()
+                .find(|(n, _)| n.starts_with(k))
+                .map(|(_, v)| (v * 100.0).round() / 100.0)
+        };
+        assert_eq!(get("TAP writes"), Some(13.41), "both lanes");
+        assert_eq!(get("underlay sends"), Some(13.68), "iperf3's are not ours");
+        assert_eq!(get("poll"), Some(1.24));
+        assert_eq!(get(ALL_CALLS), Some(36.68));
+        assert_eq!(get(ENTRY_EXIT), Some(0.75));
+        let s = Sample {
+            percent: 1.0,
+            comm: "http-3".into(),
+            dso: "x".into(),
+            sym: "[k] x".into(),
+        };
+        assert_eq!(program(&s), kind::TASKS);
     }
 }

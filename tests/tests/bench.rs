@@ -134,6 +134,8 @@ fn overlay_benchmark_measures_every_path_and_writes_its_report() {
         "%  vxmeshd",
         "vxm-lane",
         "runs per echo",
+        "vxmeshd's system calls",
+        "TAP writes",
     ] {
         assert!(
             profile.contains(want),
@@ -322,6 +324,27 @@ fn mesh_benchmark_measures_nft_over_the_kernel_vxlan_and_the_mesh_with_and_witho
         "the relay, vxmesh-overlay / vxmesh-overlay-norelay",
     ] {
         assert!(text.contains(want), "no {want:?} in\n{text}");
+    }
+    // perf is installed by tests/run.sh: the profiled systems have
+    // profiles, the mesh's with its system calls by kind.
+    let profile = std::fs::read_to_string(out.0.join("mesh-profile.txt"))
+        .expect("mesh-profile.txt (is perf installed?)");
+    for want in [
+        "== nft-overlay ==",
+        "== vxmesh-overlay ==",
+        "new connections",
+        "%  vxmeshd",
+        "%  connect",
+        "%  wrk (the client)",
+    ] {
+        assert!(profile.contains(want), "no {want:?} in\n{profile}");
+    }
+    for name in names {
+        assert_eq!(
+            find(name)["profile"]["errors"],
+            Value::Array(vec![]),
+            "{name}"
+        );
     }
     assert_testbed_gone(&stderr);
 }

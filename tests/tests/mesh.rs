@@ -323,6 +323,7 @@ fn ask_relay(lab: &Lab, ns: &str, via: SocketAddr, task: std::net::SocketAddrV4)
         client: "198.18.0.100:40000".parse().unwrap(),
         published: node(1, 8080),
         proxy_v2: false,
+        framed: false,
     };
     lab.tb
         .in_ns(ns, move || {
@@ -360,6 +361,31 @@ fn connections_to_other_nodes_tasks_go_through_their_relay_and_only_there() {
         .map(|h| common::sample(&lab.scrape(h), "vxmesh_relay_accepted_total"))
         .sum();
     assert!(served >= 6, "the task nodes served the relayed connections");
+    // Connections that ended cleanly left their relay connections in h1's
+    // pool; the next one goes over one of them (no connect between nodes).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::sample(&lab.scrape("h1"), "vxmesh_relay_pool_idle") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no relay connection went back to the pool"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reused0 = common::sample(&lab.scrape("h1"), "vxmesh_relay_pool_reused_total");
+    let served0: u64 = ["h2", "h3"]
+        .iter()
+        .map(|h| common::sample(&lab.scrape(h), "vxmesh_relay_reused_total"))
+        .sum();
+    get(&lab.tb, &cl, node(1, 8080), "/").expect("served over a pooled relay connection");
+    assert!(common::sample(&lab.scrape("h1"), "vxmesh_relay_pool_reused_total") > reused0);
+    let served1: u64 = ["h2", "h3"]
+        .iter()
+        .map(|h| common::sample(&lab.scrape(h), "vxmesh_relay_reused_total"))
+        .sum();
+    assert!(
+        served1 > served0,
+        "a task node served a second request on one connection"
+    );
     // The relay serves only member nodes, and only their tasks.
     let task2: std::net::SocketAddrV4 = "10.0.9.2:80".parse().unwrap();
     let refused0 = common::sample(&lab.scrape("h2"), "vxmesh_relay_refused_total");

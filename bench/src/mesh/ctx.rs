@@ -2,6 +2,7 @@
 //! is reached at, and the iperf3 and wrk runs of a round.
 
 use super::*;
+use crate::profile::{self, CpuProfile, PathProfile};
 
 /// Versions of the tools, for the report.
 #[derive(Debug, Serialize)]
@@ -136,6 +137,55 @@ impl Ctx<'_> {
             eprintln!("[{name}] {} {round}/{}: {line}", spec.label, s.reps);
             res.reps.push(rep);
         }
+        if s.profile && round == s.reps && PROFILED.contains(&name) {
+            r.profile = Some(self.profile(tb, name, t));
+        }
+    }
+
+    /// An extra iperf3 run and an extra new-connections run under `perf
+    /// record` (see [`crate::profile`]); their figures go into the profile
+    /// only.
+    fn profile(&self, tb: &mut Testbed, name: &str, t: &Target) -> PathProfile {
+        // Sampling starts a second into a run: a profiled run lasts 3 s
+        // at least, however short the measured ones.
+        let s = Settings {
+            secs: self.s.secs.max(3),
+            ..self.s.clone()
+        };
+        let this = Ctx {
+            s: &s,
+            clk_tck: self.clk_tck,
+            script: self.script.clone(),
+        };
+        let mut p = PathProfile::default();
+        for key in ["iperf", "conn"] {
+            let spec = TESTS.iter().find(|x| x.key == key).expect("known test");
+            std::thread::sleep(SETTLE);
+            let data = s.out.join(format!("perf-mesh-{name}-{key}.data"));
+            let res = profile::record_cpu(&data, s.secs).and_then(|rec| {
+                let figure = if key == "iperf" {
+                    let rep = this.iperf(tb, t, 0);
+                    let v = rep
+                        .value
+                        .with_context(|| rep.error.clone().unwrap_or_else(|| "no figure".into()))?;
+                    format!("{v:.2} Gbit/s")
+                } else {
+                    let (f, ..) = this.wrk_inner(tb, t, "/1k", true)?;
+                    format!("{:.0} new connections/s", f.req_per_s)
+                };
+                let data = rec.finish()?;
+                CpuProfile::from_data(spec.label, figure, &data, profile::MESH_CALLS)
+            });
+            let _ = std::fs::remove_file(&data);
+            match res {
+                Ok(c) => p.cpu.push(c),
+                Err(e) => p.errors.push(format!("{}: {e:#}", spec.label)),
+            }
+        }
+        for e in &p.errors {
+            eprintln!("[{name}] profile: {e}");
+        }
+        p
     }
 
     pub(crate) fn iperf(&self, tb: &mut Testbed, t: &Target, round: u32) -> Rep {

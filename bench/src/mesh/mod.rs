@@ -144,6 +144,14 @@ const VXMESH: [&str; 3] = [
     "vxmesh-overlay-norelay",
     "vxmesh-overlay",
 ];
+/// The systems profiled (when `perf` is there): the mesh as deployed, its
+/// path without the relay, and the two references of its goals.
+pub const PROFILED: [&str; 4] = [
+    "nft-overlay",
+    "haproxy",
+    "vxmesh-overlay-norelay",
+    "vxmesh-overlay",
+];
 /// The mesh as deployed: the system the goals ([`Metric::goal`]) are for.
 const DEPLOYED: &str = "vxmesh-overlay";
 /// What the vxmesh figures are divided by.
@@ -275,6 +283,12 @@ pub struct MeshArgs {
     /// all].
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
+    /// Skip the profiles (`perf` recordings of an extra iperf3 and an extra
+    /// new-connections run of each system in [`PROFILED`] in the last round,
+    /// written to mesh-profile.txt). They are taken whenever `perf` is
+    /// installed.
+    #[arg(long)]
+    pub no_profile: bool,
 }
 
 /// The settings in force after defaults and `--quick`.
@@ -292,6 +306,8 @@ pub struct Settings {
     pub out: PathBuf,
     /// The systems measured.
     pub systems: Vec<String>,
+    /// Whether the systems of [`PROFILED`] are profiled (last round).
+    pub profile: bool,
 }
 
 impl Settings {
@@ -314,6 +330,7 @@ impl Settings {
             } else {
                 a.systems.clone()
             },
+            profile: !a.no_profile,
         }
     }
 
@@ -326,9 +343,15 @@ impl Settings {
             0.0
         };
         let per_system = TESTS.len() as f64 * per_run + warm + 2.0;
+        let profiled = if self.profile {
+            let n = PROFILED.iter().filter(|p| self.wants(p)).count();
+            n as f64 * 2.0 * (per_run + 3.0)
+        } else {
+            0.0
+        };
         // Two sets of daemons to start, and TIME_WAIT waits.
         let per_round = self.systems.len() as f64 * per_system + 16.0;
-        Duration::from_secs_f64(f64::from(self.reps) * per_round + 5.0)
+        Duration::from_secs_f64(f64::from(self.reps) * per_round + profiled + 5.0)
     }
 }
 
@@ -368,6 +391,12 @@ pub fn run_mesh(args: MeshArgs) -> anyhow::Result<()> {
     if !Path::new("/usr/sbin/haproxy").is_file() {
         bail!("/usr/sbin/haproxy is not installed (apt-get install -y haproxy)");
     }
+    let mut s = s;
+    let mut notes = Vec::new();
+    if s.profile && !crate::profile::available() {
+        s.profile = false;
+        notes.push("perf not found: no profiles (apt-get install linux-perf)".to_string());
+    }
     let clk_tck = crate::cpu::clock_ticks()?;
     std::fs::create_dir_all(&s.out).with_context(|| format!("creating {}", s.out.display()))?;
     let mut machine = Machine::probe();
@@ -382,13 +411,22 @@ pub fn run_mesh(args: MeshArgs) -> anyhow::Result<()> {
         vxmeshd.display()
     );
     let t0 = Instant::now();
-    let mut notes = Vec::new();
     let results = measure_all(&s, clk_tck, &vxmeshd, &backend, &mut notes)?;
     machine.loadavg_end = loadavg();
     let elapsed = t0.elapsed();
 
     let text = table(&s, &machine, &tools, &results);
     let txt = output::table(&s.out, "mesh", &text)?;
+    let profiled: Vec<(&str, &crate::profile::PathProfile)> = results
+        .iter()
+        .filter_map(|r| r.profile.as_ref().map(|p| (r.name, p)))
+        .collect();
+    if !profiled.is_empty() {
+        let pp = s.out.join("mesh-profile.txt");
+        std::fs::write(&pp, crate::profile::render(&profiled))
+            .with_context(|| format!("writing {}", pp.display()))?;
+        notes.push(format!("profiles: {}", pp.display()));
+    }
 
     let panels = panels(&results);
     let png = output::chart(&s.out, "mesh", &panels, 2, (1400, 900), legend, &mut notes)?;

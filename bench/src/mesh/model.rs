@@ -154,6 +154,10 @@ pub struct SystemResult {
     pub setup: serde_json::Map<String, Value>,
     /// The runs.
     pub tests: Vec<TestResult>,
+    /// Where the machine's time went in extra, profiled runs of the last
+    /// round (systems in [`PROFILED`] only; see [`crate::profile`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::PathProfile>,
 }
 
 impl SystemResult {
@@ -164,6 +168,7 @@ impl SystemResult {
             iperf: SocketAddr::new(addr.into(), iperf),
             errors: Vec::new(),
             setup: serde_json::Map::new(),
+            profile: None,
             tests: TESTS
                 .iter()
                 .map(|t| TestResult {

@@ -9,6 +9,7 @@ fn args(quick: bool) -> MeshArgs {
         out: "x".into(),
         quick,
         systems: Vec::new(),
+        no_profile: false,
     }
 }
 

@@ -111,12 +111,12 @@ impl Ctx<'_> {
             let res = profile::record_cpu(&data, s.secs).and_then(|rec| {
                 let o = self.iperf(tb, dst, &spec.mode(&s.udp_rate), watch)?;
                 let data = rec.finish()?;
-                let text = profile::report(&data)?;
-                Ok(CpuProfile::from_report(
+                CpuProfile::from_data(
                     spec.label,
                     describe(&o, "vxmeshd"),
-                    &text,
-                ))
+                    &data,
+                    profile::OVERLAY_CALLS,
+                )
             });
             let _ = std::fs::remove_file(&data);
             match res {

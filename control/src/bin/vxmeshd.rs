@@ -280,8 +280,11 @@ fn main() -> ExitCode {
         handover_version: args.handover_version,
         node_key,
     };
+    // Named so that `top -H` and profiles tell the runtime's threads from
+    // the lanes (vxm-lane-<i>) and from other programs' tokio runtimes.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("vxm-rt")
         .enable_all()
         .build()
     {

@@ -177,6 +177,9 @@ pub(super) fn encode(
         ("vxmesh_relay_accepted", "Relay requests from other nodes served: connected to a local task.", relay.accepted),
         ("vxmesh_relay_refused", "Relay requests refused: not from a member node, malformed, or not for a local task of a plain network.", relay.refused),
         ("vxmesh_relay_unreachable", "Relay requests whose local task did not take the connection.", relay.unreachable),
+        ("vxmesh_relay_reused", "Relay requests served on a connection from another node that had carried an earlier one.", relay.reused),
+        ("vxmesh_relay_pool_reused", "Connections to tasks on other nodes sent over a pooled connection to their relay (no connect).", relay.pool_reused),
+        ("vxmesh_relay_pool_stale", "Pooled connections to other nodes' relays found closed by the other end and replaced.", relay.pool_stale),
     ] {
         counters(e, name, help, None, vec![(vec![], v)])?;
     }
@@ -186,6 +189,13 @@ pub(super) fn encode(
         "Relayed connections this node serves for other nodes now.",
         None,
         vec![(vec![], relay.active as f64)],
+    )?;
+    gauges(
+        e,
+        "vxmesh_relay_pool_idle",
+        "Idle connections to other nodes' relays kept for the next request.",
+        None,
+        vec![(vec![], relay.pool_idle as f64)],
     )?;
     Ok(())
 }

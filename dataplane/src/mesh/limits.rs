@@ -374,6 +374,8 @@ pub fn raise_nofile() -> io::Result<(u64, u64)> {
 pub struct Resources {
     pub budget: Arc<Budget>,
     pub accept: AcceptStats,
+    /// Idle connections to other nodes' relays, for the next request.
+    pub relay_pool: super::framed::Pool,
 }
 
 impl Resources {
@@ -381,6 +383,7 @@ impl Resources {
         Resources {
             budget: Arc::new(budget),
             accept: AcceptStats::default(),
+            relay_pool: Default::default(),
         }
     }
 }

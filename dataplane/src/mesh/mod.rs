@@ -11,6 +11,7 @@
 
 pub mod balance;
 pub mod dns;
+pub mod framed;
 pub mod health;
 pub mod limits;
 pub mod maglev;

@@ -22,10 +22,18 @@
 //! Request (49 bytes), then one status byte back:
 //!
 //! ```text
-//! "VXR1" | flags u8 (bit 0: PROXY v2) | task IPv4 (4) | task port u16 |
-//! client: family u8 (4 or 6) | address (16, IPv4 in the first 4) | port u16 |
-//! published: the same layout
+//! "VXR1" | flags u8 (bit 0: PROXY v2, bit 1: framed) | task IPv4 (4) |
+//! task port u16 | client: family u8 (4 or 6) | address (16, IPv4 in the
+//! first 4) | port u16 | published: the same layout
 //! ```
+//!
+//! A framed request (what the accepting node sends) asks for the reusable
+//! mode of [`super::framed`]: the bytes of both directions go in frames, and
+//! a connection whose client connection ended cleanly carries the next
+//! request, so that most client connections cost the two nodes no relay
+//! connect, accept or close at all. A relay that refuses the flag (a
+//! vxmeshd from before it) is asked unframed, one connection per client,
+//! for a while.
 
 use std::collections::HashSet;
 use std::io;
@@ -36,11 +44,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
+use super::framed::{self, Framed};
 use super::limits::{self, Backoff, Cost, Resources};
 use super::tcp::{self, Leg};
 use crate::wire::proxy_v2;
@@ -49,6 +58,7 @@ pub const MAGIC: [u8; 4] = *b"VXR1";
 pub const REQUEST_LEN: usize = 4 + 1 + 6 + 2 * ADDR_LEN;
 const ADDR_LEN: usize = 1 + 16 + 2;
 const FLAG_PROXY_V2: u8 = 1;
+const FLAG_FRAMED: u8 = 2;
 
 /// The status byte the task node answers with.
 pub const OK: u8 = 0;
@@ -68,6 +78,8 @@ pub struct Request {
     /// The address the client connected to (the PROXY v2 destination).
     pub published: SocketAddr,
     pub proxy_v2: bool,
+    /// The reusable, framed mode ([`super::framed`]).
+    pub framed: bool,
 }
 
 fn put_addr(out: &mut [u8], a: SocketAddr) {
@@ -98,7 +110,8 @@ impl Request {
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut out = [0u8; REQUEST_LEN];
         out[..4].copy_from_slice(&MAGIC);
-        out[4] = if self.proxy_v2 { FLAG_PROXY_V2 } else { 0 };
+        out[4] = if self.proxy_v2 { FLAG_PROXY_V2 } else { 0 }
+            | if self.framed { FLAG_FRAMED } else { 0 };
         out[5..9].copy_from_slice(&self.task.ip().octets());
         out[9..11].copy_from_slice(&self.task.port().to_be_bytes());
         put_addr(&mut out[11..11 + ADDR_LEN], self.client);
@@ -109,7 +122,7 @@ impl Request {
     /// A request, or `None` for anything else (other magic, unknown flags,
     /// an unknown address family).
     pub fn decode(b: &[u8; REQUEST_LEN]) -> Option<Request> {
-        if b[..4] != MAGIC || b[4] & !FLAG_PROXY_V2 != 0 {
+        if b[..4] != MAGIC || b[4] & !(FLAG_PROXY_V2 | FLAG_FRAMED) != 0 {
             return None;
         }
         let task = SocketAddrV4::new(
@@ -121,6 +134,7 @@ impl Request {
             client: get_addr(&b[11..11 + ADDR_LEN])?,
             published: get_addr(&b[11 + ADDR_LEN..])?,
             proxy_v2: b[4] & FLAG_PROXY_V2 != 0,
+            framed: b[4] & FLAG_FRAMED != 0,
         })
     }
 }
@@ -145,6 +159,8 @@ pub struct RelayStats {
     /// The task did not take the connection.
     pub unreachable: AtomicU64,
     pub active: AtomicU64,
+    /// Requests served on a connection that had carried an earlier one.
+    pub reused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
 }
@@ -156,8 +172,18 @@ pub struct RelayCounters {
     pub refused: u64,
     pub unreachable: u64,
     pub active: u64,
+    pub reused: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The accepting side ([`framed::Pool`]): requests sent over a pooled
+    /// connection, and pooled connections found closed and replaced.
+    #[serde(default)]
+    pub pool_reused: u64,
+    #[serde(default)]
+    pub pool_stale: u64,
+    /// Idle pooled connections now.
+    #[serde(default)]
+    pub pool_idle: u64,
 }
 
 impl RelayStats {
@@ -167,8 +193,12 @@ impl RelayStats {
             refused: self.refused.load(Relaxed),
             unreachable: self.unreachable.load(Relaxed),
             active: self.active.load(Relaxed),
+            reused: self.reused.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
+            pool_reused: 0,
+            pool_stale: 0,
+            pool_idle: 0,
         }
     }
 }
@@ -194,19 +224,25 @@ pub async fn serve(l: TcpListener, s: Arc<Serve>, mut stop: watch::Receiver<bool
     loop {
         tokio::select! {
             (c, peer) = limits::accept(&what, &mut backoff, &s.res.accept, || l.accept()) => {
-                tokio::spawn(handle(c, peer, s.clone()));
+                tokio::spawn(handle(c, peer, s.clone(), stop.clone()));
             }
             _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
         }
     }
 }
 
-async fn handle(mut c: TcpStream, peer: SocketAddr, s: Arc<Serve>) {
-    let member = match peer.ip() {
+fn is_member(s: &Serve, peer: SocketAddr) -> bool {
+    match peer.ip() {
         IpAddr::V4(a) => s.policy.load().peers.contains(&a),
         IpAddr::V6(_) => false,
-    };
-    if !member {
+    }
+}
+
+/// One connection from another node: its requests, one after the other
+/// while they are framed and end cleanly. Between two, the connection
+/// waits [`framed::SERVER_IDLE`] for the next, or until the relay stops.
+async fn handle(c: TcpStream, peer: SocketAddr, s: Arc<Serve>, mut stop: watch::Receiver<bool>) {
+    if !is_member(&s, peer) {
         // Closed without a word: nothing to learn for a stranger.
         s.stats.refused.fetch_add(1, Relaxed);
         return;
@@ -215,15 +251,48 @@ async fn handle(mut c: TcpStream, peer: SocketAddr, s: Arc<Serve>) {
         s.stats.refused.fetch_add(1, Relaxed);
         return;
     };
+    let mut c = Framed::new(c);
     let mut buf = [0u8; REQUEST_LEN];
-    let req = match timeout(REQUEST_TIMEOUT, c.read_exact(&mut buf)).await {
-        Ok(Ok(_)) => Request::decode(&buf),
-        _ => None,
-    };
+    for served in 0u64.. {
+        let wait = if served == 0 {
+            REQUEST_TIMEOUT
+        } else {
+            framed::SERVER_IDLE
+        };
+        let next = tokio::select! {
+            r = timeout(wait, c.read_exact(&mut buf)) => r,
+            _ = stop.wait_for(|v| *v) => return,
+        };
+        if served > 0 {
+            match next {
+                // Closed by the other node between two requests: its pool
+                // let it go.
+                Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(())) => {}
+            }
+            if !is_member(&s, peer) {
+                s.stats.refused.fetch_add(1, Relaxed);
+                return;
+            }
+            s.stats.reused.fetch_add(1, Relaxed);
+        }
+        let req = match next {
+            Ok(Ok(())) => Request::decode(&buf),
+            _ => None,
+        };
+        match serve_one(c, req, &s).await {
+            Some(next) => c = next,
+            None => return,
+        }
+    }
+}
+
+/// Serves one request on `c`; gives `c` back when it can carry the next.
+async fn serve_one(mut c: Framed, req: Option<Request>, s: &Serve) -> Option<Framed> {
     let Some(req) = req.filter(|r| s.policy.load().targets.contains(&r.task)) else {
         s.stats.refused.fetch_add(1, Relaxed);
-        let _ = timeout(REQUEST_TIMEOUT, c.write_all(&[REFUSED])).await;
-        return;
+        let _ = timeout(REQUEST_TIMEOUT, c.sock.write_all(&[REFUSED])).await;
+        return None;
     };
     let up = match timeout(
         s.connect_timeout,
@@ -234,8 +303,8 @@ async fn handle(mut c: TcpStream, peer: SocketAddr, s: Arc<Serve>) {
         Ok(Ok(up)) => up,
         _ => {
             s.stats.unreachable.fetch_add(1, Relaxed);
-            let _ = timeout(REQUEST_TIMEOUT, c.write_all(&[UNREACHABLE])).await;
-            return;
+            let _ = timeout(REQUEST_TIMEOUT, c.sock.write_all(&[UNREACHABLE])).await;
+            return None;
         }
     };
     let mut up = up;
@@ -246,47 +315,87 @@ async fn handle(mut c: TcpStream, peer: SocketAddr, s: Arc<Serve>) {
             Ok(Ok(()))
         ) {
             s.stats.unreachable.fetch_add(1, Relaxed);
-            let _ = timeout(REQUEST_TIMEOUT, c.write_all(&[UNREACHABLE])).await;
-            return;
+            let _ = timeout(REQUEST_TIMEOUT, c.sock.write_all(&[UNREACHABLE])).await;
+            return None;
         }
     }
     if !matches!(
-        timeout(REQUEST_TIMEOUT, c.write_all(&[OK])).await,
+        timeout(REQUEST_TIMEOUT, c.sock.write_all(&[OK])).await,
         Ok(Ok(()))
     ) {
-        return;
+        return None;
     }
     s.stats.accepted.fetch_add(1, Relaxed);
     s.stats.active.fetch_add(1, Relaxed);
-    let leg = Leg {
-        bytes_in: &s.stats.bytes_in,
-        bytes_out: &s.stats.bytes_out,
-        cut: None,
+    let budget = &s.res.budget;
+    let again = if req.framed {
+        // Here the plain side is the task: task to node is bytes_out.
+        let leg = Leg {
+            bytes_in: &s.stats.bytes_out,
+            bytes_out: &s.stats.bytes_in,
+            cut: None,
+        };
+        let clean = framed::relay(up, &mut c, leg, s.idle, budget, s.write_timeout).await;
+        clean.unwrap_or(false).then_some(c)
+    } else {
+        let leg = Leg {
+            bytes_in: &s.stats.bytes_in,
+            bytes_out: &s.stats.bytes_out,
+            cut: None,
+        };
+        // An unframed connection carries one request.
+        let _ = tcp::relay(c.sock, up, leg, s.idle, budget, s.write_timeout).await;
+        None
     };
-    let _ = tcp::relay(c, up, leg, s.idle, &s.res.budget, s.write_timeout).await;
     s.stats.active.fetch_sub(1, Relaxed);
+    again
 }
 
 /// The accepting node's side: a connection to task `req.task` through the
 /// relay of its node at `via`, ready to carry the client's bytes (the
-/// task node has written the PROXY v2 header if `req` asked for it).
-pub async fn connect(via: SocketAddr, req: &Request, limit: Duration) -> io::Result<TcpStream> {
+/// task node has written the PROXY v2 header if `req` asked for it). A
+/// pooled connection is tried first; one the other end closed is replaced
+/// by a new one without counting against the task.
+pub async fn connect(
+    via: SocketAddr,
+    req: &Request,
+    limit: Duration,
+    pool: &framed::Pool,
+) -> io::Result<Upstream> {
     let ask = async {
-        let mut up = TcpStream::connect(via).await?;
-        up.write_all(&req.encode()).await?;
-        let mut status = [0u8; 1];
-        up.read_exact(&mut status).await?;
-        match status[0] {
-            OK => Ok(up),
-            REFUSED => Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the task node refused the relay request",
-            )),
-            _ => Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "the task did not take the connection",
-            )),
+        if !pool.is_legacy(via) {
+            let framed = Request {
+                framed: true,
+                ..*req
+            };
+            while let Some(mut c) = pool.take(via) {
+                match ask_on(&mut c, &framed).await {
+                    Ok(()) => {
+                        pool.stats.reused.fetch_add(1, Relaxed);
+                        return Ok(Upstream::Framed(c));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e),
+                    Err(_) => {
+                        pool.stats.stale.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            let mut c = Framed::new(TcpStream::connect(via).await?);
+            match ask_on(&mut c, &framed).await {
+                Ok(()) => return Ok(Upstream::Framed(c)),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    // An older relay refuses the flag; a newer one refuses
+                    // only what it would refuse unframed too. Asked
+                    // unframed below either way.
+                    pool.mark_legacy(via);
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let mut c = Framed::new(TcpStream::connect(via).await?);
+        ask_on(&mut c, req).await?;
+        Ok(Upstream::Plain(c.sock))
     };
     timeout(limit, ask).await.unwrap_or_else(|_| {
         Err(io::Error::new(
@@ -296,9 +405,37 @@ pub async fn connect(via: SocketAddr, req: &Request, limit: Duration) -> io::Res
     })
 }
 
+/// A connection through a relay, as [`connect`] got it.
+pub enum Upstream {
+    /// Framed: can go back to the pool when its client connection ends
+    /// cleanly.
+    Framed(Framed),
+    /// One client connection, then closed (a relay from before framing).
+    Plain(TcpStream),
+}
+
+/// Sends `req` on `c` and reads the status.
+async fn ask_on(c: &mut Framed, req: &Request) -> io::Result<()> {
+    c.sock.write_all(&req.encode()).await?;
+    let mut status = [0u8; 1];
+    c.read_exact(&mut status).await?;
+    match status[0] {
+        OK => Ok(()),
+        REFUSED => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the task node refused the relay request",
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "the task did not take the connection",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn requests_round_trip_and_strangers_are_refused() {
@@ -307,6 +444,7 @@ mod tests {
             client: "198.18.0.100:40000".parse().unwrap(),
             published: "[2001:db8::1]:8080".parse().unwrap(),
             proxy_v2: true,
+            framed: true,
         };
         let b = r.encode();
         assert_eq!(Request::decode(&b), Some(r));
@@ -337,25 +475,48 @@ mod tests {
         (addr, s, stop)
     }
 
-    #[tokio::test]
-    async fn a_relayed_connection_reaches_only_an_allowed_task_with_the_client_in_proxy_v2() {
+    /// A task listener on loopback and a relay that lets 127.0.0.1 reach it.
+    async fn task_behind_relay() -> (
+        TcpListener,
+        SocketAddrV4,
+        SocketAddr,
+        Arc<Serve>,
+        watch::Sender<bool>,
+    ) {
         let task = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let task_addr = match task.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            _ => unreachable!(),
+        let SocketAddr::V4(task_addr) = task.local_addr().unwrap() else {
+            unreachable!("bound to an IPv4 address");
         };
-        let (via, s, _stop) = listener(Policy {
+        let (via, s, stop) = listener(Policy {
             peers: [Ipv4Addr::LOCALHOST].into(),
             targets: [task_addr].into(),
         })
         .await;
-        let req = Request {
-            task: task_addr,
+        (task, task_addr, via, s, stop)
+    }
+
+    fn request(task: SocketAddrV4, proxy_v2: bool) -> Request {
+        Request {
+            task,
             client: "198.18.0.100:40000".parse().unwrap(),
             published: "198.18.0.1:8080".parse().unwrap(),
-            proxy_v2: true,
+            proxy_v2,
+            framed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relayed_connection_reaches_only_an_allowed_task_with_the_client_in_proxy_v2() {
+        let (task, task_addr, via, s, _stop) = task_behind_relay().await;
+        let req = request(task_addr, true);
+        let pool = framed::Pool::default();
+        pool.mark_legacy(via);
+        let Upstream::Plain(mut up) = connect(via, &req, Duration::from_secs(2), &pool)
+            .await
+            .unwrap()
+        else {
+            panic!("asked unframed, got framed");
         };
-        let mut up = connect(via, &req, Duration::from_secs(2)).await.unwrap();
         let (mut t, _) = task.accept().await.unwrap();
         let mut hdr = [0u8; 28];
         t.read_exact(&mut hdr).await.unwrap();
@@ -374,9 +535,10 @@ mod tests {
             task: SocketAddrV4::new(Ipv4Addr::LOCALHOST, task_addr.port() ^ 1),
             ..req
         };
-        let e = connect(via, &elsewhere, Duration::from_secs(2))
+        let e = connect(via, &elsewhere, Duration::from_secs(2), &pool)
             .await
-            .unwrap_err();
+            .err()
+            .expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
         assert_eq!(s.stats.refused.load(Relaxed), 1);
     }
@@ -389,8 +551,12 @@ mod tests {
             client: "127.0.0.1:1".parse().unwrap(),
             published: "127.0.0.1:2".parse().unwrap(),
             proxy_v2: false,
+            framed: false,
         };
-        assert!(connect(via, &req, Duration::from_secs(2)).await.is_err());
+        let pool = framed::Pool::default();
+        assert!(connect(via, &req, Duration::from_secs(2), &pool)
+            .await
+            .is_err());
         for _ in 0..100 {
             if s.stats.refused.load(Relaxed) == 1 {
                 return;
@@ -399,5 +565,100 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("the stranger was not counted");
+    }
+
+    /// One client connection through the relay at `via` with `pool`: sends
+    /// `ask`, half-closes, and returns what came back; the task (accepted
+    /// from `task`) answers `answer` and closes.
+    async fn exchange(
+        via: SocketAddr,
+        pool: &framed::Pool,
+        task: &TcpListener,
+        req: &Request,
+        ask: &[u8],
+        answer: &[u8],
+    ) -> Vec<u8> {
+        let budget = Arc::new(limits::Budget::new(100, 1 << 30));
+        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+        let up = connect(via, req, Duration::from_secs(2), pool)
+            .await
+            .unwrap();
+        let Upstream::Framed(mut c) = up else {
+            panic!("a current relay answers framed");
+        };
+        // The client: one end of a loopback pair; the relay gets the other.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (plain, _) = l.accept().await.unwrap();
+        let (mut t, _) = task.accept().await.unwrap();
+        let leg = Leg {
+            bytes_in: &a,
+            bytes_out: &b,
+            cut: None,
+        };
+        let t5 = Duration::from_secs(5);
+        let relayed = framed::relay(plain, &mut c, leg, t5, &budget, t5);
+        let client_side = async {
+            client.write_all(ask).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let task_side = async {
+            let mut got = Vec::new();
+            t.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, ask);
+            t.write_all(answer).await.unwrap();
+            t.shutdown().await.unwrap();
+        };
+        let (clean, got, ()) = tokio::join!(relayed, client_side, task_side);
+        if clean.unwrap() {
+            pool.put(via, c);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn connections_that_end_cleanly_reuse_one_relay_connection_and_a_closed_one_is_replaced()
+    {
+        let (task, task_addr, via, s, stop) = task_behind_relay().await;
+        let req = request(task_addr, false);
+        let pool = framed::Pool::default();
+        for i in 0..3u8 {
+            let got = exchange(via, &pool, &task, &req, &[b'q', i], &[b'a', i]).await;
+            assert_eq!(got, [b'a', i]);
+            assert_eq!(pool.len(), 1, "the relay connection went back to the pool");
+        }
+        assert_eq!(pool.stats.reused.load(Relaxed), 2);
+        assert_eq!(s.stats.accepted.load(Relaxed), 3);
+        assert_eq!(s.stats.reused.load(Relaxed), 2);
+        // A pooled connection the other end has closed (here: by hand) is
+        // counted stale and replaced by a new one; the request goes through.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        drop(l.accept().await.unwrap());
+        pool.put(via, framed::Framed::new(dead));
+        let got = exchange(via, &pool, &task, &req, b"q", b"a").await;
+        assert_eq!(got, b"a");
+        assert_eq!(pool.stats.stale.load(Relaxed), 1);
+        // The relay stops: the connections idle between two requests close.
+        stop.send(true).unwrap();
+        let mut idle = Vec::new();
+        while let Some(c) = pool.take(via) {
+            idle.push(c);
+        }
+        assert!(!idle.is_empty());
+        for c in &idle {
+            let mut b = [0u8; 1];
+            let n = loop {
+                c.sock.readable().await.unwrap();
+                match c.sock.try_read(&mut b) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => break r,
+                }
+            };
+            assert!(matches!(n, Ok(0) | Err(_)), "closed by the relay: {n:?}");
+        }
     }
 }

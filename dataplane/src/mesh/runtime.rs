@@ -193,7 +193,13 @@ impl Mesh {
 
     /// The relay's counters.
     pub fn relay_status(&self) -> relay::RelayCounters {
-        self.relay_serve.stats.snapshot()
+        let pool = &self.res.relay_pool;
+        relay::RelayCounters {
+            pool_reused: pool.stats.reused.load(std::sync::atomic::Ordering::Relaxed),
+            pool_stale: pool.stats.stale.load(std::sync::atomic::Ordering::Relaxed),
+            pool_idle: pool.len() as u64,
+            ..self.relay_serve.stats.snapshot()
+        }
     }
 
     /// The node-wide budget and accept counters.

@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
+use super::framed::{self, Framed};
 use super::limits::{self, Backoff, Budget, Cost, Resources};
 use super::relay;
 use super::service::{ActiveGuard, OpenGuard, Service, Task};
@@ -101,23 +102,26 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
     let relays = svc.relays.load();
     for task in cands {
         let up = match upstream(&client, peer, &route, &spec, &task, relays.get(&task.addr)).await {
-            Upstream::Ready(up) => up,
             Upstream::Failed => {
                 svc.observe_connect(&task, false);
                 continue;
             }
             Upstream::Abandoned => return,
+            up => up,
         };
         let _active = ActiveGuard::new(task.clone());
-        let r = relay(
-            client,
-            up,
-            task_leg(&task),
-            spec.idle_timeout,
-            &route.res.budget,
-            lim.write_timeout,
-        )
-        .await;
+        let (idle, budget, wt) = (spec.idle_timeout, &route.res.budget, lim.write_timeout);
+        let r = match up {
+            Upstream::Ready(up) => relay(client, up, task_leg(&task), idle, budget, wt).await,
+            Upstream::Relayed(mut c, via) => {
+                let r = framed::relay(client, &mut c, task_leg(&task), idle, budget, wt).await;
+                if matches!(r, Ok(true)) {
+                    route.res.relay_pool.put(via, c);
+                }
+                r.map(drop)
+            }
+            Upstream::Failed | Upstream::Abandoned => unreachable!("handled above"),
+        };
         if r.as_ref().is_err_and(is_write_stall) {
             svc.write_timeouts.fetch_add(1, Relaxed);
         }
@@ -130,6 +134,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
 enum Upstream {
     /// Connected (and the PROXY v2 header, if asked for, sent).
     Ready(TcpStream),
+    /// Through the relay of the task's node at the address, framed: the
+    /// connection goes back to the pool if the client's ends cleanly.
+    Relayed(Framed, SocketAddr),
     /// The task did not take the connection: try the next one.
     Failed,
     /// Connected, but the header could not be written: the client goes.
@@ -154,12 +161,17 @@ async fn upstream(
             client: peer,
             published: client.local_addr().unwrap_or(peer),
             proxy_v2: spec.proxy_protocol,
+            framed: false,
         };
-        return match relay::connect(*via, &req, spec.connect_timeout).await {
+        let pool = &route.res.relay_pool;
+        return match relay::connect(*via, &req, spec.connect_timeout, pool).await {
             Ok(up) => {
                 svc.observe_connect(task, true);
                 svc.relayed_connections.fetch_add(1, Relaxed);
-                Upstream::Ready(up)
+                match up {
+                    relay::Upstream::Framed(c) => Upstream::Relayed(c, *via),
+                    relay::Upstream::Plain(s) => Upstream::Ready(s),
+                }
             }
             Err(_) => Upstream::Failed,
         };
@@ -211,27 +223,69 @@ fn is_write_stall(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|x| x.is::<WriteStall>())
 }
 
-/// What one direction of a relay shares with the other: counters, the
-/// idle clock, the write timeout and the budget the pipes are taken from.
-struct Dir<'a> {
-    bytes: &'a AtomicU64,
-    last: &'a AtomicU64,
+/// When a relay last moved a byte, for its idle timeout.
+pub(super) struct Clock {
     epoch: Instant,
-    write_timeout: Duration,
-    budget: &'a Arc<Budget>,
+    /// Milliseconds since `epoch` at the last byte moved.
+    last: AtomicU64,
 }
 
-impl Dir<'_> {
+impl Clock {
+    pub(super) fn new() -> Clock {
+        Clock {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn since_last(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last.load(Relaxed)))
+    }
+}
+
+/// What one direction of a relay shares with the other: counters, the
+/// idle clock, the write timeout and the budget the pipes are taken from.
+pub(super) struct Dir<'a> {
+    pub bytes: &'a AtomicU64,
+    pub clock: &'a Clock,
+    pub write_timeout: Duration,
+    pub budget: &'a Arc<Budget>,
+}
+
+impl<'a> Dir<'a> {
+    /// The two directions of a relay of `leg`: to the task (counted in
+    /// `bytes_in`) and back.
+    pub(super) fn pair(
+        leg: &Leg<'a>,
+        clock: &'a Clock,
+        write_timeout: Duration,
+        budget: &'a Arc<Budget>,
+    ) -> (Dir<'a>, Dir<'a>) {
+        let dir = |bytes| Dir {
+            bytes,
+            clock,
+            write_timeout,
+            budget,
+        };
+        (dir(leg.bytes_in), dir(leg.bytes_out))
+    }
+
     /// Bytes moved: counted, and the idle clock restarts.
-    fn moved(&self, n: usize) {
+    pub(super) fn moved(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Relaxed);
-        self.last.store(ms(self.epoch), Relaxed);
+        self.clock.touch();
     }
 }
 
 /// Runs `op` when `w` is writable, until it does not block, or fails with
 /// [`WriteStall`] after `limit`.
-async fn write_ready<R>(
+pub(super) async fn write_ready<R>(
     w: &TcpStream,
     limit: Duration,
     op: impl FnMut() -> io::Result<R>,
@@ -242,17 +296,12 @@ async fn write_ready<R>(
     }
 }
 
-/// Milliseconds since `epoch`, for the idle clock.
-fn ms(epoch: Instant) -> u64 {
-    epoch.elapsed().as_millis() as u64
-}
-
 /// Bytes moved per splice(2) call: the default pipe capacity.
 const PIPE_CHUNK: usize = 64 * 1024;
 
 /// Passes the end of one direction on (half-close): the other direction
 /// stays open until it ends too.
-fn shutdown_write(w: &TcpStream) -> io::Result<()> {
+pub(super) fn shutdown_write(w: &TcpStream) -> io::Result<()> {
     match socket2::SockRef::from(w).shutdown(std::net::Shutdown::Write) {
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
         r => r,
@@ -260,7 +309,7 @@ fn shutdown_write(w: &TcpStream) -> io::Result<()> {
 }
 
 /// Runs `op` when `s` is ready for `interest`, until it does not block.
-async fn io_ready<R>(
+pub(super) async fn io_ready<R>(
     s: &TcpStream,
     interest: Interest,
     mut op: impl FnMut() -> io::Result<R>,
@@ -305,7 +354,7 @@ async fn pump_splice(r: &TcpStream, w: &TcpStream, d: &Dir<'_>) -> io::Result<()
 /// for two pipes (pipe2 and closes, four descriptors). A read that fills
 /// the buffer means a bulk transfer, which then moves by splice(2), as
 /// HAProxy's `option splice-auto` decides.
-const COPY_CHUNK: usize = 16 * 1024;
+pub(super) const COPY_CHUNK: usize = 16 * 1024;
 
 /// Copies one direction through `buf` until EOF, passed on as a half-close
 /// (`Ok(true)`), or with `until_full` until a read fills `buf` (`Ok(false)`).
@@ -341,10 +390,18 @@ async fn pump(r: &TcpStream, w: &TcpStream, d: &Dir<'_>) -> io::Result<()> {
     if copy(r, w, &mut small, true, d).await? {
         return Ok(());
     }
+    drop(small);
+    bulk(r, w, d).await
+}
+
+/// The rest of a direction once it is bulk, until EOF (passed on as a
+/// half-close): spliced, or copied where splice is refused or the budget
+/// has no descriptors for the pipes.
+pub(super) async fn bulk(r: &TcpStream, w: &TcpStream, d: &Dir<'_>) -> io::Result<()> {
     let Some(_pipes) = d.budget.grow(Cost::SPLICE) else {
+        let mut small = vec![0u8; COPY_CHUNK];
         return copy(r, w, &mut small, false, d).await.map(drop);
     };
-    drop(small);
     match pump_splice(r, w, d).await {
         Err(e) if e.kind() == io::ErrorKind::Unsupported => {
             // Rare (a socket type splice refuses); not charged to the
@@ -378,57 +435,71 @@ pub(super) async fn relay(
 ) -> io::Result<()> {
     let _ = client.set_nodelay(true);
     let _ = up.set_nodelay(true);
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
-    let both = async {
-        let dir = |bytes| Dir {
-            bytes,
-            last: &last,
-            epoch,
-            write_timeout,
-            budget,
-        };
-        let (d_in, d_out) = (dir(leg.bytes_in), dir(leg.bytes_out));
-        let to_task = pump(&client, &up, &d_in);
-        let to_client = pump(&up, &client, &d_out);
-        tokio::pin!(to_task, to_client);
-        // A direction that ends (EOF, passed on as a half-close) leaves the
-        // other running; one that fails (a reset: the task died, the client
-        // vanished) ends both, or the other side would wait for bytes that
-        // never come until the idle timeout.
-        tokio::select! {
-            r = &mut to_task => { r?; to_client.await }
-            r = &mut to_client => { r?; to_task.await }
-        }
-    };
+    let clock = Clock::new();
+    let (d_in, d_out) = Dir::pair(&leg, &clock, write_timeout, budget);
+    let both = both_ways(pump(&client, &up, &d_in), pump(&up, &client, &d_out));
+    let r = watched(both, &clock, idle, leg.cut).await;
+    finish(r, &[&client, &up]).map(drop)
+}
+
+/// Both directions of a relay: a direction that ends (EOF, passed on as a
+/// half-close) leaves the other running; one that fails (a reset: the task
+/// died, the client vanished) ends both, or the other side would wait for
+/// bytes that never come until the idle timeout.
+pub(super) async fn both_ways<A, B>(
+    a: impl std::future::Future<Output = io::Result<A>>,
+    b: impl std::future::Future<Output = io::Result<B>>,
+) -> io::Result<(A, B)> {
+    tokio::pin!(a, b);
+    tokio::select! {
+        r = &mut a => { let x = r?; Ok((x, b.await?)) }
+        r = &mut b => { let y = r?; Ok((a.await?, y)) }
+    }
+}
+
+/// `both` until it ends (`Some`), or `None` when the relay was idle for
+/// `idle` or `cut` turned true first.
+pub(super) async fn watched<T>(
+    both: impl std::future::Future<Output = io::Result<T>>,
+    clock: &Clock,
+    idle: Duration,
+    mut cut: Option<watch::Receiver<bool>>,
+) -> Option<io::Result<T>> {
     let idle_watch = async {
         loop {
-            let since = Duration::from_millis(ms(epoch).saturating_sub(last.load(Relaxed)));
+            let since = clock.since_last();
             if since >= idle {
                 return;
             }
             tokio::time::sleep(idle - since).await;
         }
     };
-    let mut cut = leg.cut;
-    let r = tokio::select! {
-        r = both => r,
-        _ = idle_watch => Ok(()),
+    tokio::select! {
+        r = both => Some(r),
+        _ = idle_watch => None,
         _ = async {
             match cut.as_mut() {
                 Some(c) => { let _ = c.wait_for(|c| *c).await; }
                 None => std::future::pending::<()>().await,
             }
-        } => Ok(()),
-    };
-    if r.is_err() {
-        // Pass the failure on as a reset, so that a transfer cut short
-        // never looks to the other side like one that ended (FIN).
-        for s in [&client, &up] {
-            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
-        }
+        } => None,
     }
-    r
+}
+
+/// A relay's result for its caller: a failure is passed on to both
+/// sockets as a reset, so that a transfer cut short never looks to the
+/// other side like one that ended (FIN). `Ok(None)`: idle or cut.
+pub(super) fn finish<T>(r: Option<io::Result<T>>, socks: &[&TcpStream]) -> io::Result<Option<T>> {
+    match r {
+        Some(Err(e)) => {
+            for s in socks {
+                let _ = socket2::SockRef::from(*s).set_linger(Some(Duration::ZERO));
+            }
+            Err(e)
+        }
+        Some(Ok(v)) => Ok(Some(v)),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
