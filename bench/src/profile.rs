@@ -200,10 +200,12 @@ pub const OVERLAY_CALLS: &[CallKind] = &[
 
 /// vxmeshd's mesh syscalls: what a relayed connection costs.
 pub const MESH_CALLS: &[CallKind] = &[
-    ("accept", &["do_accept", "__sys_accept4"]),
+    // Only the outermost function of each call: a nested one would be
+    // counted twice.
+    ("accept", &["__sys_accept4"]),
     ("connect", &["__sys_connect"]),
     (
-        "reads and writes (the request, small bodies, the relay's header)",
+        "reads and writes (requests, small bodies; the TAP's too without the relay)",
         &[
             "ksys_read",
             "ksys_write",
@@ -573,9 +575,12 @@ pub struct PathProfile {
 }
 
 /// The profiles as text, path by path (`overlay-profile.txt`).
-pub fn render(paths: &[(&str, &PathProfile)]) -> String {
+pub fn render(paths: &[(&str, &PathProfile)], build: Option<&str>) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
+    if let Some(b) = build {
+        let _ = writeln!(s, "build {b}");
+    }
     let _ = writeln!(
         s,
         "Where the time goes: perf, in extra runs after the measured ones (last round).\n\
@@ -602,6 +607,8 @@ pub fn render(paths: &[(&str, &PathProfile)]) -> String {
                     "  vxmeshd's system calls, each with the kernel's work inside it:"
                 );
                 for (k, v) in &c.calls {
+                    // perf prints tiny shares as -0.00.
+                    let v = if v.abs() < 0.05 { 0.0 } else { *v };
                     let _ = writeln!(s, "    {v:6.1} %  {k}");
                 }
             }
@@ -734,13 +741,17 @@ mod tests {
                 },
             ]
         );
-        let text = render(&[(
-            "vxmesh",
-            &PathProfile {
-                wakeups: Some(w),
-                ..Default::default()
-            },
-        )]);
+        let text = render(
+            &[(
+                "vxmesh",
+                &PathProfile {
+                    wakeups: Some(w),
+                    ..Default::default()
+                },
+            )],
+            Some("abc1234"),
+        );
+        assert!(text.starts_with("build abc1234\n"), "{text}");
         assert!(text.contains("vxm-lane   1.5 runs per echo"), "{text}");
     }
 

@@ -423,8 +423,11 @@ pub fn run_mesh(args: MeshArgs) -> anyhow::Result<()> {
         .collect();
     if !profiled.is_empty() {
         let pp = s.out.join("mesh-profile.txt");
-        std::fs::write(&pp, crate::profile::render(&profiled))
-            .with_context(|| format!("writing {}", pp.display()))?;
+        std::fs::write(
+            &pp,
+            crate::profile::render(&profiled, machine.git.as_deref()),
+        )
+        .with_context(|| format!("writing {}", pp.display()))?;
         notes.push(format!("profiles: {}", pp.display()));
     }
 

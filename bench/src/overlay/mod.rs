@@ -205,7 +205,7 @@ pub fn run_overlay(args: OverlayArgs) -> anyhow::Result<()> {
         .collect();
     if !profiled.is_empty() {
         let pp = s.out.join("overlay-profile.txt");
-        std::fs::write(&pp, profile::render(&profiled))
+        std::fs::write(&pp, profile::render(&profiled, machine.git.as_deref()))
             .with_context(|| format!("writing {}", pp.display()))?;
         notes.push(format!("profiles: {}", pp.display()));
     }

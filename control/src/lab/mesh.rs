@@ -306,6 +306,21 @@ pub fn measure(tb: &mut Testbed, t: &Target) -> anyhow::Result<MeshReport> {
     let o = first.1.octets();
     tb.add_host("cl", &format!("{}.{}.{}.200/24", o[0], o[1], o[2]), 1500)?;
     let cl = tb.ns("cl");
+    // Ready once every node's DNS names every task (it answers the tasks
+    // its health checks passed): measured before that, a node would send
+    // everything to the tasks that rose first. Bounded; what is still
+    // missing then is reported as a problem below.
+    let t0 = Instant::now();
+    for (node, _) in &t.nodes {
+        let name = format!("tasks.{}", t.service);
+        while resolve(tb, &tb.ns(node), t.dns, &name)?.len() < t.tasks {
+            super::interrupted()?;
+            if t0.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let mut rows = Vec::new();
     for (name, address) in &t.nodes {
         let addr = SocketAddr::new((*address).into(), t.published);
