@@ -110,39 +110,21 @@ impl Drop for Recording {
 /// `perf report` of a [`record_cpu`] file: one line per (command, DSO,
 /// symbol), percentages of all samples.
 pub fn report(data: &Path) -> anyhow::Result<String> {
-    let data_s = data.to_str().context("profile path is not UTF-8")?;
-    perf_stdout(&[
-        "report",
-        "-i",
-        data_s,
-        "--stdio",
-        "--no-children",
-        "-g",
-        "none",
-        "--sort",
-        "comm,dso,sym",
-        "-t",
-        "|",
-    ])
+    perf_report(data, "--no-children", "comm,dso,sym")
 }
 
 /// `perf report --children` of a [`record_cpu`] file: per (command,
 /// symbol), the share of all samples spent in the symbol and below it,
 /// then in it alone.
 pub fn report_children(data: &Path) -> anyhow::Result<String> {
+    perf_report(data, "--children", "comm,sym")
+}
+
+/// `perf report` of `data` as `|`-separated lines, call graphs folded.
+fn perf_report(data: &Path, children: &str, sort: &str) -> anyhow::Result<String> {
     let data_s = data.to_str().context("profile path is not UTF-8")?;
     perf_stdout(&[
-        "report",
-        "-i",
-        data_s,
-        "--stdio",
-        "--children",
-        "-g",
-        "none",
-        "--sort",
-        "comm,sym",
-        "-t",
-        "|",
+        "report", "-i", data_s, "--stdio", children, "-g", "none", "--sort", sort, "-t", "|",
     ])
 }
 
@@ -158,14 +140,18 @@ pub struct Inclusive {
     pub sym: String,
 }
 
+/// A report's percentage field (`11.55%`).
+fn percent(field: Option<&str>) -> Option<f64> {
+    field?.strip_suffix('%')?.parse().ok()
+}
+
 /// Parses [`report_children`]'s lines (`36.68% | 0.51% |vxm-lane-0 |[k]
 /// do_syscall_64`); anything else is skipped.
 pub fn parse_children(text: &str) -> Vec<Inclusive> {
     text.lines()
         .filter_map(|l| {
             let mut f = l.split('|').map(str::trim);
-            let children = f.next()?.strip_suffix('%')?.parse().ok()?;
-            let own = f.next()?.strip_suffix('%')?.parse().ok()?;
+            let (children, own) = (percent(f.next())?, percent(f.next())?);
             let (comm, sym) = (f.next()?, f.next()?);
             Some(Inclusive {
                 children,
@@ -309,10 +295,10 @@ pub fn parse_report(text: &str) -> Vec<Sample> {
     text.lines()
         .filter_map(|l| {
             let mut f = l.split('|').map(str::trim);
-            let percent = f.next()?.strip_suffix('%')?.parse().ok()?;
+            let pct = percent(f.next())?;
             let (comm, dso, sym) = (f.next()?, f.next()?, f.next()?);
             Some(Sample {
-                percent,
+                percent: pct,
                 comm: comm.into(),
                 dso: dso.into(),
                 sym: sym.into(),

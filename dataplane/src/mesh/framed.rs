@@ -348,14 +348,19 @@ mod tests {
         Arc::new(Budget::new(1000, 1 << 30))
     }
 
-    /// One framed hop: app <-> [plain a|b] relay(framed) [x|y] relay(framed) [c|d] <-> task.
-    /// Returns whether both ends could reuse the framed connection.
-    async fn hop(
-        client: TcpStream,
-        task: TcpStream,
+    /// One client connection through a framed hop: the client sends `ask`
+    /// and half-closes, the task (which must get exactly `ask`) answers
+    /// `answer` and closes; the two relays between them use `x` and `y`.
+    /// Returns what the client got and whether each relay could reuse its
+    /// end of the framed connection.
+    async fn exchange(
         x: &mut Framed,
         y: &mut Framed,
-    ) -> (bool, bool) {
+        ask: &[u8],
+        answer: &[u8],
+    ) -> (Vec<u8>, bool, bool) {
+        let (mut app, a) = pair().await;
+        let (d, mut task) = pair().await;
         let (b, s, n) = (budget(), AtomicU64::new(0), AtomicU64::new(0));
         let leg = || Leg {
             bytes_in: &s,
@@ -363,11 +368,27 @@ mod tests {
             cut: None,
         };
         let t = Duration::from_secs(5);
-        let (l, r) = tokio::join!(
-            relay(client, x, leg(), t, &b, t),
-            relay(task, y, leg(), t, &b, t)
+        let app_side = async {
+            app.write_all(ask).await.unwrap();
+            app.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            app.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let task_side = async {
+            let mut got = Vec::new();
+            task.read_to_end(&mut got).await.unwrap();
+            assert!(got == ask, "the task got the request whole");
+            task.write_all(answer).await.unwrap();
+            task.shutdown().await.unwrap();
+        };
+        let (got, l, r, ()) = tokio::join!(
+            app_side,
+            relay(a, x, leg(), t, &b, t),
+            relay(d, y, leg(), t, &b, t),
+            task_side
         );
-        (l.unwrap(), r.unwrap())
+        (got, l.unwrap(), r.unwrap())
     }
 
     #[tokio::test]
@@ -375,23 +396,7 @@ mod tests {
         let (x, y) = pair().await;
         let (mut x, mut y) = (Framed::new(x), Framed::new(y));
         for round in 0..3u8 {
-            let (mut app, a) = pair().await;
-            let (d, mut task) = pair().await;
-            let app_side = async move {
-                app.write_all(&[b'q', round]).await.unwrap();
-                app.shutdown().await.unwrap();
-                let mut got = Vec::new();
-                app.read_to_end(&mut got).await.unwrap();
-                got
-            };
-            let task_side = async move {
-                let mut got = Vec::new();
-                task.read_to_end(&mut got).await.unwrap();
-                assert_eq!(got, [b'q', round]);
-                task.write_all(&[b'a', round, 9, 9]).await.unwrap();
-                task.shutdown().await.unwrap();
-            };
-            let (got, (l, r), ()) = tokio::join!(app_side, hop(a, d, &mut x, &mut y), task_side);
+            let (got, l, r) = exchange(&mut x, &mut y, &[b'q', round], &[b'a', round, 9, 9]).await;
             assert_eq!(got, [b'a', round, 9, 9]);
             assert!(l && r, "round {round}: both ends ended with EOF frames");
         }
@@ -401,27 +406,10 @@ mod tests {
     async fn a_bulk_direction_goes_raw_arrives_whole_and_the_connection_is_not_reused() {
         let (x, y) = pair().await;
         let (mut x, mut y) = (Framed::new(x), Framed::new(y));
-        let (mut app, a) = pair().await;
-        let (d, mut task) = pair().await;
         let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let want = body.clone();
-        let app_side = async move {
-            app.write_all(b"GET").await.unwrap();
-            app.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            app.read_to_end(&mut got).await.unwrap();
-            got
-        };
-        let task_side = async move {
-            let mut got = Vec::new();
-            task.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, b"GET");
-            task.write_all(&body).await.unwrap();
-            task.shutdown().await.unwrap();
-        };
-        let (got, (l, r), ()) = tokio::join!(app_side, hop(a, d, &mut x, &mut y), task_side);
-        assert_eq!(got.len(), want.len());
-        assert!(got == want, "the bytes arrive in order");
+        let (got, l, r) = exchange(&mut x, &mut y, b"GET", &body).await;
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the bytes arrive in order");
         assert!(!l && !r, "a raw direction ends the connection's reuse");
     }
 

@@ -361,7 +361,7 @@ pub async fn connect(
     req: &Request,
     limit: Duration,
     pool: &framed::Pool,
-) -> io::Result<Upstream> {
+) -> io::Result<Connected> {
     let ask = async {
         if !pool.is_legacy(via) {
             let framed = Request {
@@ -372,10 +372,17 @@ pub async fn connect(
                 match ask_on(&mut c, &framed).await {
                     Ok(()) => {
                         pool.stats.reused.fetch_add(1, Relaxed);
-                        return Ok(Upstream::Framed(c));
+                        return Ok(Connected::Framed(c));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e),
+                    // An answer: the relay is alive and said no.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::PermissionDenied | io::ErrorKind::ConnectionRefused
+                        ) =>
+                    {
+                        return Err(e)
+                    }
                     Err(_) => {
                         pool.stats.stale.fetch_add(1, Relaxed);
                     }
@@ -383,7 +390,7 @@ pub async fn connect(
             }
             let mut c = Framed::new(TcpStream::connect(via).await?);
             match ask_on(&mut c, &framed).await {
-                Ok(()) => return Ok(Upstream::Framed(c)),
+                Ok(()) => return Ok(Connected::Framed(c)),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     // An older relay refuses the flag; a newer one refuses
                     // only what it would refuse unframed too. Asked
@@ -395,7 +402,7 @@ pub async fn connect(
         }
         let mut c = Framed::new(TcpStream::connect(via).await?);
         ask_on(&mut c, req).await?;
-        Ok(Upstream::Plain(c.sock))
+        Ok(Connected::Plain(c.sock))
     };
     timeout(limit, ask).await.unwrap_or_else(|_| {
         Err(io::Error::new(
@@ -406,7 +413,7 @@ pub async fn connect(
 }
 
 /// A connection through a relay, as [`connect`] got it.
-pub enum Upstream {
+pub enum Connected {
     /// Framed: can go back to the pool when its client connection ends
     /// cleanly.
     Framed(Framed),
@@ -511,7 +518,7 @@ mod tests {
         let req = request(task_addr, true);
         let pool = framed::Pool::default();
         pool.mark_legacy(via);
-        let Upstream::Plain(mut up) = connect(via, &req, Duration::from_secs(2), &pool)
+        let Connected::Plain(mut up) = connect(via, &req, Duration::from_secs(2), &pool)
             .await
             .unwrap()
         else {
@@ -583,7 +590,7 @@ mod tests {
         let up = connect(via, req, Duration::from_secs(2), pool)
             .await
             .unwrap();
-        let Upstream::Framed(mut c) = up else {
+        let Connected::Framed(mut c) = up else {
             panic!("a current relay answers framed");
         };
         // The client: one end of a loopback pair; the relay gets the other.

@@ -102,25 +102,24 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
     let relays = svc.relays.load();
     for task in cands {
         let up = match upstream(&client, peer, &route, &spec, &task, relays.get(&task.addr)).await {
-            Upstream::Failed => {
+            Ok(up) => up,
+            Err(Miss::Failed) => {
                 svc.observe_connect(&task, false);
                 continue;
             }
-            Upstream::Abandoned => return,
-            up => up,
+            Err(Miss::Abandoned) => return,
         };
         let _active = ActiveGuard::new(task.clone());
         let (idle, budget, wt) = (spec.idle_timeout, &route.res.budget, lim.write_timeout);
         let r = match up {
-            Upstream::Ready(up) => relay(client, up, task_leg(&task), idle, budget, wt).await,
-            Upstream::Relayed(mut c, via) => {
+            Up::Direct(up) => relay(client, up, task_leg(&task), idle, budget, wt).await,
+            Up::Relayed(mut c, via) => {
                 let r = framed::relay(client, &mut c, task_leg(&task), idle, budget, wt).await;
                 if matches!(r, Ok(true)) {
                     route.res.relay_pool.put(via, c);
                 }
                 r.map(drop)
             }
-            Upstream::Failed | Upstream::Abandoned => unreachable!("handled above"),
         };
         if r.as_ref().is_err_and(is_write_stall) {
             svc.write_timeouts.fetch_add(1, Relaxed);
@@ -130,13 +129,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, route: Arc<Route>) {
     svc.no_backend.fetch_add(1, Relaxed);
 }
 
-/// What connecting to one candidate task gave.
-enum Upstream {
+/// A connection to one candidate task.
+enum Up {
     /// Connected (and the PROXY v2 header, if asked for, sent).
-    Ready(TcpStream),
+    Direct(TcpStream),
     /// Through the relay of the task's node at the address, framed: the
     /// connection goes back to the pool if the client's ends cleanly.
     Relayed(Framed, SocketAddr),
+}
+
+/// Why a candidate task gave no connection.
+enum Miss {
     /// The task did not take the connection: try the next one.
     Failed,
     /// Connected, but the header could not be written: the client goes.
@@ -153,7 +156,7 @@ async fn upstream(
     spec: &ServiceSpec,
     task: &Arc<Task>,
     via: Option<&SocketAddr>,
-) -> Upstream {
+) -> Result<Up, Miss> {
     let svc = &route.service;
     if let Some(via) = via {
         let req = relay::Request {
@@ -168,17 +171,17 @@ async fn upstream(
             Ok(up) => {
                 svc.observe_connect(task, true);
                 svc.relayed_connections.fetch_add(1, Relaxed);
-                match up {
-                    relay::Upstream::Framed(c) => Upstream::Relayed(c, *via),
-                    relay::Upstream::Plain(s) => Upstream::Ready(s),
-                }
+                Ok(match up {
+                    relay::Connected::Framed(c) => Up::Relayed(c, *via),
+                    relay::Connected::Plain(s) => Up::Direct(s),
+                })
             }
-            Err(_) => Upstream::Failed,
+            Err(_) => Err(Miss::Failed),
         };
     }
     let addr = SocketAddr::new(task.addr.into(), route.target);
     let Ok(Ok(mut up)) = timeout(spec.connect_timeout, TcpStream::connect(addr)).await else {
-        return Upstream::Failed;
+        return Err(Miss::Failed);
     };
     svc.observe_connect(task, true);
     if spec.proxy_protocol {
@@ -188,14 +191,14 @@ async fn upstream(
         let (hdr, n) = proxy_v2::encode(peer, local, proxy_v2::Transport::Stream);
         match timeout(spec.limits.write_timeout, up.write_all(&hdr[..n])).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Upstream::Abandoned,
+            Ok(Err(_)) => return Err(Miss::Abandoned),
             Err(_) => {
                 svc.write_timeouts.fetch_add(1, Relaxed);
-                return Upstream::Abandoned;
+                return Err(Miss::Abandoned);
             }
         }
     }
-    Upstream::Ready(up)
+    Ok(Up::Direct(up))
 }
 
 /// A relay to `task`: its byte counters and its cut signal.
