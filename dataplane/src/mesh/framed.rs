@@ -159,19 +159,50 @@ async fn write_all(w: &TcpStream, d: &Dir<'_>, mut b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// What a short read is followed by: its data, and the end if the socket
+/// already has it.
+fn after_short_read(r: &TcpStream, rest: &mut [u8]) -> io::Result<(usize, bool)> {
+    match r.try_read(rest) {
+        Ok(0) => Ok((0, true)),
+        Ok(m) => Ok((m, false)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((0, false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// The plain socket `r` into frames on `w`.
 async fn frame_out(r: &TcpStream, w: &TcpStream, d: &Dir<'_>) -> io::Result<End> {
-    let mut buf = vec![0u8; HDR + COPY_CHUNK];
+    // Room for a DATA frame and an EOF frame behind it.
+    let mut buf = vec![0u8; HDR + COPY_CHUNK + HDR];
     loop {
-        let n = io_ready(r, Interest::READABLE, || r.try_read(&mut buf[HDR..])).await?;
+        let body = HDR..HDR + COPY_CHUNK;
+        let mut n = io_ready(r, Interest::READABLE, || r.try_read(&mut buf[body.clone()])).await?;
         if n == 0 {
             write_all(w, d, &[EOF, 0, 0, 0]).await?;
             return Ok(End::Framed);
         }
+        // A task that answers and closes has usually sent its FIN by now:
+        // one more read (the one the next turn would make anyway) finds it,
+        // and the answer and its EOF frame leave in one write, one segment
+        // and one wake-up of the other node instead of two.
+        let mut eof = false;
+        if n < COPY_CHUNK {
+            let (more, end) = after_short_read(r, &mut buf[HDR + n..body.end])?;
+            n += more;
+            eof = end;
+        }
         let len = (n as u16).to_be_bytes();
         buf[..HDR].copy_from_slice(&[DATA, 0, len[0], len[1]]);
-        write_all(w, d, &buf[..HDR + n]).await?;
+        let mut out = HDR + n;
+        if eof {
+            buf[out..out + HDR].copy_from_slice(&[EOF, 0, 0, 0]);
+            out += HDR;
+        }
+        write_all(w, d, &buf[..out]).await?;
         d.moved(n);
+        if eof {
+            return Ok(End::Framed);
+        }
         if n == COPY_CHUNK {
             // Bulk: the rest as a plain stream, spliced.
             write_all(w, d, &[RAW, 0, 0, 0]).await?;
@@ -411,6 +442,41 @@ mod tests {
         assert_eq!(got.len(), body.len());
         assert!(got == body, "the bytes arrive in order");
         assert!(!l && !r, "a raw direction ends the connection's reuse");
+    }
+
+    #[tokio::test]
+    async fn a_short_read_is_followed_by_the_end_when_the_socket_has_it() {
+        let (mut task, plain) = pair().await;
+        task.write_all(b"hi").await.unwrap();
+        plain.readable().await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(plain.try_read(&mut buf).unwrap(), 2);
+        assert_eq!(after_short_read(&plain, &mut buf).unwrap(), (0, false));
+        task.shutdown().await.unwrap();
+        plain.readable().await.unwrap();
+        assert_eq!(after_short_read(&plain, &mut buf).unwrap(), (0, true));
+    }
+
+    #[tokio::test]
+    async fn an_answer_and_its_end_arrive_as_a_data_and_an_eof_frame() {
+        let (mut task, plain) = pair().await;
+        let (x, mut y) = pair().await;
+        task.write_all(b"hello").await.unwrap();
+        task.shutdown().await.unwrap();
+        let (b, bytes, clock) = (budget(), AtomicU64::new(0), Clock::new());
+        let d = Dir {
+            bytes: &bytes,
+            clock: &clock,
+            write_timeout: Duration::from_secs(5),
+            budget: &b,
+        };
+        assert_eq!(frame_out(&plain, &x, &d).await.unwrap(), End::Framed);
+        drop(x);
+        let mut wire = Vec::new();
+        y.read_to_end(&mut wire).await.unwrap();
+        let expected = [DATA, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', EOF, 0, 0, 0];
+        assert_eq!(wire, expected);
+        assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), 5);
     }
 
     #[tokio::test]
