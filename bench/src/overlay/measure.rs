@@ -370,6 +370,12 @@ pub(crate) fn measure_all(
             ));
             break;
         }
+        // The daemons' devices outlive them (persistent TAPs and the mesh's
+        // front device, with the overlay's addresses): removed, so that the
+        // next round's kernel vxlan finds the overlay subnet free.
+        if let Err(e) = daemon::cleanup(&tb, vxmeshd, &["h1", "h2"]) {
+            notes.push(format!("round {round}: {e:#}"));
+        }
     }
     for h in ["h1", "h2"] {
         let dest = s.out.join(format!("vxmeshd-{h}.log"));
