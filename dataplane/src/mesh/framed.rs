@@ -463,20 +463,24 @@ mod tests {
         let (x, mut y) = pair().await;
         task.write_all(b"hello").await.unwrap();
         task.shutdown().await.unwrap();
-        let (b, bytes, clock) = (budget(), AtomicU64::new(0), Clock::new());
-        let d = Dir {
-            bytes: &bytes,
-            clock: &clock,
-            write_timeout: Duration::from_secs(5),
-            budget: &b,
+        let (b, s, n, clock) = (budget(), AtomicU64::new(0), AtomicU64::new(0), Clock::new());
+        let leg = Leg {
+            bytes_in: &s,
+            bytes_out: &n,
+            cut: None,
         };
+        let (d, _) = Dir::pair(&leg, &clock, Duration::from_secs(5), &b);
         assert_eq!(frame_out(&plain, &x, &d).await.unwrap(), End::Framed);
         drop(x);
         let mut wire = Vec::new();
         y.read_to_end(&mut wire).await.unwrap();
         let expected = [DATA, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', EOF, 0, 0, 0];
         assert_eq!(wire, expected);
-        assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), 5);
+        assert_eq!(
+            s.load(std::sync::atomic::Ordering::Relaxed),
+            5,
+            "counted plain to framed"
+        );
     }
 
     #[tokio::test]
